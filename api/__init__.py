@@ -1,0 +1,57 @@
+"""The Flask front door: ``create_app(settings)`` builds one app with its pool and clients."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Flask, Response, g, request
+
+from farm import metrics
+from farm.config import Settings, load_settings
+from farm.db import open_pool
+from farm.logs import configure_logging
+from farm.storage import S3Storage
+from workers.celery_app import configure as configure_celery
+from workers.publish import Publisher
+
+MAX_BODY_BYTES = 200 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    configure_logging(settings, "api")
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["farm"] = {
+        "settings": settings,
+        "pool": open_pool(settings, max_size=8),
+        "storage": S3Storage(settings),
+        "redis": redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+        "publisher": Publisher(configure_celery(settings)),
+    }
+
+    from api.errors import register_error_handlers
+    from api.views import bp
+
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route=route, method=request.method,
+                                     status=str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            metrics.HTTP_REQUEST_DURATION.labels(route=route, method=request.method).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    return app

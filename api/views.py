@@ -1,0 +1,196 @@
+"""HTTP views: parse, authenticate, call ``farm``, shape the answer. No business rules here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import manim
+from flask import Blueprint, Response, current_app, jsonify, request
+from psycopg import Connection
+
+from farm import jobs, keys, metrics
+from farm.config import Settings
+from farm.errors import FarmError
+from farm.ratelimit import RateLimiter
+from farm.storage import S3Storage
+from workers.publish import Publisher
+
+from api.schemas import JobListQuerySchema, RenderRequestSchema
+
+bp = Blueprint("v2", __name__)
+_render_request = RenderRequestSchema()
+_list_query = JobListQuerySchema()
+LOG_VIEW_BYTES = 256 * 1024
+
+
+def _farm() -> dict[str, Any]:
+    return current_app.extensions["farm"]  # type: ignore[no-any-return]
+
+
+def _settings() -> Settings:
+    return _farm()["settings"]  # type: ignore[no-any-return]
+
+
+def _storage() -> S3Storage:
+    return _farm()["storage"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _conn() -> Iterator[Connection[dict[str, Any]]]:
+    """One connection per request, committed when the view returns, rolled back on error."""
+    with _farm()["pool"].connection() as conn:
+        yield conn
+
+
+def _authenticate(conn: Connection[dict[str, Any]]) -> keys.ApiKey:
+    key = keys.authenticate(conn, request.headers.get("Authorization"))
+    settings = _settings()
+    RateLimiter(_farm()["redis"], settings.rate_limit_per_second, settings.rate_limit_burst).check(
+        key.id
+    )
+    return key
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)  # reads the body: 413 above MAX_CONTENT_LENGTH
+    if not isinstance(body, dict):
+        raise FarmError("body: must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    checks: dict[str, str] = {}
+    try:
+        with _conn() as conn:
+            conn.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # readiness reports, it does not raise
+        checks["postgres"] = f"error: {exc.__class__.__name__}"
+    try:
+        _farm()["redis"].ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {exc.__class__.__name__}"
+    try:
+        _storage().ping()
+        checks["s3"] = "ok"
+    except Exception as exc:
+        checks["s3"] = f"error: {exc.__class__.__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (
+        200 if ready else 503
+    )
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    body, content_type = metrics.render_latest()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/api/v2/openapi.json")
+def openapi() -> Response:
+    from api.openapi import build_spec
+
+    return jsonify(build_spec())
+
+
+@bp.post("/api/v2/render")
+def submit() -> tuple[Response, int]:
+    """Queue a render; 202 with the job id. The plan task is published after commit."""
+    body = _json_body()
+    data = _render_request.load(body)
+    webhook_url = data["webhookUrl"]
+    if "webhookUrl" in body and body["webhookUrl"] is None:
+        webhook_url = ""  # an explicit null opts out of the key's default webhook
+    job_request = jobs.JobRequest(
+        code=data["code"], class_name=data["className"], quality=data["quality"],
+        aspect_ratio=data["aspectRatio"], fps=data["fps"], metadata=data["metadata"],
+        webhook_url=webhook_url,
+    )
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+        raise FarmError("Idempotency-Key: must be 1 to 255 characters")
+    with _conn() as conn:
+        key = _authenticate(conn)
+        submitted = jobs.submit_job(
+            conn, key.id, job_request, manim_version=manim.__version__,
+            idempotency_key=idempotency_key, max_running_jobs=_settings().max_running_jobs_per_key,
+        )
+        job = jobs.get_job(conn, submitted.job_id)
+    publisher: Publisher = _farm()["publisher"]
+    if submitted.publish_plan:
+        publisher.step(submitted.job_id, "plan", 0, job_request.quality)
+    if submitted.created:
+        metrics.JOBS_SUBMITTED.labels(quality=job_request.quality).inc()
+        if job["status"] == "completed":  # served from the cache: the webhook still fires
+            publisher.webhook(submitted.job_id, 1)
+    return jsonify({"jobId": job["id"], "status": job["status"], "endpoint": "render"}), 202
+
+
+@bp.get("/api/v2/render")
+def list_jobs() -> Response:
+    query = _list_query.load(request.args.to_dict())
+    with _conn() as conn:
+        key = _authenticate(conn)
+        rows, cursor = jobs.list_jobs(
+            conn, key.id, status=query.get("status"), limit=query["limit"],
+            cursor=query.get("cursor"),
+        )
+    url_for = _storage().url_for
+    return jsonify({"jobs": [jobs.job_document(r, url_for) for r in rows], "nextCursor": cursor})
+
+
+@bp.get("/api/v2/render/<job_id>")
+def get_job(job_id: str) -> Response:
+    with _conn() as conn:
+        key = _authenticate(conn)
+        job = jobs.get_job(conn, job_id, key.id)
+    return jsonify(jobs.job_document(job, _storage().url_for))
+
+
+@bp.delete("/api/v2/render/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    with _conn() as conn:
+        key = _authenticate(conn)
+        before = jobs.get_job(conn, job_id, key.id)
+        job = jobs.cancel_job(conn, job_id, key.id)
+    if before["status"] not in jobs.TERMINAL and job["error_kind"] == "canceled":
+        _farm()["publisher"].webhook(job_id, 1)
+    return jsonify(jobs.job_document(job, _storage().url_for))
+
+
+@bp.get("/api/v2/render/<job_id>/logs")
+def job_logs(job_id: str) -> Response:
+    with _conn() as conn:
+        key = _authenticate(conn)
+        job = jobs.get_job(conn, job_id, key.id)
+    text = ""
+    if job["log_key"]:
+        try:
+            text = _storage().get_bytes(job["log_key"]).decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+    truncated = len(text) > LOG_VIEW_BYTES or "[log truncated" in text
+    return jsonify({"jobId": job_id, "log": text[:LOG_VIEW_BYTES], "truncated": truncated})
+
+
+@bp.get("/api/v2/me")
+def me() -> Response:
+    with _conn() as conn:
+        key = _authenticate(conn)
+    return jsonify({
+        "keyId": key.id,
+        "keyPrefix": key.prefix,
+        "name": key.name,
+        "credits": {"total": float(key.credits)},
+        "createdAt": jobs.iso(key.created_at),
+    })

@@ -1,0 +1,157 @@
+"""The ``farm`` command. Server commands import their adapters (Flask, Celery) lazily, so this
+module, like the rest of ``farm``, stays free of them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from farm import db, keys
+from farm.config import Settings, load_settings
+from farm.jobs import iso
+
+
+def _multiprocess_dir(kind: str) -> None:
+    """Prometheus multiprocess mode must be set up before prometheus_client is imported."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        tempfile.gettempdir(), f"farm-metrics-{kind}-{os.getpid()}"
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def _key_json(key: keys.ApiKey) -> dict[str, Any]:
+    return {"keyId": key.id, "name": key.name, "keyPrefix": key.prefix,
+            "credits": float(key.credits), "webhookUrl": key.webhook_url,
+            "createdAt": iso(key.created_at), "revokedAt": iso(key.revoked_at)}
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    _multiprocess_dir("api")
+    bind = args.bind or settings.api_bind
+    argv = ["gunicorn", "--bind", bind, "--workers", str(args.workers), "--timeout", "60",
+            "--config", "python:api.gunicorn_conf", "--access-logfile", "-", "api.wsgi:app"]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+    return 0  # not reached
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    _multiprocess_dir("worker")
+    if args.renderer:
+        settings = settings.with_(renderer=args.renderer)
+    from workers.worker import run
+
+    run(settings, [q.strip() for q in args.queues.split(",") if q.strip()], args.concurrency)
+    return 0
+
+
+def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.scheduler import run_forever
+
+    from farm.logs import configure_logging
+
+    configure_logging(settings, "scheduler")
+    run_forever(settings)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    if args.create_database:
+        db.ensure_database(settings.database_url)
+    applied = db.migrate(settings.database_url)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    pool = db.open_pool(settings, max_size=1)
+    with pool.connection() as conn:
+        if args.keys_command == "create":
+            new = keys.create_key(conn, args.name, Decimal(args.credits), args.webhook_url)
+            doc = {"key": new.key, "webhookSecret": new.webhook_secret, **_key_json(new.api_key)}
+            if args.json:
+                print(json.dumps(doc))
+            else:
+                print(f"key:            {new.key}\nwebhook secret: {new.webhook_secret}\n"
+                      f"key id:         {new.api_key.id}\n(shown once: store them now)")
+        elif args.keys_command == "list":
+            rows = [_key_json(k) for k in keys.list_keys(conn)]
+            if args.json:
+                print(json.dumps(rows))
+            else:
+                for r in rows:
+                    state = "revoked" if r["revokedAt"] else "active"
+                    print(f"{r['keyId']}  {r['keyPrefix']}…  {r['name']:<20} {state:<8}"
+                          f" credits={r['credits']}")
+        elif args.keys_command == "revoke":
+            print(json.dumps(_key_json(keys.revoke_key(conn, args.key))))
+        elif args.keys_command == "grant":
+            key = keys.find_key(conn, args.key)
+            keys.grant(conn, key.id, Decimal(args.amount))
+            print(json.dumps(_key_json(keys.get_key(conn, key.id))))
+        elif args.keys_command == "rotate-webhook-secret":
+            secret = keys.rotate_webhook_secret(conn, args.key)
+            print(json.dumps({"webhookSecret": secret}) if args.json else secret)
+    pool.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="manim render farm")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("api", help="serve the HTTP API (gunicorn)")
+    p.add_argument("--bind", help="host:port (default FARM_API_BIND)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="run a Celery worker for some queues")
+    p.add_argument("--queues", required=True, help="comma separated, e.g. render.low,stitch")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--renderer", choices=["cairo", "opengl"])
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("scheduler", help="reaper and queue metrics (run exactly one)")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.add_argument("--create-database", action="store_true",
+                   help="create the database first if missing (local stacks)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("keys", help="manage API keys")
+    ks = p.add_subparsers(dest="keys_command", required=True)
+    c = ks.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--credits", default="0")
+    c.add_argument("--webhook-url")
+    c.add_argument("--json", action="store_true")
+    c = ks.add_parser("list")
+    c.add_argument("--json", action="store_true")
+    for name in ("revoke", "rotate-webhook-secret"):
+        c = ks.add_parser(name)
+        c.add_argument("key", help="key id or display prefix")
+        c.add_argument("--json", action="store_true")
+    c = ks.add_parser("grant")
+    c.add_argument("key")
+    c.add_argument("amount")
+    p.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    return int(args.func(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

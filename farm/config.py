@@ -1,0 +1,131 @@
+"""The farm's one settings object, read from ``FARM_*`` environment variables by a function."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A ``FARM_*`` variable holds a value the farm cannot use."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a farm process needs to know; built once at start-up by ``load_settings``."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/farm"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_access_key: str = "farm"
+    s3_secret_key: str = "farm-secret-key"
+    s3_bucket: str = "farm"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    # Host:port that clients use for presigned URLs, when it differs from the one workers use.
+    s3_public_endpoint: str = ""
+    result_url_expiry_seconds: int = 24 * 3600
+
+    api_bind: str = "127.0.0.1:8000"
+    worker_metrics_port: int = 9101
+    scheduler_metrics_port: int = 9102
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    # Render sandbox and per-chunk limits.
+    sandbox: str = "bwrap"
+    sandbox_uid_base: int = 60000
+    chunk_timeout_seconds: int = 600
+    chunk_cpu_seconds: int = 1200
+    chunk_memory_mb: int = 4096
+    chunk_max_processes: int = 64
+    chunk_max_file_mb: int = 2048
+    chunk_max_disk_mb: int = 4096
+    chunk_max_files: int = 20000
+    chunk_max_open_files: int = 1024
+    chunk_log_bytes: int = 256 * 1024
+    plan_timeout_seconds: int = 120
+    max_scene_seconds: int = 600  # longest video a job may produce
+    max_output_mb: int = 2048
+
+    # Chunking.
+    parallelism: int = 2  # chunks a job is split into at most, per scene
+    min_chunk_seconds: float = 2.0
+    # Reliability.
+    max_attempts: int = 2
+    lease_seconds: int = 30
+    heartbeat_seconds: int = 5
+    requeue_after_seconds: int = 120
+    reaper_interval_seconds: float = 5.0
+
+    renderer: str = "cairo"
+    webhook_allowlist: tuple[str, ...] = field(default_factory=tuple)
+    webhook_retry_delays: tuple[float, ...] = (30.0, 300.0, 1800.0)
+    webhook_timeout_seconds: float = 10.0
+    rate_limit_per_second: float = 10.0
+    rate_limit_burst: int = 30
+    max_running_jobs_per_key: int = 8
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests build their settings this way)."""
+        return replace(self, **changes)
+
+
+_COERCE = {bool: _bool, int: _int, float: _float}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build ``Settings`` from ``FARM_<FIELD>`` variables; unknown values raise ``SettingsError``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    defaults = Settings()
+    for f in fields(Settings):
+        name = f"FARM_{f.name.upper()}"
+        if name not in env:
+            continue
+        raw = env[name]
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            items = _list(name, raw)
+            values[f.name] = (
+                tuple(_float(name, i) for i in items) if f.name.endswith("delays") else items
+            )
+        else:
+            values[f.name] = _COERCE.get(type(default), lambda _n, r: r)(name, raw)
+    settings = Settings(**values)
+    if settings.sandbox not in {"bwrap", "none"}:
+        raise SettingsError(f"FARM_SANDBOX must be bwrap or none, not {settings.sandbox!r}")
+    if settings.renderer not in {"cairo", "opengl"}:
+        raise SettingsError(f"FARM_RENDERER must be cairo or opengl, not {settings.renderer!r}")
+    if settings.heartbeat_seconds * 2 > settings.lease_seconds:
+        raise SettingsError("FARM_LEASE_SECONDS must be at least twice FARM_HEARTBEAT_SECONDS")
+    return settings

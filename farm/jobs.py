@@ -1,0 +1,497 @@
+"""The job store: jobs, their steps (plan, chunks, stitch), and every state transition.
+
+PostgreSQL is the source of truth. Celery messages only carry ``(job_id, kind, idx)``; a step is
+claimed with a compare-and-set that bumps its attempt, and results are written only while that
+attempt still owns the step, so a duplicated or zombie task can never overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from collections.abc import Callable
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from farm import credits
+from farm.errors import Conflict, NotFound, RateLimited
+from farm.keys import Conn
+from farm.planner import ChunkPlan
+from farm.presets import PRESETS, geometry_for
+
+TERMINAL = ("completed", "failed")
+ERROR_KINDS = ("scene_error", "timeout", "platform_error", "canceled", "insufficient_credits")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    code: str
+    class_name: str
+    quality: str = "medium"
+    aspect_ratio: str = "16:9"
+    fps: int | None = None
+    metadata: Any = None
+    # None: use the key's default webhook; "" : the client sent null and opted out.
+    webhook_url: str | None = None
+
+    def cache_key(self, manim_version: str) -> str:
+        """Same code and settings under the same manim: the same video."""
+        geometry = geometry_for(self.quality, self.aspect_ratio, self.fps)
+        material = json.dumps(
+            [self.code, self.class_name, self.quality, self.aspect_ratio, geometry.fps,
+             manim_version],
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def body_hash(self) -> str:
+        material = json.dumps(
+            [self.code, self.class_name, self.quality, self.aspect_ratio, self.fps,
+             self.metadata, self.webhook_url], sort_keys=True, default=str,
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    created: bool  # False for an idempotent replay
+    publish_plan: bool  # False when the job completed from the cache or was replayed
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt's ownership of a step."""
+
+    job_id: str
+    kind: str
+    idx: int
+    attempt: int
+    quality: str
+    first_animation: int | None
+    last_animation: int | None
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+def submit_job(
+    conn: Conn,
+    key_id: str,
+    request: JobRequest,
+    *,
+    manim_version: str,
+    idempotency_key: str | None = None,
+    max_running_jobs: int | None = None,
+) -> Submitted:
+    """Create a job, reserve its credits, and complete it at once from the cache when possible.
+
+    Runs in the caller's transaction; publish the plan task only after it commits.
+    """
+    # Serialize a key's submits so concurrent requests cannot overspend or double-create.
+    conn.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
+    if idempotency_key is not None:
+        row = conn.execute(
+            "SELECT job_id, body_hash FROM idempotency_keys WHERE key_id = %s"
+            " AND idempotency_key = %s AND created_at > now() - interval '24 hours'",
+            (key_id, idempotency_key),
+        ).fetchone()
+        if row is not None:
+            if row["body_hash"] != request.body_hash():
+                raise Conflict(
+                    "this Idempotency-Key was already used with a different request body"
+                )
+            return Submitted(row["job_id"], created=False, publish_plan=False)
+    if max_running_jobs is not None:
+        active = conn.execute(
+            "SELECT count(*) AS n FROM jobs WHERE key_id = %s AND status IN ('queued', 'running')",
+            (key_id,),
+        ).fetchone()
+        if active is not None and active["n"] >= max_running_jobs:
+            raise RateLimited(
+                f"this key already has {active['n']} unfinished jobs (limit {max_running_jobs})",
+                retry_after=5,
+            )
+    job_id = new_job_id()
+    geometry = geometry_for(request.quality, request.aspect_ratio, request.fps)
+    reserve = Decimal(PRESETS[request.quality].min_credits)
+    credits.reserve(conn, key_id, job_id, reserve, insert_job=lambda: conn.execute(
+        "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps, width,"
+        " height, metadata, webhook_url, cache_key, credits_reserved)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (job_id, key_id, request.code, request.class_name, request.quality,
+         request.aspect_ratio, geometry.fps, geometry.width, geometry.height,
+         Jsonb(request.metadata), request.webhook_url, request.cache_key(manim_version), reserve),
+    ))
+    if idempotency_key is not None:
+        conn.execute(
+            "INSERT INTO idempotency_keys (key_id, idempotency_key, body_hash, job_id)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (key_id, idempotency_key) DO UPDATE"
+            " SET body_hash = EXCLUDED.body_hash, job_id = EXCLUDED.job_id, created_at = now()",
+            (key_id, idempotency_key, request.body_hash(), job_id),
+        )
+    if _complete_from_cache(conn, job_id, request.cache_key(manim_version)):
+        return Submitted(job_id, created=True, publish_plan=False)
+    conn.execute(
+        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'plan', 0, now())",
+        (job_id,),
+    )
+    return Submitted(job_id, created=True, publish_plan=True)
+
+
+def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
+    hit = conn.execute(
+        "SELECT id, video_key, thumbnail_key, captions_key, log_key, renderer, chunks_total"
+        " FROM jobs WHERE cache_key = %s AND status = 'completed' AND id <> %s"
+        " ORDER BY completed_at DESC LIMIT 1",
+        (cache_key, job_id),
+    ).fetchone()
+    if hit is None:
+        return False
+    conn.execute(
+        "UPDATE jobs SET video_key = %s, thumbnail_key = %s, captions_key = %s, log_key = %s,"
+        " renderer = %s, chunks_total = %s, chunks_done = %s, started_at = now() WHERE id = %s",
+        (hit["video_key"], hit["thumbnail_key"], hit["captions_key"], hit["log_key"],
+         hit["renderer"], hit["chunks_total"], hit["chunks_total"], job_id),
+    )
+    finish_job(conn, job_id, "completed")
+    return True
+
+
+def get_job(conn: Conn, job_id: str, key_id: str | None = None) -> dict[str, Any]:
+    """A job row; another key's job is reported exactly like a missing one."""
+    row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    if row is None or (key_id is not None and row["key_id"] != key_id):
+        raise NotFound(f"no job {job_id!r}")
+    return row
+
+
+def list_jobs(
+    conn: Conn, key_id: str, *, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The key's jobs newest first; the cursor is the last job id of the previous page."""
+    where, params = ["key_id = %s"], [key_id]
+    if status:
+        where.append("status = %s")
+        params.append(status)
+    if cursor:
+        anchor = conn.execute(
+            "SELECT created_at, id FROM jobs WHERE id = %s AND key_id = %s", (cursor, key_id)
+        ).fetchone()
+        if anchor is None:
+            raise NotFound("unknown cursor")
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend([anchor["created_at"], anchor["id"]])
+    rows = conn.execute(
+        f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        " LIMIT %s",
+        (*params, limit + 1),
+    ).fetchall()
+    next_cursor = rows[limit - 1]["id"] if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def finish_job(
+    conn: Conn,
+    job_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    error_kind: str | None = None,
+) -> bool:
+    """The one terminal transition of a job, with its credit settlement; False if already ended."""
+    row = conn.execute(
+        "UPDATE jobs SET status = %s, error = %s, error_kind = %s, completed_at = now(),"
+        " duration_ms = GREATEST(0, (extract(epoch FROM now() - COALESCE(started_at, created_at))"
+        " * 1000)::integer)"
+        " WHERE id = %s AND status IN ('queued', 'running')"
+        " RETURNING key_id, quality, duration_ms, credits_reserved",
+        (status, error, error_kind, job_id),
+    ).fetchone()
+    if row is None:
+        return False
+    conn.execute(
+        "UPDATE steps SET status = 'failed', lease_until = NULL"
+        " WHERE job_id = %s AND status IN ('pending', 'running')",
+        (job_id,),
+    )
+    charge_scene = status == "completed" or error_kind in ("scene_error", "timeout")
+    cost = job_cost(row["quality"], row["duration_ms"]) if charge_scene else Decimal(0)
+    settled = credits.settle(conn, row["key_id"], job_id, row["credits_reserved"], cost)
+    if not settled:
+        # The key cannot cover the render: like Kodisc, fail the job and release nothing.
+        conn.execute(
+            "UPDATE jobs SET status = 'failed', error = 'insufficient_credits',"
+            " error_kind = 'insufficient_credits', credits_cost = 0 WHERE id = %s",
+            (job_id,),
+        )
+    else:
+        conn.execute("UPDATE jobs SET credits_cost = %s WHERE id = %s", (cost, job_id))
+    return True
+
+
+def job_cost(quality: str, duration_ms: int) -> Decimal:
+    preset = PRESETS[quality]
+    raw = Decimal(str(preset.credits_per_second)) * Decimal(duration_ms) / 1000
+    return raw.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def cancel_job(conn: Conn, job_id: str, key_id: str) -> dict[str, Any]:
+    """Fail a job with ``canceled``; its running steps notice at their next heartbeat."""
+    get_job(conn, job_id, key_id)
+    finish_job(conn, job_id, "failed", error="canceled", error_kind="canceled")
+    return get_job(conn, job_id, key_id)
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def claim_step(conn: Conn, job_id: str, kind: str, idx: int, lease_seconds: int) -> Claim | None:
+    """Take a pending step for this attempt; None when it is done, taken, or its job has ended."""
+    row = conn.execute(
+        "UPDATE steps s SET status = 'running', attempt = s.attempt + 1,"
+        " lease_until = now() + make_interval(secs => %s)"
+        " FROM jobs j WHERE s.job_id = j.id AND s.job_id = %s AND s.kind = %s AND s.idx = %s"
+        " AND s.status = 'pending' AND j.status IN ('queued', 'running')"
+        " RETURNING s.attempt, s.first_animation, s.last_animation, j.quality",
+        (lease_seconds, job_id, kind, idx),
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(
+        "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now())"
+        " WHERE id = %s AND status = 'queued'",
+        (job_id,),
+    )
+    return Claim(job_id, kind, idx, row["attempt"], row["quality"], row["first_animation"],
+                 row["last_animation"])
+
+
+def _owned(claim: Claim) -> tuple[Any, ...]:
+    return (claim.job_id, claim.kind, claim.idx, claim.attempt)
+
+
+_OWNED = "job_id = %s AND kind = %s AND idx = %s AND attempt = %s AND status = 'running'"
+
+
+def heartbeat(conn: Conn, claim: Claim, lease_seconds: int) -> bool:
+    """Extend the lease; False when this attempt lost the step or the job ended (stop working)."""
+    row = conn.execute(
+        "UPDATE steps SET lease_until = now() + make_interval(secs => %s)"
+        f" WHERE {_OWNED} AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'running')"
+        " RETURNING 1",
+        (lease_seconds, *_owned(claim), claim.job_id),
+    ).fetchone()
+    return row is not None
+
+
+def record_plan(conn: Conn, claim: Claim, chunks: list[ChunkPlan]) -> list[int]:
+    """Store the plan and create the chunk steps; returns the chunk indices to publish."""
+    done = conn.execute(
+        f"UPDATE steps SET status = 'done', lease_until = NULL WHERE {_OWNED} RETURNING 1",
+        _owned(claim),
+    ).fetchone()
+    if done is None:
+        return []
+    for idx, chunk in enumerate(chunks):
+        conn.execute(
+            "INSERT INTO steps (job_id, kind, idx, first_animation, last_animation, seconds,"
+            " published_at) VALUES (%s, 'chunk', %s, %s, %s, %s, now())",
+            (claim.job_id, idx, chunk.first, chunk.last, chunk.seconds),
+        )
+    conn.execute(
+        "UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id)
+    )
+    return list(range(len(chunks)))
+
+
+def record_chunk(
+    conn: Conn, claim: Claim, output_key: str, captions_key: str | None, frames: int
+) -> bool | None:
+    """Store a rendered chunk. None: this attempt no longer owns it. True: the job can be stitched.
+
+    The last chunk to finish creates the stitch step: fan-in never waits on a Celery chord.
+    """
+    done = conn.execute(
+        "UPDATE steps SET status = 'done', lease_until = NULL, output_key = %s,"
+        f" captions_key = %s, frames = %s WHERE {_OWNED} RETURNING 1",
+        (output_key, captions_key, frames, *_owned(claim)),
+    ).fetchone()
+    if done is None:
+        return None
+    job = conn.execute(
+        "UPDATE jobs SET chunks_done = chunks_done + 1 WHERE id = %s"
+        " RETURNING chunks_done, chunks_total",
+        (claim.job_id,),
+    ).fetchone()
+    if job is None or job["chunks_done"] < job["chunks_total"]:
+        return False
+    conn.execute(
+        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'stitch', 0, now())"
+        " ON CONFLICT DO NOTHING",
+        (claim.job_id,),
+    )
+    return True
+
+
+def chunk_outputs(conn: Conn, job_id: str) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT idx, output_key, captions_key, frames FROM steps"
+        " WHERE job_id = %s AND kind = 'chunk' ORDER BY idx",
+        (job_id,),
+    ).fetchall()
+
+
+def record_result(
+    conn: Conn,
+    claim: Claim,
+    *,
+    video_key: str,
+    thumbnail_key: str,
+    captions_key: str | None,
+    renderer: str,
+) -> bool:
+    """Complete the job from its stitched files, if this stitch attempt still owns the step."""
+    done = conn.execute(
+        f"UPDATE steps SET status = 'done', lease_until = NULL WHERE {_OWNED} RETURNING 1",
+        _owned(claim),
+    ).fetchone()
+    if done is None:
+        return False
+    conn.execute(
+        "UPDATE jobs SET video_key = %s, thumbnail_key = %s, captions_key = %s, renderer = %s"
+        " WHERE id = %s",
+        (video_key, thumbnail_key, captions_key, renderer, claim.job_id),
+    )
+    return finish_job(conn, claim.job_id, "completed")
+
+
+def set_log_key(conn: Conn, job_id: str, log_key: str) -> None:
+    conn.execute("UPDATE jobs SET log_key = %s WHERE id = %s", (log_key, job_id))
+
+
+def fail_step(conn: Conn, claim: Claim, error: str, error_kind: str) -> bool:
+    """A terminal failure (the scene's own error, or attempts exhausted): fail the whole job."""
+    owned = conn.execute(
+        f"UPDATE steps SET status = 'failed', error = %s, lease_until = NULL WHERE {_OWNED}"
+        " RETURNING 1",
+        (error, *_owned(claim)),
+    ).fetchone()
+    if owned is None:
+        return False
+    return finish_job(conn, claim.job_id, "failed", error=error, error_kind=error_kind)
+
+
+def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> bool:
+    """An infrastructure failure: make the step pending again (True: publish it) or fail the job."""
+    if claim.attempt >= max_attempts:
+        fail_step(
+            conn, claim, f"{error} (gave up after {claim.attempt} attempts)", "platform_error"
+        )
+        return False
+    row = conn.execute(
+        "UPDATE steps SET status = 'pending', error = %s, lease_until = NULL,"
+        f" published_at = now() WHERE {_OWNED} RETURNING 1",
+        (error, *_owned(claim)),
+    ).fetchone()
+    return row is not None
+
+
+@dataclass(frozen=True)
+class Requeue:
+    job_id: str
+    kind: str
+    idx: int
+    quality: str
+
+
+def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[Requeue]:
+    """Recover lost work: expired leases go back to pending (or fail the job once attempts are
+    spent), and pending steps whose message may have been lost are published again.
+
+    Safe with several reapers (SKIP LOCKED) and with duplicate messages (claims are CAS).
+    """
+    expired = conn.execute(
+        "SELECT s.job_id, s.kind, s.idx, s.attempt, j.quality FROM steps s JOIN jobs j"
+        " ON j.id = s.job_id WHERE s.status = 'running' AND s.lease_until < now()"
+        " FOR UPDATE OF s SKIP LOCKED"
+    ).fetchall()
+    out: list[Requeue] = []
+    for row in expired:
+        claim = Claim(row["job_id"], row["kind"], row["idx"], row["attempt"], row["quality"],
+                      None, None)
+        if release_step(conn, claim, "worker lost (lease expired)", max_attempts):
+            out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
+    stale = conn.execute(
+        "SELECT s.job_id, s.kind, s.idx, j.quality FROM steps s JOIN jobs j ON j.id = s.job_id"
+        " WHERE s.status = 'pending' AND j.status IN ('queued', 'running')"
+        " AND s.published_at < now() - make_interval(secs => %s)"
+        " FOR UPDATE OF s SKIP LOCKED",
+        (requeue_after_seconds,),
+    ).fetchall()
+    for row in stale:
+        conn.execute(
+            "UPDATE steps SET published_at = now() WHERE job_id = %s AND kind = %s AND idx = %s",
+            (row["job_id"], row["kind"], row["idx"]),
+        )
+        out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
+    return out
+
+
+def oldest_queued_age(conn: Conn) -> dict[str, float]:
+    """Seconds the oldest unstarted job of each quality has waited (the autoscaling signal)."""
+    rows = conn.execute(
+        "SELECT quality, extract(epoch FROM now() - min(created_at))::float AS age FROM jobs"
+        " WHERE status = 'queued' GROUP BY quality"
+    ).fetchall()
+    return {r["quality"]: r["age"] for r in rows}
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 UTC with milliseconds and Z, as Kodisc formats times."""
+    if ts is None:
+        return None
+    utc = ts.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def job_document(job: dict[str, Any], url_for: Callable[[str], str]) -> dict[str, Any]:
+    """The job as ``GET /api/v2/render/{jobId}`` and webhooks show it (Kodisc's fields first)."""
+    result = None
+    if job["status"] == "completed" and job["video_key"]:
+        result = {
+            "video": url_for(job["video_key"]),
+            "thumbnail": url_for(job["thumbnail_key"]),
+            "captions": url_for(job["captions_key"]) if job["captions_key"] else None,
+        }
+    total = job["chunks_total"]
+    done = job["chunks_done"]
+    if job["status"] == "completed":
+        fraction = 1.0
+    elif total:
+        fraction = round(done / (total + 1), 3)  # the stitch is the last step
+    else:
+        fraction = 0.0
+    cost = job["credits_cost"]
+    return {
+        "jobId": job["id"],
+        "endpoint": "render",
+        "status": job["status"],
+        "creditsCost": float(cost) if cost is not None else None,
+        "durationMs": job["duration_ms"],
+        "result": result,
+        "error": job["error"],
+        "metadata": job["metadata"],
+        "createdAt": iso(job["created_at"]),
+        "completedAt": iso(job["completed_at"]),
+        "progress": {"chunksDone": done, "chunksTotal": total, "fraction": fraction},
+        "quality": job["quality"],
+        "aspectRatio": job["aspect_ratio"],
+        "fps": job["fps"],
+        "renderer": job["renderer"],
+    }

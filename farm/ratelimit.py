@@ -1,0 +1,46 @@
+"""Per-key request rate limit: a token bucket kept in Redis, updated atomically by a script."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import redis
+
+from farm.errors import RateLimited
+
+# KEYS[1] bucket; ARGV: rate per second, burst, now (seconds). Returns {allowed, retry_after_ms}.
+_BUCKET = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait_ms = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait_ms = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, wait_ms}
+"""
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, rate_per_second: float, burst: int) -> None:
+        self.script = client.register_script(_BUCKET)
+        self.rate = rate_per_second
+        self.burst = burst
+
+    def check(self, key_id: str) -> None:
+        """Take one token for ``key_id`` or raise ``RateLimited`` with the seconds to wait."""
+        allowed, wait_ms = self.script(
+            keys=[f"farm:ratelimit:{key_id}"], args=[self.rate, self.burst, time.time()]
+        )
+        if not int(allowed):
+            retry_after = max(1, math.ceil(int(wait_ms) / 1000))
+            raise RateLimited(f"rate limit exceeded; retry in {retry_after} s", retry_after)

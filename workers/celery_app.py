@@ -1,0 +1,37 @@
+"""The one Celery app. Tasks register on it at import; settings are applied by ``configure``."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from farm.config import Settings
+from workers.routing import ALL_QUEUES
+
+app = Celery("farm", set_as_current=False)
+
+
+def configure(settings: Settings) -> Celery:
+    app.conf.update(
+        broker_url=settings.redis_url,
+        # Results live in PostgreSQL; Celery's result backend would be a second source of truth.
+        result_backend=None,
+        task_ignore_result=True,
+        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_default_queue="render.medium",
+        task_serializer="json",
+        accept_content=["json"],
+        # Late ack + prefetch 1: a message leaves Redis only when its task has finished.
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,  # the reaper, not a redelivery loop, recovers lost work
+        worker_prefetch_multiplier=1,
+        # Recovery is the reaper's job (leases in PostgreSQL); a long visibility timeout keeps
+        # Redis from handing a slow chunk's message to a second worker while it still renders.
+        broker_transport_options={"visibility_timeout": 6 * 3600},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_enable_remote_control=False,
+    )
+    return app

@@ -1,0 +1,23 @@
+"""Publishing work to Celery; called only after the transaction that recorded it has committed."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.routing import TASKS, queue_for
+
+
+class Publisher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def step(self, job_id: str, kind: str, idx: int, quality: str) -> None:
+        """Send ``(job_id, idx)``: the task re-reads everything else from PostgreSQL."""
+        args = [job_id] if kind in ("plan", "stitch") else [job_id, idx]
+        self.app.send_task(TASKS[kind], args=args, queue=queue_for(kind, quality))
+
+    def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:
+        self.app.send_task(
+            TASKS["webhook"], args=[job_id, attempt], queue=queue_for("webhook"),
+            countdown=countdown,
+        )

@@ -1,0 +1,406 @@
+"""The render sandbox: runs the scene runner, and so the user's code, in a bubblewrap jail.
+
+What the jail holds: read-only binds of the system (/usr), Python, the venv, TeX, fonts, and the
+two runner modules; a fresh, empty scratch directory per run as ``/work``; a size-capped /tmp.
+What it lacks: the worker's environment (bwrap itself starts with an empty one, because
+``--clearenv`` still leaves the parent's environment readable at /proc/1/environ), config files,
+credentials, other jobs' files and processes, and any network (own network namespace).
+It runs as an unprivileged uid so RLIMIT_NPROC holds, in its own pid namespace so every process
+it starts dies with it, with rlimits on CPU, memory, file size, open files and processes; the
+parent enforces wall clock, disk use, file count and log size, and stops the run when its
+heartbeat says the job was canceled or the lease was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.config import Settings
+
+RUNNER_MODULES = ("scene_runner.py", "manim_patch.py")
+SANDBOX_ROOT = "/work"
+RUNNER_ROOT = "/opt/farm-runner"
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float
+    cpu_seconds: int
+    memory_bytes: int
+    processes: int
+    file_bytes: int
+    disk_bytes: int
+    files: int
+    open_files: int
+    log_bytes: int
+
+    @classmethod
+    def from_settings(cls, s: Settings, wall_seconds: float | None = None) -> Limits:
+        mb = 1024 * 1024
+        return cls(
+            wall_seconds=wall_seconds or s.chunk_timeout_seconds,
+            cpu_seconds=s.chunk_cpu_seconds,
+            memory_bytes=s.chunk_memory_mb * mb,
+            processes=s.chunk_max_processes,
+            file_bytes=s.chunk_max_file_mb * mb,
+            disk_bytes=s.chunk_max_disk_mb * mb,
+            files=s.chunk_max_files,
+            open_files=s.chunk_max_open_files,
+            log_bytes=s.chunk_log_bytes,
+        )
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    result: dict[str, Any] | None  # the runner's result.json, parsed (untrusted!)
+    log: str
+    # Why the parent stopped it: timeout | disk | files | canceled | None (it exited by itself).
+    stopped: str | None
+    returncode: int
+    signal: int | None  # the signal that killed the runner, if one did
+
+
+class OutputError(Exception):
+    """The sandbox left something other than a plain, reasonably sized file where output goes."""
+
+
+class _LogBuffer:
+    """Keeps the head and the tail of a stream, dropping the middle past the cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.cap // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        excess = len(self.tail) - self.cap // 2
+        if excess > 0:
+            del self.tail[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        middle = f"\n[log truncated: {self.dropped} bytes dropped]\n" if self.dropped else ""
+        return (bytes(self.head).decode("utf-8", "replace") + middle
+                + bytes(self.tail).decode("utf-8", "replace"))
+
+
+def _usage(root: Path, max_files: int) -> tuple[int, int]:
+    """Bytes and entries under root, stopping early past max_files (a million files is cheap)."""
+    total = count = 0
+    stack = [root]
+    while stack and count <= max_files:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    count += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:
+            continue
+    return total, count
+
+
+class Sandbox:
+    """Runs ``python -m workers.scene_runner MODE`` for one spec in a fresh jail."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.uid = settings.sandbox_uid_base + os.getpid() % 1000
+        self.runner_dir = Path(__file__).resolve().parent
+
+    def _binds(self) -> list[str]:
+        args: list[str] = []
+        ro = ["/usr", "/etc/fonts", "/etc/alternatives", "/etc/ld.so.cache", "/etc/texmf",
+              "/var/lib/texmf", "/etc/ssl/certs"]
+        for path in {sys.base_prefix, sys.prefix, sysconfig.get_paths()["purelib"]}:
+            if not path.startswith("/usr"):
+                ro.append(path)
+        for path in ro:
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
+        for name in ("lib", "lib64", "bin", "sbin"):
+            target = os.readlink(f"/{name}") if os.path.islink(f"/{name}") else None
+            if target:
+                args += ["--symlink", target, f"/{name}"]
+            elif os.path.isdir(f"/{name}"):
+                args += ["--ro-bind", f"/{name}", f"/{name}"]
+        for module in RUNNER_MODULES:
+            args += ["--ro-bind", str(self.runner_dir / module),
+                     f"{RUNNER_ROOT}/workers/{module}"]
+        args += ["--file", "0", f"{RUNNER_ROOT}/workers/__init__.py"]
+        return args
+
+    def _environment(self) -> dict[str, str]:
+        # Everything the runner needs, and nothing from the worker's environment.
+        return {
+            "PATH": f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin",
+            "HOME": SANDBOX_ROOT,
+            "PYTHONPATH": RUNNER_ROOT,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+            "TEXMFVAR": f"{SANDBOX_ROOT}/.texmf-var",
+            "MPLCONFIGDIR": f"/tmp/mpl",
+            "XDG_CACHE_HOME": "/tmp/cache",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYOPENGL_PLATFORM": "egl",
+            "EGL_PLATFORM": "surfaceless",
+        }
+
+    def command(self, mode: str, scratch: Path) -> list[str]:
+        python = str(Path(sys.prefix) / "bin" / "python")
+        runner = [python, "-m", "workers.scene_runner", mode,
+                  f"{SANDBOX_ROOT}/spec.json", f"{SANDBOX_ROOT}/result.json"]
+        if self.settings.sandbox == "none":
+            return runner
+        env_args: list[str] = []
+        for name, value in self._environment().items():
+            env_args += ["--setenv", name, value]
+        return [
+            "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--disable-userns", "--cap-drop", "ALL",
+            *self._binds(),
+            "--proc", "/proc", "--dev", "/dev",
+            "--dev-bind-try", "/dev/dri", "/dev/dri",  # GPU render nodes for the OpenGL pool
+            "--size", str(256 * 1024 * 1024), "--tmpfs", "/tmp",
+            "--bind", str(scratch), SANDBOX_ROOT, "--chdir", SANDBOX_ROOT,
+            "--hostname", "render",
+            *env_args,
+            *runner,
+        ]
+
+    def _preexec(self, limits: Limits) -> Callable[[], None]:
+        uid = self.uid
+
+        def apply() -> None:
+            for which, value in (
+                (resource.RLIMIT_CPU, limits.cpu_seconds),
+                (resource.RLIMIT_AS, limits.memory_bytes),
+                (resource.RLIMIT_NPROC, limits.processes),
+                (resource.RLIMIT_FSIZE, limits.file_bytes),
+                (resource.RLIMIT_NOFILE, limits.open_files),
+                (resource.RLIMIT_CORE, 0),
+            ):
+                resource.setrlimit(which, (value, value))
+            if os.getuid() == 0:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+
+        return apply
+
+    def run(
+        self,
+        mode: str,
+        spec: dict[str, Any],
+        scratch: Path,
+        limits: Limits,
+        keep_going: Callable[[], bool] = lambda: True,
+        heartbeat_seconds: float = 5.0,
+    ) -> RunResult:
+        """Run one spec in ``scratch`` (created fresh and empty here, owned by the jail's uid)."""
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir(parents=True, mode=0o700)
+        (scratch / "out").mkdir()
+        spec = {**spec, "out_dir": f"{SANDBOX_ROOT}/out" if self.settings.sandbox != "none"
+                else str(scratch / "out")}
+        (scratch / "spec.json").write_text(json.dumps(spec))
+        if os.getuid() == 0:
+            for path in (scratch, scratch / "out", scratch / "spec.json"):
+                os.chown(path, self.uid, self.uid)
+        argv = self.command(mode, scratch)
+        env = {} if self.settings.sandbox != "none" else {
+            **self._environment(), "HOME": str(scratch), "PYTHONPATH": str(self.runner_dir.parent),
+            "TEXMFVAR": str(scratch / ".texmf-var"),
+        }
+        cwd = str(scratch) if self.settings.sandbox == "none" else None
+        if self.settings.sandbox == "none":
+            argv = [a.replace(f"{SANDBOX_ROOT}/", f"{scratch}/") for a in argv]
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=self._preexec(limits),
+            start_new_session=True,
+        )
+        log = _LogBuffer(limits.log_bytes)
+        stopped = _watch(proc, log, scratch, limits, keep_going, heartbeat_seconds)
+        returncode = proc.wait()
+        result = None
+        if stopped is None:
+            result = _read_result(scratch / "result.json")
+        return RunResult(
+            ok=stopped is None and returncode == 0 and bool(result and result.get("ok")),
+            result=result, log=log.text(), stopped=stopped, returncode=returncode,
+            signal=_signal_of(returncode, result),
+        )
+
+
+def _signal_of(returncode: int, result: dict[str, Any] | None) -> int | None:
+    if returncode < 0:
+        return -returncode
+    # bwrap reports a child killed by a signal as 128 + signal.
+    if returncode > 128 and result is None:
+        return returncode - 128
+    return None
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    # The runner is pid 1 of its namespace under bwrap's --die-with-parent: killing the group
+    # takes every process the scene started with it, daemons included.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _watch(
+    proc: subprocess.Popen[bytes],
+    log: _LogBuffer,
+    scratch: Path,
+    limits: Limits,
+    keep_going: Callable[[], bool],
+    heartbeat_seconds: float,
+) -> str | None:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    started = time.monotonic()
+    next_check = started + 0.5
+    next_beat = started + heartbeat_seconds
+    stopped: str | None = None
+    open_pipe = True
+    while True:
+        if open_pipe:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    data = b""
+                if data:
+                    log.add(data)
+                else:
+                    open_pipe = False
+        else:
+            time.sleep(0.1)
+        if proc.poll() is not None and not open_pipe:
+            return stopped
+        if proc.poll() is not None:
+            # The runner is gone; drain what is left without waiting on grandchildren forever.
+            open_pipe = _drain(fd, log)
+            if not open_pipe:
+                return stopped
+        now = time.monotonic()
+        if stopped:
+            continue
+        if now - started > limits.wall_seconds:
+            stopped = "timeout"
+        elif now >= next_check:
+            next_check = now + 0.5
+            used, files = _usage(scratch, limits.files)
+            if used > limits.disk_bytes:
+                stopped = "disk"
+            elif files > limits.files:
+                stopped = "files"
+        if not stopped and now >= next_beat:
+            next_beat = now + heartbeat_seconds
+            if not keep_going():
+                stopped = "canceled"
+        if stopped:
+            _kill(proc)
+
+
+def _drain(fd: int, log: _LogBuffer) -> bool:
+    for _ in range(50):
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if not ready:
+            return True
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        log.add(data)
+    return True
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        raw = read_output(path, 1024 * 1024)
+        value = json.loads(raw)
+    except (OutputError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def checked_output(scratch: Path, relative: str, max_bytes: int) -> Path:
+    """Resolve a path the sandbox reported, accepting only a regular file inside its out dir."""
+    out = (scratch / "out").resolve()
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        candidate = Path(*candidate.parts[1:])  # the jail's /work/out/x -> out/x
+        if candidate.parts[:1] == (SANDBOX_ROOT.strip("/"),):
+            candidate = Path(*candidate.parts[1:])
+    path = scratch / candidate
+    if ".." in candidate.parts or not str(path).startswith(str(out) + os.sep):
+        raise OutputError(f"output path {relative!r} is outside the output directory")
+    _check_regular(path, max_bytes)
+    return path
+
+
+def _check_regular(path: Path, max_bytes: int) -> os.stat_result:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise OutputError(f"the render produced no {path.name}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{path.name} is not a regular file (symlink, FIFO or device)")
+    if info.st_size > max_bytes:
+        raise OutputError(f"{path.name} is larger than {max_bytes} bytes")
+    return info
+
+
+def read_output(path: Path, max_bytes: int) -> bytes:
+    """Read a file the sandbox wrote without following links or blocking on a FIFO."""
+    _check_regular(path, max_bytes)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(max_bytes + 1)[:max_bytes]
+
+
+def copy_output(path: Path, dest: Path, max_bytes: int) -> None:
+    """Copy a checked output out of the scratch dir (no links followed, size capped)."""
+    _check_regular(path, max_bytes)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as src, open(dest, "wb") as dst:
+        copied = 0
+        while chunk := src.read(1 << 20):
+            copied += len(chunk)
+            if copied > max_bytes:
+                raise OutputError(f"{path.name} is larger than {max_bytes} bytes")
+            dst.write(chunk)

@@ -1,0 +1,390 @@
+"""Run one user scene inside the render child: plan its animations or render a range.
+
+The caller (the render task) starts a fresh child process per call, usually in a
+sandbox, and either runs ``python -m workers.scene_runner plan|render SPEC RESULT``
+or calls ``plan_scene`` / ``render_scene`` directly in a forked child.
+
+Range convention: ``from_animation`` / ``upto_animation`` select the half-open range
+``[from, upto)`` of 0-based ``play()`` / ``wait()`` calls (``None`` = scene start /
+scene end).  That maps to manim's inclusive ``upto_animation_number = upto - 1``.
+The video of a range is exactly the partial movies of those animations, and thanks
+to ``workers.manim_patch`` the animations before it are simulated frame by frame,
+so ranges ``[0, a)``, ``[a, b)``, ``[b, None)`` concatenated (``-c copy``) decode to
+the same frames as one full render.
+
+Subcaptions are assigned to the animation they were added during (or, for
+``add_subcaption`` between plays, to the preceding animation; before the first
+play, to animation 0); a range's ``.srt`` holds exactly its own, with absolute
+scene times, so merging chunk ``.srt`` files reproduces the full render's.
+"""
+
+from __future__ import annotations
+
+import json
+import linecache
+import sys
+import traceback
+import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Frame dimensions in manim units: manim's default 16:9 frame, 8 units tall.
+_FRAME_SHORT_SIDE = 8.0
+_FRAME_LONG_SIDE = 8.0 * 16.0 / 9.0
+# The user's module is executed under this name, so tracebacks read "scene.py", line N.
+USER_MODULE = "scene"
+USER_FILENAME = "scene.py"
+# manim modules whose failures are the farm's (encoding, writing files), not the scene's.
+_ENCODING_FILES = frozenset({"scene_file_writer.py", "video_segment_encoder.py"})
+# Random seed given to every scene, so chunks rendered in different processes agree.
+SCENE_SEED = 0
+
+__all__ = [
+    "RenderOutput",
+    "RenderSpec",
+    "SceneError",
+    "main",
+    "plan_scene",
+    "render_scene",
+]
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """What to render: the user's module, the scene class and the output format."""
+
+    code: str
+    class_name: str
+    width: int
+    height: int
+    fps: int
+    portrait: bool
+    out_dir: str
+    from_animation: int | None = None
+    upto_animation: int | None = None
+    renderer: str = "cairo"
+    max_inflight_encoders: int | None = None
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """Files and counts of one rendered range; paths are under the spec's out_dir."""
+
+    video: str | None
+    srt: str | None
+    frames: int
+    animations: int
+
+
+class SceneError(Exception):
+    """The user's scene failed; the message is the scene's own error, fit for the user."""
+
+
+def plan_scene(spec: RenderSpec) -> list[float]:
+    """Simulate the whole scene without drawing; return each animation's duration in seconds.
+
+    A duration is the animation's length in the rendered video: whole frames / fps
+    (a run time that is not a whole number of frames rounds up, as manim renders it).
+    """
+    frames = _run(spec, plan=True).play_frames
+    return [n / spec.fps for n in frames]
+
+
+def render_scene(spec: RenderSpec) -> RenderOutput:
+    """Render the spec's range of animations to an mp4 (and .srt) under out_dir."""
+    return _run(spec, plan=False).output(spec)
+
+
+# --- running the scene -----------------------------------------------------------
+
+
+@dataclass
+class _RunResult:
+    play_frames: list[int]
+    play_rendered: list[bool]
+    video: Path | None
+    srt: Path | None
+
+    def output(self, spec: RenderSpec) -> RenderOutput:
+        rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
+        return RenderOutput(
+            video=str(self.video) if self.video else None,
+            srt=str(self.srt) if self.srt else None,
+            frames=sum(rendered),
+            animations=len(rendered),
+        )
+
+
+def _validate(spec: RenderSpec) -> None:
+    if spec.width <= 0 or spec.height <= 0 or spec.fps <= 0:
+        raise ValueError(f"width, height and fps must be positive: {spec}")
+    if spec.renderer not in ("cairo", "opengl"):
+        raise ValueError(f"renderer must be 'cairo' or 'opengl', not {spec.renderer!r}")
+    start = spec.from_animation or 0
+    if start < 0:
+        raise ValueError(f"from_animation must be >= 0, got {spec.from_animation}")
+    if spec.upto_animation is not None and spec.upto_animation <= start:
+        raise ValueError(
+            f"upto_animation must be > from_animation, got [{start}, {spec.upto_animation})"
+        )
+
+
+def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
+    _validate(spec)
+    from manim import tempconfig
+
+    from workers import manim_patch
+
+    manim_patch.apply_exact_skipping()
+    out_dir = Path(spec.out_dir).resolve()
+    with tempconfig({}), _user_source_registered(spec.code):
+        _configure(spec, out_dir, plan=plan)
+        module = _exec_user_module(spec.code)
+        # The user's module may set config at import (background colour is common);
+        # what the farm promised the job (size, fps, range, output place) wins.
+        _configure(spec, out_dir, plan=plan)
+        scene_class = _find_scene_class(module, spec.class_name)
+        return _render_scene_class(scene_class, spec, plan=plan)
+
+
+def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
+    from manim import config
+
+    config.renderer = spec.renderer
+    config.pixel_width = spec.width
+    config.pixel_height = spec.height
+    config.frame_rate = spec.fps
+    # Why: -r W,H does not change manim's frame; a 9:16 frame must swap the 16:9
+    # frame's sides too, or the sides of a landscape-composed scene are cropped.
+    if spec.portrait:
+        config.frame_width, config.frame_height = _FRAME_SHORT_SIDE, _FRAME_LONG_SIDE
+    else:
+        config.frame_width, config.frame_height = _FRAME_LONG_SIDE, _FRAME_SHORT_SIDE
+    config.media_dir = str(out_dir)
+    config.video_dir = str(out_dir / "videos")
+    config.partial_movie_dir = str(out_dir / "partial_movies")
+    config.images_dir = str(out_dir / "images")
+    config.tex_dir = str(out_dir / "Tex")
+    config.text_dir = str(out_dir / "texts")
+    config.log_dir = str(out_dir / "logs")
+    config.assets_dir = str(out_dir)
+    config.input_file = ""
+    config.output_file = USER_MODULE
+    config.log_to_file = False
+    config.disable_caching = True
+    config.disable_caching_warning = True
+    config.verbosity = "WARNING"
+    config.progress_bar = "none"
+    config.preview = False
+    config.show_in_file_browser = False
+    config.live_preview = False
+    config.enable_gui = False
+    config.write_all = False
+    config.save_sections = False
+    config.transparent = False
+    config.seed = SCENE_SEED
+    if spec.max_inflight_encoders is not None:
+        config.max_inflight_encoders = spec.max_inflight_encoders
+    if plan:
+        # Nothing is encoded or written; every animation is skipped (and simulated).
+        config.dry_run = True
+        config.format = "auto"
+        config.from_animation_number = sys.maxsize
+        config.upto_animation_number = -1
+    else:
+        config.dry_run = False
+        # An explicit mp4 (not "auto", which would fall back to a PNG for a scene
+        # without animations).
+        config.format = "mp4"
+        config.from_animation_number = spec.from_animation or 0
+        config.upto_animation_number = (
+            -1 if spec.upto_animation is None else spec.upto_animation - 1
+        )
+
+
+def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool) -> _RunResult:
+    manager_class = _farm_manager_class()
+    try:
+        scene = scene_class()
+        manager = manager_class(scene, spec.from_animation or 0, spec.upto_animation)
+        manager.render()
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, SceneError):
+            raise
+        if not _is_scene_fault(exc):
+            raise
+        raise SceneError(_user_traceback(exc)) from None
+    if plan:
+        return _RunResult(manager.play_frames, manager.play_rendered, None, None)
+    file_writer = manager.file_writer
+    movie = Path(file_writer.movie_file_path)
+    video = movie if movie.is_file() else None
+    srt_path = file_writer.output_plan.subcaption_file
+    srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
+    return _RunResult(manager.play_frames, manager.play_rendered, video, srt)
+
+
+def _farm_manager_class() -> type[Any]:
+    """Build the Manager subclass lazily, so importing this module does not import manim."""
+    from manim.manager import Manager
+
+    from workers.manim_patch import frames_of
+
+    class FarmManager(Manager[Any]):
+        """Records per-animation frame counts and which animation owns each subcaption."""
+
+        def __init__(self, scene: Any, start: int, end: int | None) -> None:
+            super().__init__(scene)
+            self.range_start, self.range_end = start, end
+            self.play_frames: list[int] = []
+            self.play_rendered: list[bool] = []
+            self.subcaption_owners: list[int] = []
+
+        def play(self, *args: Any, **kwargs: Any) -> None:
+            before = frames_of(self.renderer)
+            super().play(*args, **kwargs)
+            self.play_frames.append(frames_of(self.renderer) - before)
+            self.play_rendered.append(not self.renderer.skip_animations)
+
+        def add_subcaption(self, content: str, duration: float = 1, offset: float = 0) -> None:
+            super().add_subcaption(content, duration, offset)
+            # Why: during play k (play(subcaption=...)) num_plays is already k+1;
+            # between plays k and k+1 it is k+1 too; before the first play it is 0.
+            self.subcaption_owners.append(max(self.num_plays - 1, 0))
+
+        def post_construct(self) -> None:
+            if self.num_plays == 0:
+                raise SceneError(
+                    "The scene has no animations: construct() called neither "
+                    "self.play() nor self.wait()"
+                )
+            start, end = self.range_start, self.range_end
+            subs = self.file_writer.subcaptions
+            self.file_writer.subcaptions = [
+                s for s, owner in zip(subs, self.subcaption_owners, strict=True)
+                if start <= owner and (end is None or owner < end)
+            ]
+            super().post_construct()
+
+    return FarmManager
+
+
+# --- the user's module -------------------------------------------------------------
+
+
+@contextmanager
+def _user_source_registered(code: str) -> Iterator[None]:
+    """Let tracebacks show the user's source lines for "scene.py" (it is not on disk)."""
+    # mtime None: linecache.checkcache keeps the entry instead of stat()ing the file.
+    linecache.cache[USER_FILENAME] = (len(code), None, code.splitlines(True), USER_FILENAME)
+    try:
+        yield
+    finally:
+        linecache.cache.pop(USER_FILENAME, None)
+
+
+def _exec_user_module(code: str) -> types.ModuleType:
+    try:
+        compiled = compile(code, USER_FILENAME, "exec")
+    except SyntaxError as exc:
+        raise SceneError(_format_exception_only(exc)) from None
+    module = types.ModuleType(USER_MODULE)
+    module.__file__ = USER_FILENAME
+    # Why: dataclasses, pickling and inspect look the module up by name.
+    sys.modules[USER_MODULE] = module
+    try:
+        exec(compiled, module.__dict__)
+    except (Exception, SystemExit) as exc:
+        raise SceneError(_user_traceback(exc)) from None
+    return module
+
+
+def _find_scene_class(module: types.ModuleType, class_name: str) -> type[Any]:
+    from manim import Scene
+
+    available = sorted(
+        name
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, Scene) and obj.__module__ == USER_MODULE
+    )
+    found = vars(module).get(class_name)
+    if found is None:
+        listing = ", ".join(available) if available else "none"
+        raise SceneError(
+            f"Scene class {class_name!r} not found in the submitted code "
+            f"(Scene subclasses defined there: {listing})"
+        )
+    if not (isinstance(found, type) and issubclass(found, Scene)):
+        raise SceneError(f"{class_name!r} in the submitted code is not a Scene subclass")
+    return found
+
+
+def _is_scene_fault(exc: BaseException) -> bool:
+    """Whether an exception is the user's scene failing rather than the farm or the host.
+
+    The scene's code must be on the stack, and the error must not come from manim's
+    video encoding (a broken encoder or a full disk surfaces in the user's self.play()).
+    """
+    if isinstance(exc, MemoryError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any(f.filename == USER_FILENAME for f in frames):
+        return False
+    innermost = Path(frames[-1].filename)
+    return not (innermost.parent.name == "scene" and innermost.name in _ENCODING_FILES)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback a user should see: their own frames and the exception line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == USER_FILENAME]
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.StackSummary.from_list(frames).format())
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines).rstrip("\n")
+
+
+def _format_exception_only(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
+
+
+# --- command line ------------------------------------------------------------------
+
+
+def _spec_from_json(data: dict[str, Any]) -> RenderSpec:
+    return RenderSpec(**data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m workers.scene_runner plan|render SPEC.json RESULT.json``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] not in ("plan", "render"):
+        print("usage: python -m workers.scene_runner plan|render SPEC.json RESULT.json",
+              file=sys.stderr)
+        return 1
+    command, spec_path, result_path = args
+    result: dict[str, Any]
+    try:
+        spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
+        if command == "plan":
+            result = {"ok": True, "durations": plan_scene(spec)}
+        else:
+            result = {"ok": True, **asdict(render_scene(spec))}
+        code = 0
+    except SceneError as exc:
+        result = {"ok": False, "error": str(exc), "scene_error": True}
+        code = 2
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "scene_error": False}
+        code = 1
+    Path(result_path).write_text(json.dumps(result), encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``farm scheduler``: the one process that reaps lost work and exports queue gauges.
+
+Run exactly one (the Helm chart does); a second one is harmless (SKIP LOCKED, CAS claims) but
+would export the queue gauges twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from farm import jobs, metrics
+from farm.config import Settings
+from farm.db import open_pool
+from farm.presets import QUALITIES
+from workers.celery_app import app, configure
+from workers.publish import Publisher
+from workers.routing import ALL_QUEUES
+
+log = logging.getLogger("farm.scheduler")
+CONSUMER_KEY = "farm:consumers:"
+
+
+def queue_consumers(client: redis.Redis) -> dict[str, int]:
+    """Workers that heartbeated in the last interval, counted per queue they consume."""
+    counts = dict.fromkeys(ALL_QUEUES, 0)
+    for key in client.scan_iter(f"{CONSUMER_KEY}*"):
+        queues = client.get(key)
+        for queue in (queues or b"").decode().split(","):
+            if queue in counts:
+                counts[queue] += 1
+    return counts
+
+
+def run_once(settings: Settings, pool: object, client: redis.Redis, publisher: Publisher) -> int:
+    with pool.connection() as conn:  # type: ignore[attr-defined]
+        requeue = jobs.reap(conn, max_attempts=settings.max_attempts,
+                            requeue_after_seconds=settings.requeue_after_seconds)
+        ages = jobs.oldest_queued_age(conn)
+    for item in requeue:
+        publisher.step(item.job_id, item.kind, item.idx, item.quality)
+        metrics.REAPER_REQUEUED.labels(kind=item.kind).inc()
+        log.info("requeued %s %s of %s", item.kind, item.idx, item.job_id)
+    for queue in ALL_QUEUES:
+        metrics.QUEUE_DEPTH.labels(queue=queue).set(client.llen(queue))
+    for quality in QUALITIES:
+        metrics.QUEUE_OLDEST_JOB_AGE.labels(quality=quality).set(ages.get(quality, 0.0))
+    for queue, n in queue_consumers(client).items():
+        metrics.QUEUE_CONSUMERS.labels(queue=queue).set(n)
+    return len(requeue)
+
+
+def run_forever(settings: Settings) -> None:
+    configure(settings)
+    pool = open_pool(settings, max_size=2)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    publisher = Publisher(app)
+    metrics.start_metrics_server(settings.scheduler_metrics_port, environ={})
+    log.info("scheduler running; metrics on :%s", settings.scheduler_metrics_port)
+    while True:
+        try:
+            run_once(settings, pool, client, publisher)
+        except Exception:  # Redis or PostgreSQL away for a moment: try again next round
+            log.exception("scheduler round failed")
+        time.sleep(settings.reaper_interval_seconds)

@@ -1,0 +1,45 @@
+"""Stitching: concatenate chunk videos without re-encoding, and take a thumbnail (ffmpeg-python)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ffmpeg
+
+
+def concat_videos(parts: list[Path], output: Path) -> None:
+    """Join mp4s with the concat demuxer and stream copy: the frames are the chunks' own."""
+    if len(parts) == 1:
+        output.write_bytes(parts[0].read_bytes())
+        return
+    listing = output.with_suffix(".txt")
+    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in parts))
+    (
+        ffmpeg.input(str(listing), format="concat", safe=0)
+        .output(str(output), c="copy", movflags="+faststart")
+        .overwrite_output()
+        .run(quiet=True)
+    )
+
+
+def probe(video: Path) -> dict[str, float]:
+    info = ffmpeg.probe(str(video))
+    stream = next(s for s in info["streams"] if s["codec_type"] == "video")
+    num, den = (int(x) for x in stream["r_frame_rate"].split("/"))
+    return {
+        "width": int(stream["width"]),
+        "height": int(stream["height"]),
+        "fps": num / den,
+        "duration": float(info["format"]["duration"]),
+    }
+
+
+def thumbnail(video: Path, output: Path) -> None:
+    """A JPEG of a frame a third of the way in (the first frame is often empty)."""
+    at = probe(video)["duration"] / 3
+    (
+        ffmpeg.input(str(video), ss=at)
+        .output(str(output), vframes=1, **{"q:v": 3})
+        .overwrite_output()
+        .run(quiet=True)
+    )
