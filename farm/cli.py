@@ -68,6 +68,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         db.ensure_database(settings.database_url)
     applied = db.migrate(settings.database_url)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    from farm.storage import S3Storage
+
+    S3Storage(settings).ensure_bucket()  # results need it; creating it is idempotent
+    print(f"bucket: {settings.s3_bucket}")
     return 0
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 WIDTH, HEIGHT, FPS = 426, 240, 15
 
-MULTI_WAIT = '''
+MULTI_WAIT = """
 from manim import *
 
 class MultiWait(Scene):
@@ -29,9 +29,9 @@ class MultiWait(Scene):
         self.play(FadeIn(c), Rotate(sq, PI / 3), run_time=0.62)
         self.wait(0.3)
         self.play(FadeOut(sq), c.animate.shift(UP), run_time=0.44)
-'''
+"""
 
-DT_UPDATER = '''
+DT_UPDATER = """
 from manim import *
 
 class DtUpdater(Scene):
@@ -46,9 +46,9 @@ class DtUpdater(Scene):
         self.wait(0.52)
         self.play(Indicate(dot), run_time=0.63)
         self.wait(0.35)
-'''
+"""
 
-VALUE_TRACKER = '''
+VALUE_TRACKER = """
 from manim import *
 
 class Tracker(Scene):
@@ -65,9 +65,9 @@ class Tracker(Scene):
         t.add_updater(lambda m, dt: m.increment_value(0.9 * dt))
         self.wait(0.61)
         self.play(t.animate.set_value(3.0), run_time=0.48)
-'''
+"""
 
-TRANSFORM_CHAIN = '''
+TRANSFORM_CHAIN = """
 from manim import *
 
 class TransformChain(Scene):
@@ -77,9 +77,9 @@ class TransformChain(Scene):
         for target in [Circle(color=RED), Triangle(color=GREEN), RegularPolygon(5), Star()]:
             self.play(Transform(m, target), run_time=0.38)
         self.play(ReplacementTransform(m, Dot()), run_time=0.55)
-'''
+"""
 
-SUBCAPTIONS = '''
+SUBCAPTIONS = """
 from manim import *
 
 class Captions(Scene):
@@ -96,9 +96,9 @@ class Captions(Scene):
                   subcaption_offset=0.2, subcaption_duration=0.3)
         self.play(FadeOut(sq), run_time=0.41)
         self.add_subcaption("The end", duration=0.6)
-'''
+"""
 
-PORTRAIT = '''
+PORTRAIT = """
 from manim import *
 
 class Portrait(Scene):
@@ -112,7 +112,7 @@ class Portrait(Scene):
         self.wait(0.43)
         self.play(box.animate.scale(0.5), run_time=0.52)
         self.wait(0.37)
-'''
+"""
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -130,7 +130,10 @@ def runner_subprocess(command: str, spec: dict[str, object], work: Path) -> dict
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
         [sys.executable, "-m", "workers.scene_runner", command, str(spec_path), str(result_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     result: dict[str, object] = json.loads(result_path.read_text())
     result["returncode"] = proc.returncode
@@ -148,17 +151,45 @@ def plain_manim_render(
     width, height = (HEIGHT, WIDTH) if portrait else (WIDTH, HEIGHT)
     cfg = work / "manim.cfg"
     long_side = repr(8.0 * 16.0 / 9.0)
-    frame = (f"frame_width = 8.0\nframe_height = {long_side}\n" if portrait
-             else f"frame_width = {long_side}\nframe_height = 8.0\n")
+    frame = (
+        f"frame_width = 8.0\nframe_height = {long_side}\n"
+        if portrait
+        else f"frame_width = {long_side}\nframe_height = 8.0\n"
+    )
     cfg.write_text("[CLI]\n" + frame)
     media = work / "media"
-    run([
-        str(VENV_BIN / "manim"), "render", str(source), class_name,
-        "--config_file", str(cfg), "-r", f"{width},{height}", "--fps", str(FPS),
-        "--disable_caching", "--media_dir", str(media), "--format", "mp4", "--seed", "0",
-        "--renderer", renderer, "--silent", "-v", "WARNING", "--progress_bar", "none",
-        "-o", "plain",
-    ], cwd=work, timeout=120)
+    run(
+        [
+            str(VENV_BIN / "manim"),
+            "render",
+            str(source),
+            class_name,
+            "--config_file",
+            str(cfg),
+            "-r",
+            f"{width},{height}",
+            "--fps",
+            str(FPS),
+            "--disable_caching",
+            "--media_dir",
+            str(media),
+            "--format",
+            "mp4",
+            "--seed",
+            "0",
+            "--renderer",
+            renderer,
+            "--silent",
+            "-v",
+            "WARNING",
+            "--progress_bar",
+            "none",
+            "-o",
+            "plain",
+        ],
+        cwd=work,
+        timeout=120,
+    )
     videos = [p for p in media.rglob("plain.mp4")]
     assert len(videos) == 1, videos
     srt = videos[0].with_suffix(".srt")
@@ -175,26 +206,66 @@ def concat_videos(parts: list[Path], out: Path) -> Path:
     listing = out.with_suffix(".txt")
     entries = []
     for part in parts:
-        probe = run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                     "stream=duration", "-of", "default=nw=1:nk=1", str(part)])
+        probe = run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=duration",
+                "-of",
+                "default=nw=1:nk=1",
+                str(part),
+            ]
+        )
         entries.append(f"file '{part}'\nduration {probe.stdout.strip()}\n")
     listing.write_text("".join(entries))
-    run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
-         "-c", "copy", str(out)])
+    run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(out),
+        ]
+    )
     return out
 
 
 def frame_md5s(video: Path) -> list[str]:
     """MD5 of every decoded frame, in order (ffmpeg framemd5)."""
     out = run(["ffmpeg", "-v", "error", "-i", str(video), "-map", "0:v:0", "-f", "framemd5", "-"])
-    return [line.rsplit(",", 1)[1].strip() for line in out.stdout.splitlines()
-            if line and not line.startswith("#")]
+    return [
+        line.rsplit(",", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 def duration_s(video: Path) -> float:
     """Container duration in seconds (ffprobe)."""
-    out = run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
-               "-of", "default=nw=1:nk=1", str(video)])
+    out = run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+            str(video),
+        ]
+    )
     return float(out.stdout.strip())
 
 

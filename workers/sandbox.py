@@ -22,7 +22,6 @@ import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from farm.config import Settings
 RUNNER_MODULES = ("scene_runner.py", "manim_patch.py")
 SANDBOX_ROOT = "/work"
 RUNNER_ROOT = "/opt/farm-runner"
+VENV_ROOT = "/opt/farm-venv"
 
 
 @dataclass(frozen=True)
@@ -135,12 +135,13 @@ class Sandbox:
         args: list[str] = []
         ro = ["/usr", "/etc/fonts", "/etc/alternatives", "/etc/ld.so.cache", "/etc/texmf",
               "/var/lib/texmf", "/etc/ssl/certs"]
-        for path in {sys.base_prefix, sys.prefix, sysconfig.get_paths()["purelib"]}:
-            if not path.startswith("/usr"):
-                ro.append(path)
+        if not sys.base_prefix.startswith("/usr"):
+            ro.append(sys.base_prefix)  # a Python built elsewhere (e.g. /opt/python)
         for path in ro:
             if os.path.exists(path):
                 args += ["--ro-bind", path, path]
+        # The venv (or the image's Python prefix) at a fixed path, whatever the host path is.
+        args += ["--ro-bind", sys.prefix, VENV_ROOT]
         for name in ("lib", "lib64", "bin", "sbin"):
             target = os.readlink(f"/{name}") if os.path.islink(f"/{name}") else None
             if target:
@@ -156,7 +157,7 @@ class Sandbox:
     def _environment(self) -> dict[str, str]:
         # Everything the runner needs, and nothing from the worker's environment.
         return {
-            "PATH": f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{VENV_ROOT}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": SANDBOX_ROOT,
             "PYTHONPATH": RUNNER_ROOT,
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -172,7 +173,8 @@ class Sandbox:
         }
 
     def command(self, mode: str, scratch: Path) -> list[str]:
-        python = str(Path(sys.prefix) / "bin" / "python")
+        python = str(Path(sys.prefix if self.settings.sandbox == "none" else VENV_ROOT)
+                     / "bin" / "python")
         runner = [python, "-m", "workers.scene_runner", mode,
                   f"{SANDBOX_ROOT}/spec.json", f"{SANDBOX_ROOT}/result.json"]
         if self.settings.sandbox == "none":
@@ -181,7 +183,7 @@ class Sandbox:
         for name, value in self._environment().items():
             env_args += ["--setenv", name, value]
         return [
-            "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--disable-userns", "--cap-drop", "ALL",
             *self._binds(),
             "--proc", "/proc", "--dev", "/dev",
@@ -226,6 +228,8 @@ class Sandbox:
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True, mode=0o700)
+        # The jail's uid must traverse (not list) the parent to reach its bind source.
+        os.chmod(scratch.parent, 0o711)
         (scratch / "out").mkdir()
         spec = {**spec, "out_dir": f"{SANDBOX_ROOT}/out" if self.settings.sandbox != "none"
                 else str(scratch / "out")}

@@ -95,7 +95,7 @@ def plan_scene(spec: RenderSpec) -> list[float]:
 
 def render_scene(spec: RenderSpec) -> RenderOutput:
     """Render the spec's range of animations to an mp4 (and .srt) under out_dir."""
-    return _run(spec, plan=False).output(spec)
+    return _run(spec, plan=False).output()
 
 
 # --- running the scene -----------------------------------------------------------
@@ -108,7 +108,7 @@ class _RunResult:
     video: Path | None
     srt: Path | None
 
-    def output(self, spec: RenderSpec) -> RenderOutput:
+    def output(self) -> RenderOutput:
         rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
         return RenderOutput(
             video=str(self.video) if self.video else None,
@@ -264,7 +264,8 @@ def _farm_manager_class() -> type[Any]:
             start, end = self.range_start, self.range_end
             subs = self.file_writer.subcaptions
             self.file_writer.subcaptions = [
-                s for s, owner in zip(subs, self.subcaption_owners, strict=True)
+                s
+                for s, owner in zip(subs, self.subcaption_owners, strict=True)
                 if start <= owner and (end is None or owner < end)
             ]
             super().post_construct()
@@ -363,8 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m workers.scene_runner plan|render SPEC.json RESULT.json``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[0] not in ("plan", "render"):
-        print("usage: python -m workers.scene_runner plan|render SPEC.json RESULT.json",
-              file=sys.stderr)
+        print(
+            "usage: python -m workers.scene_runner plan|render SPEC.json RESULT.json",
+            file=sys.stderr,
+        )
         return 1
     command, spec_path, result_path = args
     result: dict[str, Any]

@@ -128,6 +128,8 @@ def _failure(run: RunResult, limits: Limits) -> tuple[str, str] | None:
     if run.signal is not None:
         name = signal.Signals(run.signal).name if run.signal in signal.Signals else run.signal
         return f"the render process crashed ({name})", "scene_error"
+    if result is None and run.log.startswith("bwrap: "):
+        return None  # the jail itself failed to start: the platform's problem, not the scene's
     if result is None:
         tail = run.log.strip().splitlines()[-3:]
         detail = ("; last output: " + " | ".join(tail)) if tail else ""

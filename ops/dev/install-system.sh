@@ -10,6 +10,7 @@ pkgs=(
   bubblewrap                                        # the render sandbox
   prometheus                                        # real scrapes in the observability tests, promtool
   chromium                                          # the playground's browser test
+  python3-venv python3-dev                          # the venv: a Python the sandbox uid can read
   curl procps psmisc
 )
 missing=()

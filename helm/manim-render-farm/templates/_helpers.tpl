@@ -123,7 +123,12 @@ FARM_S3_SECRET_KEY: {{ $sk | quote }}
 {{/* Pod annotations that roll pods when settings or credentials change. */}}
 {{- define "farm.checksums" -}}
 checksum/config: {{ include "farm.configData" . | sha256sum }}
-checksum/secret: {{ ternary (printf "existing:%s" .Values.secrets.existingSecret) (include "farm.secretData" .) (not (empty .Values.secrets.existingSecret)) | sha256sum }}
+{{- if .Values.secrets.existingSecret }}
+{{- /* Rotating the data of an existing Secret does not show here: rename it, or restart the pods. */}}
+checksum/secret: {{ printf "existing:%s" .Values.secrets.existingSecret | sha256sum }}
+{{- else }}
+checksum/secret: {{ include "farm.secretData" . | sha256sum }}
+{{- end }}
 {{- end -}}
 
 {{/* envFrom for every farm container: settings and credentials. */}}

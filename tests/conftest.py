@@ -1,0 +1,239 @@
+"""Fixtures: real PostgreSQL, Redis, S3 (SeaweedFS) and real worker processes.
+
+The suite gets its own database (recreated and migrated per session), Redis database 15, and
+S3 bucket. A missing service fails loudly in CI and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from farm import db, keys
+from farm.config import Settings, load_settings
+from farm.storage import S3Storage
+
+ROOT = Path(__file__).resolve().parent.parent
+FARM = str(Path(sys.prefix) / "bin" / "farm")
+
+
+# Several suites may run at once on one machine (FARM_TEST_SLOT=0..7): each gets its own
+# database, Redis database, bucket and ports.
+SLOT = int(os.environ.get("FARM_TEST_SLOT", "0"))
+TEST_DB = f"farm_test_{SLOT}"
+
+
+def _base_settings() -> Settings:
+    base = load_settings({})
+    url = psycopg.conninfo.make_conninfo(base.database_url, dbname=TEST_DB)
+    return base.with_(
+        database_url=url,
+        redis_url=f"redis://127.0.0.1:6379/{15 - SLOT}",
+        s3_bucket=f"farm-test-{SLOT}",
+        log_format="text",
+        lease_seconds=6,
+        heartbeat_seconds=1,
+        requeue_after_seconds=30,
+        reaper_interval_seconds=1.0,
+        chunk_timeout_seconds=60,
+        plan_timeout_seconds=60,
+        min_chunk_seconds=0.5,
+        parallelism=2,
+        worker_metrics_port=9111 + 10 * SLOT,
+        scheduler_metrics_port=9112 + 10 * SLOT,
+        rate_limit_per_second=1000.0,
+        rate_limit_burst=1000,
+        max_running_jobs_per_key=50,
+        webhook_allowlist=("127.0.0.1/32",),
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``FARM_*`` environment that makes a subprocess load exactly ``settings``."""
+    env: dict[str, str] = {}
+    for name, value in vars(settings).items():
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"FARM_{name.upper()}"] = str(value)
+    return env
+
+
+def _require(what: str, check: Any) -> None:
+    try:
+        check()
+    except Exception as exc:
+        message = f"{what} is not reachable ({exc}); start it (make services)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    s = _base_settings()
+    _require("PostgreSQL", lambda: psycopg.connect(
+        psycopg.conninfo.make_conninfo(s.database_url, dbname="postgres"), connect_timeout=3
+    ).close())
+    _require("Redis", lambda: redis.Redis.from_url(s.redis_url, socket_timeout=3).ping())
+    storage = S3Storage(s)
+    _require("S3", storage.ensure_bucket)
+    admin = psycopg.conninfo.make_conninfo(s.database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEST_DB}")
+    db.migrate(s.database_url)
+    redis.Redis.from_url(s.redis_url).flushdb()
+    return s
+
+
+@pytest.fixture(scope="session")
+def pool(settings: Settings) -> Iterator[Any]:
+    p = db.open_pool(settings, max_size=4)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="session")
+def storage(settings: Settings) -> S3Storage:
+    return S3Storage(settings)
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Any:
+    from api import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+class Key:
+    def __init__(self, new: keys.NewKey) -> None:
+        self.key = new.key
+        self.id = new.api_key.id
+        self.webhook_secret = new.webhook_secret
+        self.headers = {"Authorization": f"Bearer {new.key}"}
+
+
+@pytest.fixture()
+def make_key(pool: Any) -> Any:
+    def make(credits: int = 10_000, webhook_url: str | None = None, name: str = "test") -> Key:
+        with pool.connection() as conn:
+            return Key(keys.create_key(conn, name, Decimal(credits), webhook_url))
+
+    return make
+
+
+@pytest.fixture()
+def api_key(make_key: Any) -> Key:
+    return make_key()
+
+
+class Process:
+    """A farm process started for the tests, with its log kept for failures."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        handle = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [FARM, *self.args], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            cwd=ROOT, start_new_session=True,
+        )
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split() if int(p) != self.proc.pid]
+
+
+ALL_QUEUES = "render.low,render.medium,render.high,render.twok,render.fourk,stitch,webhooks"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    path = ROOT / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def farm_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "PROMETHEUS_"))}
+    return {**env, **settings_env(settings)}
+
+
+@pytest.fixture(scope="session")
+def worker(farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
+    """One worker on every queue with two render slots, and the scheduler (reaper)."""
+    w = Process(["worker", "--queues", ALL_QUEUES, "--concurrency", "2"], farm_env,
+                artifacts / "worker.log").start()
+    s = Process(["scheduler"], farm_env, artifacts / "scheduler.log").start()
+    time.sleep(3)
+    yield w
+    w.stop()
+    s.stop()
+
+
+def submit(client: Any, key: Key, code: str, class_name: str, **fields: Any) -> str:
+    body = {"code": code, "className": class_name, "quality": "low", **fields}
+    response = client.post("/api/v2/render", json=body, headers=key.headers)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["jobId"])
+
+
+def wait_for(client: Any, key: Key, job_id: str, timeout: float = 120,
+             until: tuple[str, ...] = ("completed", "failed")) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v2/render/{job_id}", headers=key.headers).get_json()
+        if not seen or seen[-1] != job["status"]:
+            seen.append(job["status"])
+        if job["status"] in until:
+            job["_seen"] = seen
+            return dict(job)
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {seen} after {timeout} s")
+
+
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def job_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

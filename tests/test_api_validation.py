@@ -1,0 +1,163 @@
+"""Request validation, auth and the error shape of the v2 API (no renders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Key, submit
+
+SCENE = "from manim import *\n\nclass A(Scene):\n    def construct(self):\n        self.wait(0.2)\n"
+
+
+def _post(client: Any, key: Key, body: Any, **kw: Any) -> Any:
+    return client.post("/api/v2/render", json=body, headers=key.headers, **kw)
+
+
+def _valid(**overrides: Any) -> dict[str, Any]:
+    return {"code": SCENE, "className": "A", "quality": "low", **overrides}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("code", ""),
+        ("code", "   "),
+        ("code", 12),
+        ("className", "1abc"),
+        ("className", "a-b"),
+        ("className", ""),
+        ("quality", "ultra"),
+        ("quality", None),
+        ("aspectRatio", "4:3"),
+        ("fps", 0),
+        ("fps", 121),
+        ("fps", "30"),
+        ("fps", 29.5),
+        ("webhookUrl", "http://example.com/hook"),
+        ("webhookUrl", "not a url"),
+        ("surprise", 1),
+    ],
+)
+def test_bad_field_is_400_naming_it(client: Any, api_key: Key, field: str, value: Any) -> None:
+    # Given a valid body with one field made bad; When it is submitted
+    response = _post(client, api_key, _valid(**{field: value}))
+    # Then the answer is a 400 in the one error shape, naming the field
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "validation_error"
+    assert field in body["message"]
+
+
+@pytest.mark.parametrize("missing", ["code", "className"])
+def test_missing_required_field(client: Any, api_key: Key, missing: str) -> None:
+    body = _valid()
+    del body[missing]
+    response = _post(client, api_key, body)
+    assert response.status_code == 400
+    assert missing in response.get_json()["message"]
+
+
+def test_body_must_be_json_object(client: Any, api_key: Key) -> None:
+    response = client.post("/api/v2/render", data="[1]", headers={
+        **api_key.headers, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.get_json()["message"].startswith("body")
+    response = client.post("/api/v2/render", data="{oops", headers={
+        **api_key.headers, "Content-Type": "application/json"})
+    assert response.status_code == 400
+
+
+def test_body_over_200kb_is_413(client: Any, api_key: Key) -> None:
+    response = _post(client, api_key, _valid(code="#" * (201 * 1024)))
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+def test_body_just_under_limit_is_accepted(client: Any, api_key: Key) -> None:
+    code = SCENE + "#" * (190 * 1024)
+    assert _post(client, api_key, _valid(code=code)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Basic abc", "Bearer ", "Bearer farm_live_xyz",
+     "Bearer farm_live_" + "0" * 48],
+)
+def test_auth_failures_are_401(client: Any, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    for response in (client.post("/api/v2/render", json=_valid(), headers=headers),
+                     client.get("/api/v2/me", headers=headers),
+                     client.get("/api/v2/render/job_x", headers=headers)):
+        assert response.status_code == 401
+        assert response.get_json()["error"] == "unauthorized"
+
+
+def test_revoked_key_is_401(client: Any, make_key: Any, pool: Any) -> None:
+    from farm import keys
+
+    key = make_key()
+    assert client.get("/api/v2/me", headers=key.headers).status_code == 200
+    with pool.connection() as conn:
+        keys.revoke_key(conn, key.id)
+    assert client.get("/api/v2/me", headers=key.headers).status_code == 401
+
+
+def test_other_keys_job_is_404(client: Any, make_key: Any) -> None:
+    owner, stranger = make_key(), make_key()
+    job_id = submit(client, owner, SCENE, "A")
+    assert client.get(f"/api/v2/render/{job_id}", headers=owner.headers).status_code == 200
+    for response in (client.get(f"/api/v2/render/{job_id}", headers=stranger.headers),
+                     client.delete(f"/api/v2/render/{job_id}", headers=stranger.headers),
+                     client.get(f"/api/v2/render/{job_id}/logs", headers=stranger.headers)):
+        assert response.status_code == 404
+        assert response.get_json()["error"] == "not_found"
+
+
+def test_submit_response_and_job_document(client: Any, api_key: Key) -> None:
+    response = _post(client, api_key, _valid(metadata={"a": [1, {"b": None}]}))
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued" and body["endpoint"] == "render"
+    job = client.get(f"/api/v2/render/{body['jobId']}", headers=api_key.headers).get_json()
+    for field in ("jobId", "endpoint", "status", "creditsCost", "durationMs", "result", "error",
+                  "metadata", "createdAt", "completedAt"):
+        assert field in job
+    assert job["metadata"] == {"a": [1, {"b": None}]}
+    assert job["result"] is None and job["durationMs"] is None and job["completedAt"] is None
+    assert job["createdAt"].endswith("Z") and len(job["createdAt"]) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_me_shows_key(client: Any, make_key: Any) -> None:
+    key = make_key(credits=42)
+    me = client.get("/api/v2/me", headers=key.headers).get_json()
+    assert me["keyId"] == key.id
+    assert key.key.startswith(me["keyPrefix"]) and len(me["keyPrefix"]) < 20
+    assert me["credits"]["total"] == 42
+    assert me["name"] == "test" and me["createdAt"].endswith("Z")
+    assert "webhookSecret" not in str(me) and key.webhook_secret not in str(me)
+
+
+def test_unknown_route_and_method_are_json(client: Any, api_key: Key) -> None:
+    response = client.get("/api/v2/nothing", headers=api_key.headers)
+    assert response.status_code == 404 and response.get_json()["error"] == "not_found"
+    response = client.put("/api/v2/render", headers=api_key.headers)
+    assert response.status_code == 405 and response.get_json()["error"] == "method_not_allowed"
+
+
+def test_openapi_document(client: Any) -> None:
+    spec = client.get("/api/v2/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) >= {"/api/v2/render", "/api/v2/render/{jobId}", "/api/v2/me"}
+    props = spec["components"]["schemas"]["RenderRequest"]["properties"]
+    assert set(props) == {"code", "className", "quality", "aspectRatio", "fps", "metadata",
+                          "webhookUrl"}
+    assert props["quality"]["enum"] == ["low", "medium", "high", "twok", "fourk"]
+
+
+def test_health_and_ready(client: Any) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"postgres": "ok", "redis": "ok", "s3": "ok"}
