@@ -162,9 +162,10 @@ class Sandbox:
             "PYTHONPATH": RUNNER_ROOT,
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
+            "PYTHONHASHSEED": "0",  # set iteration order must agree across a job's chunks
             "LANG": "C.UTF-8",
             "TEXMFVAR": f"{SANDBOX_ROOT}/.texmf-var",
-            "MPLCONFIGDIR": f"/tmp/mpl",
+            "MPLCONFIGDIR": "/tmp/mpl",
             "XDG_CACHE_HOME": "/tmp/cache",
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",

@@ -12,14 +12,23 @@ def concat_videos(parts: list[Path], output: Path) -> None:
     if len(parts) == 1:
         output.write_bytes(parts[0].read_bytes())
         return
+    # Each entry carries its exact stream duration: without it the demuxer offsets the next
+    # chunk by the container duration, which mp4 rounds to milliseconds, and timestamps drift.
     listing = output.with_suffix(".txt")
-    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in parts))
+    listing.write_text("".join(
+        f"file '{p.resolve()}'\nduration {_stream_duration(p)}\n" for p in parts
+    ))
     (
         ffmpeg.input(str(listing), format="concat", safe=0)
         .output(str(output), c="copy", movflags="+faststart")
         .overwrite_output()
         .run(quiet=True)
     )
+
+
+def _stream_duration(video: Path) -> str:
+    info = ffmpeg.probe(str(video), select_streams="v:0", show_entries="stream=duration")
+    return str(info["streams"][0]["duration"])
 
 
 def probe(video: Path) -> dict[str, float]:

@@ -1,0 +1,48 @@
+# manim-render-farm: every target documents itself (`make` or `make help`).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+FARM := $(VENV)/bin/farm
+# Debian's Python: the render sandbox runs as an unprivileged uid that must be able to read it.
+SYSTEM_PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
+
+.PHONY: help system venv services demo down test test-fast lint bench clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+system: ## install the Debian packages (ffmpeg, cairo, pango, TeX, bubblewrap, prometheus, chromium)
+	@bash ops/dev/install-system.sh
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv with the project and its dev tools
+
+services: system venv ## start PostgreSQL, Redis and the local S3 (SeaweedFS) if they are down
+	@bash ops/dev/services.sh
+
+demo: services ## bring up the whole farm locally and render examples/hello.py
+	@bash ops/dev/stack.sh up
+	@bash ops/dev/stack.sh demo
+
+down: ## stop what `make demo` started (and nothing else)
+	@bash ops/dev/stack.sh down
+
+test: services ## run the test suite against real services and renders
+	@$(VENV)/bin/pytest
+
+lint: venv ## ruff and mypy
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy farm api workers
+
+bench: services ## farm vs plain manim on the benchmark scene, as ratios
+	@$(PY) -m ops.bench.run
+
+clean: ## remove the venv and local state
+	rm -rf $(VENV) .run test-artifacts
