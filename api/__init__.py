@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from farm import metrics
 from farm.config import Settings, load_settings
 from farm.db import open_pool
-from farm.logs import configure_logging
+from farm.logs import bind, configure_logging, unbind
 from farm.storage import S3Storage
 from workers.celery_app import configure as configure_celery
 from workers.publish import Publisher
@@ -41,6 +41,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+        job_id = (request.view_args or {}).get("job_id")
+        if job_id:  # every log line while serving a job's URL carries its id
+            g.log_token = bind(job_id=job_id)
+
+    @app.teardown_request
+    def _unbind(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            try:
+                unbind(token)
+            except ValueError:  # bound in another context; nothing to undo
+                pass
 
     @app.after_request
     def _count(response: Response) -> Response:

@@ -20,6 +20,31 @@ _ERRORS = {
     "429": "Rate limited; see Retry-After",
 }
 
+_DESCRIPTION = """Kodisc v2 compatible render API of a self-hosted Manim farm.
+
+## Webhooks
+
+When a job ends (completed, or failed: cancels included) the farm POSTs the same JSON document
+as `GET /api/v2/render/{jobId}` to the job's `webhookUrl` (https only), or else to the key's
+default webhook URL; `"webhookUrl": null` opts a job out. Headers:
+
+* `content-type: application/json`
+* `farm-event: completed` or `farm-event: failed`
+* `farm-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`, keyed with the
+  key's webhook secret (`whsec_...`, shown once when the key is created).
+
+Verify the signature over the raw body bytes and reject timestamps older than 5 minutes.
+A delivery succeeds on a 2xx within 10 s; otherwise it is retried 30 s, 5 min and 30 min after
+the first try. Redirects are not followed; private, loopback and link-local addresses are refused.
+
+## Credits and limits
+
+A submit reserves the quality's minimum credits (402 `insufficient_credits` when the key can't
+cover it); completion settles the real cost. Requests are rate limited per key (429 with
+`Retry-After`), as are unfinished jobs per key. `Idempotency-Key` makes a retried submit return
+the same job (409 when the key is reused with a different body).
+"""
+
 
 def _errors(*codes: str) -> dict[str, Any]:
     return {
@@ -42,7 +67,7 @@ def build_spec() -> dict[str, Any]:
     spec = APISpec(
         title="manim-render-farm", version="2.0.0", openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
-        info={"description": "Kodisc v2 compatible render API of a self-hosted Manim farm."},
+        info={"description": _DESCRIPTION},
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name in ("RenderRequest", "SubmitResponse", "Job", "JobList", "Me", "Logs", "Error"):

@@ -60,6 +60,12 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+@bp.get("/")
+def playground() -> Response:
+    """The playground page: static HTML and JS (api/static) that call this API from the browser."""
+    return current_app.send_static_file("index.html")
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify({"status": "ok"})

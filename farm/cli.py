@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from farm import db, keys
+from farm import credits, db, keys
 from farm.config import Settings, load_settings
 from farm.jobs import iso
 
@@ -99,12 +99,44 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(_key_json(keys.revoke_key(conn, args.key))))
         elif args.keys_command == "grant":
             key = keys.find_key(conn, args.key)
-            keys.grant(conn, key.id, Decimal(args.amount))
+            credits.grant(conn, key.id, Decimal(args.amount))  # never below zero
             print(json.dumps(_key_json(keys.get_key(conn, key.id))))
         elif args.keys_command == "rotate-webhook-secret":
             secret = keys.rotate_webhook_secret(conn, args.key)
             print(json.dumps({"webhookSecret": secret}) if args.json else secret)
     pool.close()
+    return 0
+
+
+def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    from farm import jobs, webhooks
+
+    pool = db.open_pool(settings, max_size=1)
+    with pool.connection() as conn:
+        job = jobs.get_job(conn, args.job)
+        if args.webhooks_command == "list":
+            rows = webhooks.list_deliveries(conn, job["id"])
+            if args.json:
+                print(json.dumps([{**r, "created_at": iso(r["created_at"])} for r in rows]))
+            for r in [] if args.json else rows:
+                print(f"{iso(r['created_at'])}  series {r['series']} try {r['try']}"
+                      f"  {r['event']:<9} {r['status_code']:>3}  {r['duration_ms']:>6} ms"
+                      f"  {r['url']}  {r['error'] or ''}")
+            pool.close()
+            return 0
+        target = webhooks.target_for(conn, job)
+        attempt = webhooks.next_series_attempt(conn, job["id"])
+    pool.close()
+    if target is None:
+        print(f"{job['id']} is {job['status']} with no webhook URL: nothing to replay",
+              file=sys.stderr)
+        return 1
+    from workers.celery_app import configure
+    from workers.publish import Publisher
+
+    Publisher(configure(settings)).webhook(job["id"], attempt)
+    series, _ = webhooks.split_attempt(attempt)
+    print(f"queued series {series} (attempt {attempt}) of {target.event} to {target.url}")
     return 0
 
 
@@ -148,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("key")
     c.add_argument("amount")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("webhooks", help="inspect and replay a job's webhook deliveries")
+    ws = p.add_subparsers(dest="webhooks_command", required=True)
+    c = ws.add_parser("list", help="every delivery attempt of a job")
+    c.add_argument("job")
+    c.add_argument("--json", action="store_true")
+    c = ws.add_parser("replay", help="start a new delivery series of the job's terminal event")
+    c.add_argument("job")
+    p.set_defaults(func=cmd_webhooks)
+
+    from farm import client_cli
+
+    client_cli.add_commands(sub)  # render, status, logs, cancel, jobs: HTTP clients of the API
     return parser
 
 

@@ -91,6 +91,9 @@ class Settings:
     webhook_allowlist: tuple[str, ...] = field(default_factory=tuple)
     webhook_retry_delays: tuple[float, ...] = (30.0, 300.0, 1800.0)
     webhook_timeout_seconds: float = 10.0
+    # Extra CA certificates (PEM file) trusted for webhook receivers, on top of the system's:
+    # on-premises receivers with a private CA, and the tests' self-signed receiver.
+    webhook_ca_bundle: str = ""
     rate_limit_per_second: float = 10.0
     rate_limit_burst: int = 30
     max_running_jobs_per_key: int = 8

@@ -47,3 +47,16 @@ def settle(conn: Conn, key_id: str, job_id: str, reserved: Decimal, cost: Decima
     if cost > 0:
         _entry(conn, key_id, job_id, "settle", -cost)
     return True
+
+
+def grant(conn: Conn, key_id: str, amount: Decimal) -> None:
+    """Add (or, negative, take back) credits; never takes the balance below zero."""
+    conn.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
+    if amount < 0 and balance(conn, key_id) + amount < 0:
+        raise InsufficientCredits(
+            f"cannot take {-amount} credits: the key has {balance(conn, key_id)}"
+        )
+    conn.execute(
+        "INSERT INTO credit_ledger (key_id, kind, amount) VALUES (%s, 'grant', %s)",
+        (key_id, amount),
+    )

@@ -58,6 +58,10 @@ def _base_settings() -> Settings:
         rate_limit_burst=1000,
         max_running_jobs_per_key=50,
         webhook_allowlist=("127.0.0.1/32",),
+        # Short retry schedule; tests/test_webhooks.py writes its receiver's self-signed CA here.
+        webhook_retry_delays=(1.0, 2.0, 3.0),
+        webhook_timeout_seconds=3.0,
+        webhook_ca_bundle=str(ROOT / "test-artifacts" / f"webhook-ca-{SLOT}.pem"),
     )
 
 
@@ -155,11 +159,11 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
-        handle = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [FARM, *self.args], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-            cwd=ROOT, start_new_session=True,
-        )
+        with open(self.log, "ab") as handle:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [FARM, *self.args], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+                cwd=ROOT, start_new_session=True,
+            )
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -201,8 +205,8 @@ def farm_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> di
 def worker(farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
     """One worker on every queue with two render slots, and the scheduler (reaper)."""
     w = Process(["worker", "--queues", ALL_QUEUES, "--concurrency", "2"], farm_env,
-                artifacts / "worker.log").start()
-    s = Process(["scheduler"], farm_env, artifacts / "scheduler.log").start()
+                artifacts / f"worker-{SLOT}.log").start()
+    s = Process(["scheduler"], farm_env, artifacts / f"scheduler-{SLOT}.log").start()
     time.sleep(3)
     yield w
     w.stop()

@@ -142,13 +142,23 @@ def runner_subprocess(command: str, spec: dict[str, object], work: Path) -> dict
 
 
 def plain_manim_render(
-    code: str, class_name: str, work: Path, *, portrait: bool = False, renderer: str = "cairo"
+    code: str,
+    class_name: str,
+    work: Path,
+    *,
+    portrait: bool = False,
+    renderer: str = "cairo",
+    size: tuple[int, int] = (WIDTH, HEIGHT),
+    fps: int = FPS,
 ) -> tuple[Path, Path | None]:
-    """Render a whole scene with the stock manim CLI (no farm code); return (mp4, srt)."""
+    """Render a whole scene with the stock manim CLI (no farm code); return (mp4, srt).
+
+    ``size`` is landscape (width, height); portrait swaps it.
+    """
     work.mkdir(parents=True, exist_ok=True)
     source = work / "plain_scene.py"
     source.write_text(code)
-    width, height = (HEIGHT, WIDTH) if portrait else (WIDTH, HEIGHT)
+    width, height = (size[1], size[0]) if portrait else size
     cfg = work / "manim.cfg"
     long_side = repr(8.0 * 16.0 / 9.0)
     frame = (
@@ -169,7 +179,7 @@ def plain_manim_render(
             "-r",
             f"{width},{height}",
             "--fps",
-            str(FPS),
+            str(fps),
             "--disable_caching",
             "--media_dir",
             str(media),
@@ -197,48 +207,10 @@ def plain_manim_render(
 
 
 def concat_videos(parts: list[Path], out: Path) -> Path:
-    """Concatenate mp4 chunks with the ffmpeg concat demuxer and stream copy.
+    """Concatenate mp4 chunks exactly as the farm's stitcher does (stream copy)."""
+    from workers.stitch import concat_videos as stitch_concat
 
-    Each entry carries its exact stream duration: without it the demuxer offsets the
-    next chunk by the container duration, which mp4 rounds to milliseconds (1/15 s
-    chunks drift by a fraction of a millisecond per boundary).
-    """
-    listing = out.with_suffix(".txt")
-    entries = []
-    for part in parts:
-        probe = run(
-            [
-                "ffprobe",
-                "-v",
-                "error",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=duration",
-                "-of",
-                "default=nw=1:nk=1",
-                str(part),
-            ]
-        )
-        entries.append(f"file '{part}'\nduration {probe.stdout.strip()}\n")
-    listing.write_text("".join(entries))
-    run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "concat",
-            "-safe",
-            "0",
-            "-i",
-            str(listing),
-            "-c",
-            "copy",
-            str(out),
-        ]
-    )
+    stitch_concat(parts, out)
     return out
 
 

@@ -252,8 +252,14 @@ class Sandbox:
             start_new_session=True,
         )
         log = _LogBuffer(limits.log_bytes)
-        stopped = _watch(proc, log, scratch, limits, keep_going, heartbeat_seconds)
-        returncode = proc.wait()
+        try:
+            stopped = _watch(proc, log, scratch, limits, keep_going, heartbeat_seconds)
+        finally:
+            if proc.poll() is None:
+                _kill(proc)
+            returncode = proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
         result = None
         if stopped is None:
             result = _read_result(scratch / "result.json")

@@ -14,6 +14,7 @@ import redis
 from farm import jobs, metrics
 from farm.config import Settings
 from farm.db import open_pool
+from farm.logs import log_context
 from farm.presets import QUALITIES
 from workers.celery_app import app, configure
 from workers.publish import Publisher
@@ -42,7 +43,9 @@ def run_once(settings: Settings, pool: object, client: redis.Redis, publisher: P
     for item in requeue:
         publisher.step(item.job_id, item.kind, item.idx, item.quality)
         metrics.REAPER_REQUEUED.labels(kind=item.kind).inc()
-        log.info("requeued %s %s of %s", item.kind, item.idx, item.job_id)
+        fields = {"job_id": item.job_id, **({"chunk": item.idx} if item.kind == "chunk" else {})}
+        with log_context(**fields):
+            log.info("requeued %s %s of %s", item.kind, item.idx, item.job_id)
     for queue in ALL_QUEUES:
         metrics.QUEUE_DEPTH.labels(queue=queue).set(client.llen(queue))
     for quality in QUALITIES:
@@ -58,7 +61,7 @@ def run_forever(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     publisher = Publisher(app)
     metrics.start_metrics_server(settings.scheduler_metrics_port, environ={})
-    log.info("scheduler running; metrics on :%s", settings.scheduler_metrics_port)
+    log.info("scheduler running; metrics on :%s/metrics", settings.scheduler_metrics_port)
     while True:
         try:
             run_once(settings, pool, client, publisher)

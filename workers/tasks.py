@@ -64,6 +64,7 @@ class FarmTask(Task):  # type: ignore[misc]
         return beat
 
     def fail(self, claim: Claim, error: str, kind: str) -> None:
+        log.warning("step %s %s failed (%s): %s", claim.kind, claim.idx, kind, error)
         with self.conn() as conn:
             ended = jobs.fail_step(conn, claim, error, kind)
         if ended:
@@ -126,7 +127,10 @@ def _failure(run: RunResult, limits: Limits) -> tuple[str, str] | None:
     if run.signal == signal.SIGKILL:
         return None  # killed from outside (OOM killer, an operator): worth one more attempt
     if run.signal is not None:
-        name = signal.Signals(run.signal).name if run.signal in signal.Signals else run.signal
+        try:
+            name = signal.Signals(run.signal).name
+        except ValueError:
+            name = f"signal {run.signal}"
         return f"the render process crashed ({name})", "scene_error"
     if result is None and run.log.startswith("bwrap: "):
         return None  # the jail itself failed to start: the platform's problem, not the scene's

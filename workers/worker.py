@@ -1,7 +1,16 @@
-"""``farm worker``: a Celery worker for chosen queues, with metrics and a consumer heartbeat."""
+"""``farm worker``: a Celery worker for chosen queues, with metrics, JSON logs and a heartbeat.
+
+Logging: ``farm.logs.configure_logging`` sets the root handler before Celery starts, and the
+``setup_logging`` receiver below tells Celery to leave it alone, so Celery's own lines ("Task
+... received", "... succeeded in", tracebacks) go through the same JSON formatter. While a task
+runs, ``task_prerun``/``task_postrun`` bind its job id (first argument) and, for
+``render_chunk``, the chunk index (second argument) into the log context.
+"""
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
 import socket
 import threading
@@ -9,13 +18,18 @@ from typing import Any
 
 from celery import signals
 
-from farm import metrics
+from farm import logs, metrics
 from farm.config import Settings
 from farm.presets import QUALITIES
 from workers import runtime
 from workers.celery_app import app, configure
-from workers.routing import ALL_QUEUES, RENDER_QUEUES
+from workers.routing import ALL_QUEUES, RENDER_QUEUES, TASKS
 from workers.scheduler import CONSUMER_KEY
+
+# Tasks whose second positional argument is a chunk index.
+_CHUNK_TASKS = frozenset({TASKS["chunk"]})
+# Bound log-context tokens by Celery task id (one prefork child runs one task at a time).
+_bound: dict[str, logs.Token[dict[str, Any]]] = {}
 
 
 def _heartbeat(settings: Settings, queues: list[str]) -> None:
@@ -31,10 +45,51 @@ def _heartbeat(settings: Settings, queues: list[str]) -> None:
         threading.Event().wait(10)
 
 
-def run(settings: Settings, queues: list[str], concurrency: int, loglevel: str = "INFO") -> None:
+def job_fields(task_name: str, args: Any) -> dict[str, Any]:
+    """The log fields a task's positional arguments identify: job_id, and chunk for chunks."""
+    fields: dict[str, Any] = {}
+    if isinstance(args, (list, tuple)) and args and isinstance(args[0], str):
+        fields["job_id"] = args[0]
+        if task_name in _CHUNK_TASKS and len(args) > 1:
+            fields["chunk"] = args[1]
+    return fields
+
+
+class _TaskMessageFields(logging.Filter):
+    """Adds job_id/chunk to Celery's "Task ... received" lines, logged by the main process.
+
+    Those lines run outside any task, so nothing is bound; Celery passes the task's name and
+    the repr of its arguments as ``extra={"data": ...}``, which is enough to recover the ids.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and "job_id" not in logs.current_context():
+            args = data.get("args")
+            if isinstance(args, str):
+                try:
+                    args = ast.literal_eval(args)
+                except (ValueError, SyntaxError):
+                    args = None
+            fields = job_fields(str(data.get("name") or ""), args)
+            if fields:
+                record.fields = {**fields, **(getattr(record, "fields", None) or {})}
+        return True
+
+
+def configure_worker_logging(settings: Settings) -> None:
+    """JSON (or text) logs on stderr for the worker and its prefork children."""
+    logs.configure_logging(settings, "worker")
+    logging.captureWarnings(True)  # Celery's start-up warnings come before its own capture
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_TaskMessageFields())
+
+
+def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     unknown = set(queues) - set(ALL_QUEUES)
     if unknown:
         raise SystemExit(f"unknown queues: {', '.join(sorted(unknown))}")
+    configure_worker_logging(settings)
     configure(settings)
     runtime.set_settings(settings)
     import workers.tasks  # noqa: F401  (registers the tasks on the app)
@@ -43,12 +98,44 @@ def run(settings: Settings, queues: list[str], concurrency: int, loglevel: str =
     for queue in queues:
         metrics.WORKER_SLOTS.labels(queue=queue).set(concurrency)
     metrics.start_metrics_server(settings.worker_metrics_port)
+    logging.getLogger("farm.worker").info(
+        "worker for %s; metrics on :%s/metrics", ",".join(queues), settings.worker_metrics_port)
     threading.Thread(target=_heartbeat, args=(settings, queues), daemon=True).start()
+    # --quiet drops Celery's startup banner, which is printed, not logged (not JSON).
+    quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main([
-        "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
-        "--pool", "prefork", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        *quiet, "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
+        "--pool", "prefork", "--loglevel", settings.log_level.upper(), "--without-gossip",
+        "--without-mingle",
         "--hostname", f"farm-{'+'.join(q.split('.')[-1] for q in queues)}@%h",
     ])
+
+
+@signals.setup_logging.connect
+def _keep_farm_logging(**_: Any) -> None:
+    """Having a receiver stops Celery from installing its own text handlers."""
+    # Celery only redirects stdout/stderr when it configures logging itself; do it here so a
+    # stray print() or an uncaught traceback in a child still comes out as a JSON line.
+    app.log.redirect_stdouts("WARNING")  # a name: prefork children re-read it from the env
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None,
+               **_: Any) -> None:
+    name = getattr(task, "name", "") or ""
+    fields = {"task": name.rsplit(".", 1)[-1], **job_fields(name, args)}
+    if task_id:
+        _bound[task_id] = logs.bind(**fields)
+
+
+@signals.task_postrun.connect
+def _unbind_task(task_id: str | None = None, **_: Any) -> None:
+    token = _bound.pop(task_id or "", None)
+    if token is not None:
+        try:
+            logs.unbind(token)
+        except ValueError:  # bound in another context; nothing to undo here
+            pass
 
 
 @signals.worker_process_init.connect

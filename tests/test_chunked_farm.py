@@ -1,0 +1,217 @@
+"""Chunked rendering through the farm: identical frames to plain manim, retries, cancel, cache."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.captions import parse_srt
+from tests import scenes
+from tests.conftest import Key, submit, wait_for
+
+CASES = {
+    "multi_wait": (scenes.MULTI_WAIT, "MultiWait", "16:9"),
+    "dt_updater": (scenes.DT_UPDATER, "DtUpdater", "16:9"),
+    "value_tracker": (scenes.VALUE_TRACKER, "Tracker", "16:9"),
+    "transform_chain": (scenes.TRANSFORM_CHAIN, "TransformChain", "16:9"),
+    "subcaptions": (scenes.SUBCAPTIONS, "Captions", "16:9"),
+    "portrait": (scenes.PORTRAIT, "Portrait", "9:16"),
+}
+
+
+def _download(url: str, path: Path) -> Path:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        path.write_bytes(response.read())
+    return path
+
+
+def _vtt_times(text: str) -> list[tuple[int, int, str]]:
+    cues = []
+    blocks = [b for b in text.split("\n\n") if "-->" in b]
+    for block in blocks:
+        lines = block.splitlines()
+        arrow = next(i for i, line in enumerate(lines) if "-->" in line)
+        start, end = (_ms(t) for t in lines[arrow].split(" --> "))
+        cues.append((start, end, "\n".join(lines[arrow + 1:])))
+    return sorted(cues)
+
+
+def _ms(stamp: str) -> int:
+    h, m, rest = stamp.split(":")
+    s, ms = rest.split(".")
+    return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(ms)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stitched_video_has_exactly_the_frames_of_plain_manim(
+    client: Any, api_key: Key, worker: Any, tmp_path: Path, case: str
+) -> None:
+    code, class_name, aspect = CASES[case]
+    # Given the farm's render of a scene, split into chunks
+    job = wait_for(client, api_key, submit(client, api_key, code, class_name, aspectRatio=aspect))
+    assert job["status"] == "completed", job["error"]
+    assert job["progress"]["chunksTotal"] >= 2, "the scene should have been split"
+    farm_video = _download(job["result"]["video"], tmp_path / "farm.mp4")
+    # and plain manim's render of the same scene and settings
+    plain_video, plain_srt = scenes.plain_manim_render(
+        code, class_name, tmp_path / "plain", portrait=aspect == "9:16", size=(854, 480), fps=15
+    )
+    # Then the decoded frames are identical, and so is the duration
+    farm_frames, plain_frames = scenes.frame_md5s(farm_video), scenes.frame_md5s(plain_video)
+    assert len(farm_frames) == len(plain_frames)
+    assert farm_frames == plain_frames
+    assert scenes.duration_s(farm_video) == pytest.approx(scenes.duration_s(plain_video), abs=1e-3)
+    if plain_srt is not None:
+        vtt = _download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
+        expected = sorted((c.start_ms, c.end_ms, c.text) for c in parse_srt(plain_srt.read_text()))
+        assert _vtt_times(vtt) == expected
+    else:
+        assert job["result"]["captions"] is None
+
+
+ONE_LONG = """
+from manim import *
+
+class OneLong(Scene):
+    def construct(self):
+        self.play(Create(Circle()), run_time=2)
+"""
+
+
+def test_single_long_animation_is_one_chunk(client: Any, api_key: Key, worker: Any) -> None:
+    job = wait_for(client, api_key, submit(client, api_key, ONE_LONG, "OneLong", fps=5))
+    assert job["status"] == "completed"
+    assert job["progress"] == {"chunksDone": 1, "chunksTotal": 1, "fraction": 1.0}
+
+
+# Slow only while rendering (planning runs with config.dry_run set), so tests can act mid-chunk.
+SLOW_RENDER = """
+import time
+from manim import *
+
+class Slow(Scene):
+    def construct(self):
+        if not config.dry_run:
+            time.sleep({sleep})
+        self.play(Create(Square()), run_time=0.5)
+        self.play(FadeOut(Square()), run_time=0.5)
+"""
+
+RENDER_ONLY_ERROR = """
+from manim import *
+
+class Breaks(Scene):
+    def construct(self):
+        self.play(Create(Square()), run_time=0.5)
+        if not config.dry_run:
+            raise RuntimeError("broken only when drawing")
+        self.play(FadeOut(Square()), run_time=0.5)
+"""
+
+
+def _render_children() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "workers.scene_runner render"], capture_output=True,
+                         text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _wait_running_chunks(client: Any, key: Key, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v2/render/{job_id}", headers=key.headers).get_json()
+        if job["progress"]["chunksTotal"] and _render_children():
+            return dict(job)
+        time.sleep(0.2)
+    raise AssertionError("no chunk started rendering")
+
+
+def test_chunk_that_always_fails_fails_the_job_with_its_message(
+    client: Any, api_key: Key, worker: Any
+) -> None:
+    job = wait_for(client, api_key, submit(client, api_key, RENDER_ONLY_ERROR, "Breaks", fps=5))
+    assert job["status"] == "failed"
+    assert "RuntimeError: broken only when drawing" in job["error"]
+
+
+def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> None:
+    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=60), "Slow", fps=5)
+    running = _wait_running_chunks(client, api_key, job_id)
+    # Progress is on the job while it runs
+    assert running["status"] == "running"
+    assert running["progress"]["chunksTotal"] == 2 and running["progress"]["chunksDone"] == 0
+    response = client.delete(f"/api/v2/render/{job_id}", headers=api_key.headers)
+    assert response.status_code == 200
+    job = response.get_json()
+    assert job["status"] == "failed" and job["error"] == "canceled"
+    # Its render processes are gone within a heartbeat or two
+    deadline = time.monotonic() + 15
+    while _render_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _render_children() == []
+    # Canceling again changes nothing
+    again = client.delete(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
+    assert again["status"] == "failed" and again["completedAt"] == job["completedAt"]
+
+
+def test_killed_render_child_is_retried_then_completes(
+    client: Any, api_key: Key, worker: Any, pool: Any
+) -> None:
+    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=3), "Slow", fps=5)
+    _wait_running_chunks(client, api_key, job_id)
+    victim = _render_children()[0]
+    subprocess.run(["kill", "-KILL", str(victim)], check=True)
+    job = wait_for(client, api_key, job_id)
+    assert job["status"] == "completed", job["error"]
+    with pool.connection() as conn:
+        attempts = conn.execute(
+            "SELECT max(attempt) AS n FROM steps WHERE job_id = %s AND kind = 'chunk'", (job_id,)
+        ).fetchone()
+    assert attempts["n"] == 2
+
+
+def test_render_child_killed_every_time_fails_the_job(
+    client: Any, api_key: Key, worker: Any
+) -> None:
+    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=30), "Slow", fps=5)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        for pid in _render_children():
+            subprocess.run(["kill", "-KILL", str(pid)], check=False)
+        job = client.get(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
+        if job["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.3)
+    assert job["status"] == "failed"
+    assert "gave up after 2 attempts" in job["error"]
+
+
+def test_identical_job_completes_from_cache(
+    client: Any, make_key: Any, worker: Any, pool: Any
+) -> None:
+    first_key, second_key = make_key(), make_key()  # the cache serves across tenants
+    first = wait_for(client, first_key, submit(client, first_key, ONE_LONG, "OneLong", fps=4))
+    assert first["status"] == "completed"
+    response = client.post("/api/v2/render", headers=second_key.headers, json={
+        "code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 4})
+    assert response.status_code == 202
+    second = client.get(f"/api/v2/render/{response.get_json()['jobId']}",
+                        headers=second_key.headers).get_json()
+    # completed at once, nothing rendered for it
+    assert second["status"] == "completed"
+    assert second["jobId"] != first["jobId"]
+    with pool.connection() as conn:
+        steps = conn.execute("SELECT count(*) AS n FROM steps WHERE job_id = %s",
+                             (second["jobId"],)).fetchone()
+    assert steps["n"] == 0
+    with urllib.request.urlopen(second["result"]["video"]) as a, \
+            urllib.request.urlopen(first["result"]["video"]) as b:
+        assert a.read() == b.read()
+    # A different fps is a different video: no cache hit
+    other = client.post("/api/v2/render", headers=second_key.headers, json={
+        "code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 3}).get_json()
+    assert other["status"] == "queued"
