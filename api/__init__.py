@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis
@@ -49,10 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _unbind(_: BaseException | None) -> None:
         token = g.pop("log_token", None)
         if token is not None:
-            try:
+            with contextlib.suppress(ValueError):  # bound in another context: nothing to undo
                 unbind(token)
-            except ValueError:  # bound in another context; nothing to undo
-                pass
 
     @app.after_request
     def _count(response: Response) -> Response:

@@ -3,7 +3,7 @@
 Only ``requests`` is needed. Farm-only fields (``progress``, ``quality``, ...) are optional in the
 typed results, so the same client works against Kodisc by changing the base URL and the key::
 
-    client = Client("http://127.0.0.1:8000", "mrf_...")
+    client = Client("http://127.0.0.1:8000", "farm_live_...")
     job = client.wait(client.submit(Path("scene.py"), "Hello", quality="low").job_id)
     client.download(job, "out/")
 """
@@ -38,8 +38,9 @@ class FarmApiError(FarmClientError):
 
     code = "api_error"
 
-    def __init__(self, message: str, *, status: int, code: str | None = None,
-                 body: Any = None) -> None:
+    def __init__(
+        self, message: str, *, status: int, code: str | None = None, body: Any = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -90,8 +91,15 @@ class UnsupportedMediaTypeError(FarmApiError):
 class RateLimitedError(FarmApiError):
     code = "rate_limited"
 
-    def __init__(self, message: str, *, status: int, code: str | None = None,
-                 body: Any = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, status=status, code=code, body=body)
         self.retry_after = retry_after
 
@@ -116,15 +124,31 @@ class WaitTimeout(FarmClientError, TimeoutError):
 
 ERRORS: dict[str, type[FarmApiError]] = {
     cls.code: cls
-    for cls in (BadRequestError, ValidationError, UnauthorizedError, InsufficientCreditsError,
-                NotFoundError, MethodNotAllowedError, ConflictError, PayloadTooLargeError,
-                UnsupportedMediaTypeError, RateLimitedError, ServerError)
+    for cls in (
+        BadRequestError,
+        ValidationError,
+        UnauthorizedError,
+        InsufficientCreditsError,
+        NotFoundError,
+        MethodNotAllowedError,
+        ConflictError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+        RateLimitedError,
+        ServerError,
+    )
 }
 # A server that sends an unknown code (or none) still gets the right class by its status.
 _BY_STATUS: dict[int, type[FarmApiError]] = {
-    400: BadRequestError, 401: UnauthorizedError, 402: InsufficientCreditsError,
-    404: NotFoundError, 405: MethodNotAllowedError, 409: ConflictError,
-    413: PayloadTooLargeError, 415: UnsupportedMediaTypeError, 429: RateLimitedError,
+    400: BadRequestError,
+    401: UnauthorizedError,
+    402: InsufficientCreditsError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
+    429: RateLimitedError,
 }
 
 
@@ -148,12 +172,20 @@ def error_from_response(response: requests.Response) -> FarmApiError:
         message = (response.text or response.reason or "").strip()[:500] or "HTTP error"
     cls = ERRORS.get(code) if isinstance(code, str) else None
     if cls is None:
-        cls = ServerError if response.status_code >= 500 else _BY_STATUS.get(
-            response.status_code, FarmApiError)
+        cls = (
+            ServerError
+            if response.status_code >= 500
+            else _BY_STATUS.get(response.status_code, FarmApiError)
+        )
     code_s = code if isinstance(code, str) else None
     if cls is RateLimitedError:
-        return RateLimitedError(message, status=response.status_code, code=code_s, body=body,
-                                retry_after=_retry_after(response))
+        return RateLimitedError(
+            message,
+            status=response.status_code,
+            code=code_s,
+            body=body,
+            retry_after=_retry_after(response),
+        )
     return cls(message, status=response.status_code, code=code_s, body=body)
 
 
@@ -234,14 +266,17 @@ class Job:
         result = None
         res = doc.get("result")
         if isinstance(res, Mapping) and isinstance(res.get("video"), str):
-            result = Result(res["video"], _opt_str(res.get("thumbnail")),
-                            _opt_str(res.get("captions")))
+            result = Result(
+                res["video"], _opt_str(res.get("thumbnail")), _opt_str(res.get("captions"))
+            )
         progress = None
         prog = doc.get("progress")
         if isinstance(prog, Mapping):
-            progress = Progress(_opt_int(prog.get("chunksDone")) or 0,
-                                _opt_int(prog.get("chunksTotal")),
-                                _opt_float(prog.get("fraction")) or 0.0)
+            progress = Progress(
+                _opt_int(prog.get("chunksDone")) or 0,
+                _opt_int(prog.get("chunksTotal")),
+                _opt_float(prog.get("fraction")) or 0.0,
+            )
         return cls(
             job_id=str(doc.get("jobId") or doc.get("id") or ""),
             status=str(doc.get("status") or "unknown"),
@@ -301,9 +336,16 @@ class Client:
     at once. Submissions carry an ``Idempotency-Key`` (generated when not given), so a retried
     POST cannot queue the job twice."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
-                 timeout: float = 30.0, max_retries: int = 3, backoff: float = 0.5,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
@@ -330,11 +372,17 @@ class Client:
     # -- transport --
 
     def _delay(self, attempt: int) -> float:
-        return float(self.backoff * (2 ** attempt) * (0.5 + random.random() / 2))
+        return float(self.backoff * (2**attempt) * (0.5 + random.random() / 2))
 
-    def _request(self, method: str, path: str, *, json: Any = None,
-                 params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         url = self.base_url + path
         all_headers = {"Accept": "application/json", **(headers or {})}
         if self.api_key:
@@ -342,8 +390,9 @@ class Client:
         attempt = 0
         while True:
             try:
-                response = self.session.request(method, url, json=json, params=params,
-                                                headers=all_headers, timeout=self.timeout)
+                response = self.session.request(
+                    method, url, json=json, params=params, headers=all_headers, timeout=self.timeout
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.max_retries:
                     raise FarmConnectionError(f"{method} {url}: {exc}") from exc
@@ -352,8 +401,9 @@ class Client:
                     try:
                         return response.json()
                     except ValueError as exc:
-                        raise FarmApiError(f"not JSON: {response.text[:200]!r}",
-                                           status=response.status_code) from exc
+                        raise FarmApiError(
+                            f"not JSON: {response.text[:200]!r}", status=response.status_code
+                        ) from exc
                 if response.status_code < 500 or attempt >= self.max_retries:
                     raise error_from_response(response)
             self._sleep(self._delay(attempt))
@@ -361,10 +411,18 @@ class Client:
 
     # -- API --
 
-    def submit(self, source: str | os.PathLike[str], class_name: str, *,
-               quality: str | None = None, aspect_ratio: str | None = None,
-               fps: int | None = None, metadata: Any = None, webhook_url: str | None = None,
-               idempotency_key: str | None = None) -> Submission:
+    def submit(
+        self,
+        source: str | os.PathLike[str],
+        class_name: str,
+        *,
+        quality: str | None = None,
+        aspect_ratio: str | None = None,
+        fps: int | None = None,
+        metadata: Any = None,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submission:
         """Queue a render. ``source`` is the scene's code (``str``) or a file (a ``Path``)."""
         code = Path(source).read_text() if isinstance(source, os.PathLike) else source
         body: dict[str, Any] = {"code": code, "className": class_name}
@@ -379,10 +437,10 @@ class Client:
         if webhook_url is not None:
             body["webhookUrl"] = webhook_url
         key = idempotency_key or f"sdk-{uuid.uuid4()}"
-        doc = self._request("POST", "/api/v2/render", json=body,
-                            headers={"Idempotency-Key": key})
-        return Submission(str(doc["jobId"]), str(doc.get("status") or "queued"),
-                          _opt_str(doc.get("endpoint")))
+        doc = self._request("POST", "/api/v2/render", json=body, headers={"Idempotency-Key": key})
+        return Submission(
+            str(doc["jobId"]), str(doc.get("status") or "queued"), _opt_str(doc.get("endpoint"))
+        )
 
     def get(self, job_id: str) -> Job:
         return Job.from_dict(self._request("GET", f"/api/v2/render/{job_id}"))
@@ -395,17 +453,23 @@ class Client:
     def logs(self, job_id: str) -> Logs:
         """Farm extension: the render log (plan, chunks) of a job."""
         doc = self._request("GET", f"/api/v2/render/{job_id}/logs")
-        return Logs(str(doc.get("jobId") or job_id), str(doc.get("log") or ""),
-                    bool(doc.get("truncated")))
+        return Logs(
+            str(doc.get("jobId") or job_id), str(doc.get("log") or ""), bool(doc.get("truncated"))
+        )
 
-    def list(self, *, status: str | None = None, limit: int | None = None,
-             cursor: str | None = None) -> JobPage:
+    def list(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobPage:
         """One page of the key's jobs, newest first; pass ``next_cursor`` for the next."""
-        params = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor))
-                  if v is not None}
+        params = {
+            k: v
+            for k, v in (("status", status), ("limit", limit), ("cursor", cursor))
+            if v is not None
+        }
         doc = self._request("GET", "/api/v2/render", params=params)
-        return JobPage([Job.from_dict(j) for j in doc.get("jobs") or []],
-                       _opt_str(doc.get("nextCursor")))
+        return JobPage(
+            [Job.from_dict(j) for j in doc.get("jobs") or []], _opt_str(doc.get("nextCursor"))
+        )
 
     def iter_jobs(self, *, status: str | None = None, page_size: int = 50) -> Iterator[Job]:
         """Every job of the key, newest first, following the cursors."""
@@ -421,13 +485,24 @@ class Client:
         doc = self._request("GET", "/api/v2/me")
         credits = doc.get("credits")
         total = credits.get("total") if isinstance(credits, Mapping) else credits
-        return Account(_opt_str(doc.get("keyId")), _opt_str(doc.get("keyPrefix")),
-                       _opt_str(doc.get("name")), _opt_float(total),
-                       _opt_str(doc.get("createdAt")), dict(doc))
+        return Account(
+            _opt_str(doc.get("keyId")),
+            _opt_str(doc.get("keyPrefix")),
+            _opt_str(doc.get("name")),
+            _opt_float(total),
+            _opt_str(doc.get("createdAt")),
+            dict(doc),
+        )
 
-    def wait(self, job_id: str, timeout: float | None = 600.0,
-             on_progress: Callable[[Job], None] | None = None, *,
-             poll_interval: float = 0.5, max_interval: float = 5.0) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = 600.0,
+        on_progress: Callable[[Job], None] | None = None,
+        *,
+        poll_interval: float = 0.5,
+        max_interval: float = 5.0,
+    ) -> Job:
         """Poll until the job ends and return it (completed or failed: check ``.failed``).
 
         The interval grows by half each poll that shows no change, up to ``max_interval``, and
@@ -446,16 +521,17 @@ class Client:
                     on_progress(job)
                 if job.done:
                     return job
-                moved = last is None or (job.status, job.progress) != (last.status,
-                                                                       last.progress)
+                moved = last is None or (job.status, job.progress) != (last.status, last.progress)
                 interval = poll_interval if moved else min(max_interval, interval * 1.5)
                 pause = interval
                 last = job
             if timeout is not None:
                 left = timeout - (time.monotonic() - started)
                 if left <= 0:
-                    raise WaitTimeout(f"job {job_id} still {last.status if last else '?'} "
-                                      f"after {timeout:g} s", last)
+                    raise WaitTimeout(
+                        f"job {job_id} still {last.status if last else '?'} after {timeout:g} s",
+                        last,
+                    )
                 pause = min(pause, left)
             self._sleep(pause)
 
@@ -469,10 +545,16 @@ class Client:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         video = self._fetch(job.result.video, out, job.job_id, ".mp4")
-        thumb = (self._fetch(job.result.thumbnail, out, job.job_id, ".jpg")
-                 if job.result.thumbnail else None)
-        captions = (self._fetch(job.result.captions, out, job.job_id, ".vtt")
-                    if job.result.captions else None)
+        thumb = (
+            self._fetch(job.result.thumbnail, out, job.job_id, ".jpg")
+            if job.result.thumbnail
+            else None
+        )
+        captions = (
+            self._fetch(job.result.captions, out, job.job_id, ".vtt")
+            if job.result.captions
+            else None
+        )
         return Downloaded(video, thumb, captions)
 
     def _fetch(self, url: str, out: Path, stem: str, default_ext: str) -> Path:
@@ -488,7 +570,9 @@ class Client:
                         if response.status_code < 500 or attempt >= self.max_retries:
                             raise FarmApiError(
                                 f"download of {target.name} failed: HTTP {response.status_code}",
-                                status=response.status_code, code="download_failed")
+                                status=response.status_code,
+                                code="download_failed",
+                            )
                     else:
                         with open(partial, "wb") as handle:
                             for block in response.iter_content(1 << 16):

@@ -63,8 +63,12 @@ class ProgressBar:
             total = "?" if progress.chunks_total is None else str(progress.chunks_total)
             parts.append(f"{progress.chunks_done}/{total} chunks {fraction * 100:3.0f}%")
         parts.append(f"elapsed {_clock(elapsed)}")
-        if (progress is not None and not job.done and self.running_since is not None
-                and 0 < progress.fraction < 1):
+        if (
+            progress is not None
+            and not job.done
+            and self.running_since is not None
+            and 0 < progress.fraction < 1
+        ):
             ran = now - self.running_since
             parts.append(f"ETA {_clock(ran * (1 - progress.fraction) / progress.fraction)}")
         return "  ".join(parts)
@@ -110,17 +114,24 @@ def _print_failure(client: Client, job: Job) -> None:
     except FarmClientError:
         return  # no /logs on this server (Kodisc): the error above is all there is
     if log:
-        print("--- last lines of the render log (farm logs " + job.job_id + ") ---",
-              file=sys.stderr)
+        print(
+            "--- last lines of the render log (farm logs " + job.job_id + ") ---", file=sys.stderr
+        )
         print("\n".join(log[-15:]), file=sys.stderr)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     client = _client(args)
     metadata = json.loads(args.metadata) if args.metadata else None
-    submitted = client.submit(Path(args.scene), args.class_name, quality=args.quality,
-                              aspect_ratio=args.aspect, fps=args.fps, metadata=metadata,
-                              webhook_url=args.webhook_url)
+    submitted = client.submit(
+        Path(args.scene),
+        args.class_name,
+        quality=args.quality,
+        aspect_ratio=args.aspect,
+        fps=args.fps,
+        metadata=metadata,
+        webhook_url=args.webhook_url,
+    )
     print(f"submitted {submitted.job_id} ({submitted.status})", file=sys.stderr)
     if not (args.wait or args.output):
         print(submitted.job_id)
@@ -162,11 +173,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"job:       {job.job_id}\nstatus:    {job.status}")
         if job.progress is not None:
             total = job.progress.chunks_total if job.progress.chunks_total is not None else "?"
-            print(f"progress:  {job.progress.chunks_done}/{total} chunks "
-                  f"({job.progress.fraction * 100:.0f}%)")
-        for label, value in (("quality", job.quality), ("aspect", job.aspect_ratio),
-                             ("created", job.created_at), ("completed", job.completed_at),
-                             ("credits", job.credits_cost), ("error", job.error)):
+            print(
+                f"progress:  {job.progress.chunks_done}/{total} chunks "
+                f"({job.progress.fraction * 100:.0f}%)"
+            )
+        for label, value in (
+            ("quality", job.quality),
+            ("aspect", job.aspect_ratio),
+            ("created", job.created_at),
+            ("completed", job.completed_at),
+            ("credits", job.credits_cost),
+            ("error", job.error),
+        ):
             if value is not None:
                 print(f"{label + ':':<10} {value}")
         if job.result is not None:
@@ -195,8 +213,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     page = _client(args).list(status=args.status, limit=args.limit, cursor=args.cursor)
     if args.json:
-        print(json.dumps({"jobs": [dict(j.raw) for j in page.jobs],
-                          "nextCursor": page.next_cursor}, indent=2))
+        print(
+            json.dumps(
+                {"jobs": [dict(j.raw) for j in page.jobs], "nextCursor": page.next_cursor}, indent=2
+            )
+        )
         return 0
     rows = [("JOB", "STATUS", "QUALITY", "PROGRESS", "CREATED", "ERROR")]
     for job in page.jobs:
@@ -204,8 +225,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if job.progress is not None:
             progress = f"{job.progress.fraction * 100:.0f}%"
         error = (job.error or "").splitlines()[0][:50] if job.error else ""
-        rows.append((job.job_id, job.status, job.quality or "", progress,
-                     (job.created_at or "")[:19].replace("T", " "), error))
+        rows.append(
+            (
+                job.job_id,
+                job.status,
+                job.quality or "",
+                progress,
+                (job.created_at or "")[:19].replace("T", " "),
+                error,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -8,12 +8,16 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from farm.config import Settings
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("farm_log", default={})
+# The default is never mutated: bind() always sets a new dict.
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "farm_log",
+    default={},  # noqa: B039
+)
 
 Token = contextvars.Token
 
@@ -58,7 +62,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(
                 timespec="milliseconds"
             ),
             "level": record.levelname.lower(),

@@ -179,10 +179,27 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def children(self) -> list[int]:
-        assert self.proc is not None
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split() if int(p) != self.proc.pid]
+    def render_children(self) -> list[int]:
+        """Scene runner processes rendering a chunk under this process (its sandboxes)."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
+                             text=True)
+        parent: dict[int, int] = {}
+        args: dict[int, str] = {}
+        for line in out.stdout.splitlines():
+            pid, ppid, *rest = line.split(None, 2)
+            parent[int(pid)], args[int(pid)] = int(ppid), rest[0] if rest else ""
+
+        def under_me(pid: int) -> bool:
+            while pid > 1:
+                if pid == self.proc.pid:  # type: ignore[union-attr]
+                    return True
+                pid = parent.get(pid, 0)
+            return False
+
+        return [pid for pid, a in args.items()
+                if "workers.scene_runner render" in a and "bwrap" not in a and under_me(pid)]
 
 
 ALL_QUEUES = "render.low,render.medium,render.high,render.twok,render.fourk,stitch,webhooks"

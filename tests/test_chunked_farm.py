@@ -114,17 +114,13 @@ class Breaks(Scene):
 """
 
 
-def _render_children() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "workers.scene_runner render"], capture_output=True,
-                         text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _wait_running_chunks(client: Any, key: Key, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def _wait_running_chunks(
+    client: Any, key: Key, job_id: str, worker: Any, timeout: float = 60
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/api/v2/render/{job_id}", headers=key.headers).get_json()
-        if job["progress"]["chunksTotal"] and _render_children():
+        if job["progress"]["chunksTotal"] and worker.render_children():
             return dict(job)
         time.sleep(0.2)
     raise AssertionError("no chunk started rendering")
@@ -140,7 +136,7 @@ def test_chunk_that_always_fails_fails_the_job_with_its_message(
 
 def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> None:
     job_id = submit(client, api_key, SLOW_RENDER.format(sleep=60), "Slow", fps=5)
-    running = _wait_running_chunks(client, api_key, job_id)
+    running = _wait_running_chunks(client, api_key, job_id, worker)
     # Progress is on the job while it runs
     assert running["status"] == "running"
     assert running["progress"]["chunksTotal"] == 2 and running["progress"]["chunksDone"] == 0
@@ -150,9 +146,9 @@ def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> 
     assert job["status"] == "failed" and job["error"] == "canceled"
     # Its render processes are gone within a heartbeat or two
     deadline = time.monotonic() + 15
-    while _render_children() and time.monotonic() < deadline:
+    while worker.render_children() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _render_children() == []
+    assert worker.render_children() == []
     # Canceling again changes nothing
     again = client.delete(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
     assert again["status"] == "failed" and again["completedAt"] == job["completedAt"]
@@ -162,8 +158,8 @@ def test_killed_render_child_is_retried_then_completes(
     client: Any, api_key: Key, worker: Any, pool: Any
 ) -> None:
     job_id = submit(client, api_key, SLOW_RENDER.format(sleep=3), "Slow", fps=5)
-    _wait_running_chunks(client, api_key, job_id)
-    victim = _render_children()[0]
+    _wait_running_chunks(client, api_key, job_id, worker)
+    victim = worker.render_children()[0]
     subprocess.run(["kill", "-KILL", str(victim)], check=True)
     job = wait_for(client, api_key, job_id)
     assert job["status"] == "completed", job["error"]
@@ -180,7 +176,7 @@ def test_render_child_killed_every_time_fails_the_job(
     job_id = submit(client, api_key, SLOW_RENDER.format(sleep=30), "Slow", fps=5)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        for pid in _render_children():
+        for pid in worker.render_children():
             subprocess.run(["kill", "-KILL", str(pid)], check=False)
         job = client.get(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
         if job["status"] in ("completed", "failed"):

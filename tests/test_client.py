@@ -57,8 +57,9 @@ SLOW_SCENE = (
 
 def start_api(farm_env: dict[str, str], log: Path) -> Process:
     """``farm api`` on the slot's port; returns once /healthz answers."""
-    proc = Process(["api", "--bind", f"127.0.0.1:{API_PORT}", "--workers", "1"], farm_env,
-                   log).start()
+    proc = Process(
+        ["api", "--bind", f"127.0.0.1:{API_PORT}", "--workers", "1"], farm_env, log
+    ).start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.proc is not None
@@ -87,25 +88,27 @@ def farm_client(api_url: str, api_key: Key) -> Iterator[sdk.Client]:
         yield c
 
 
-def run_cli(args: list[str], api_url: str, key: Key, timeout: float = 180,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], api_url: str, key: Key, timeout: float = 180, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(FARM_API_URL=api_url, FARM_API_KEY=key.key)
-    return subprocess.run([FARM, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [FARM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 # --- SDK against the real farm ----------------------------------------------------------------
 
 
-def test_sdk_submit_wait_download(farm_client: sdk.Client, worker: Process,
-                                  tmp_path: Path) -> None:
+def test_sdk_submit_wait_download(farm_client: sdk.Client, worker: Process, tmp_path: Path) -> None:
     # Given a tiny scene in a file
     scene = tmp_path / "tiny.py"
     scene.write_text(ok_scene(unique()))
     # When it is submitted from the path and waited for
-    submitted = farm_client.submit(scene, "Tiny", quality="low", aspect_ratio="9:16",
-                                   metadata={"run": "sdk"})
+    submitted = farm_client.submit(
+        scene, "Tiny", quality="low", aspect_ratio="9:16", metadata={"run": "sdk"}
+    )
     assert submitted.job_id.startswith("job_") and submitted.status == "queued"
     seen: list[sdk.Job] = []
     job = farm_client.wait(submitted.job_id, timeout=180, on_progress=seen.append)
@@ -126,8 +129,9 @@ def test_sdk_submit_wait_download(farm_client: sdk.Client, worker: Process,
 
 def test_sdk_failed_scene_and_logs(farm_client: sdk.Client, worker: Process) -> None:
     message = f"scene says no {unique()}"
-    job = farm_client.wait(farm_client.submit(failing_scene(message), "Broken",
-                                              quality="low").job_id, timeout=120)
+    job = farm_client.wait(
+        farm_client.submit(failing_scene(message), "Broken", quality="low").job_id, timeout=120
+    )
     assert job.failed and job.result is None
     assert job.error is not None and message in job.error
     logs = farm_client.logs(job.job_id)
@@ -183,8 +187,10 @@ def test_sdk_error_types(api_url: str, farm_client: sdk.Client, make_key: Any) -
     key = f"idem-{unique()}"
     first = farm_client.submit(SLOW_SCENE, "Slow", quality="low", idempotency_key=key)
     farm_client.cancel(first.job_id)
-    assert farm_client.submit(SLOW_SCENE, "Slow", quality="low",
-                              idempotency_key=key).job_id == first.job_id
+    assert (
+        farm_client.submit(SLOW_SCENE, "Slow", quality="low", idempotency_key=key).job_id
+        == first.job_id
+    )
     with pytest.raises(sdk.ConflictError):
         farm_client.submit(SLOW_SCENE, "Slow", quality="medium", idempotency_key=key)
     with pytest.raises(sdk.InsufficientCreditsError) as poor:
@@ -204,13 +210,17 @@ def test_openapi_lists_the_job_list(api_url: str) -> None:
 # --- the CLI against the real farm ------------------------------------------------------------
 
 
-def test_cli_render_wait_download(api_url: str, api_key: Key, worker: Process,
-                                  tmp_path: Path) -> None:
+def test_cli_render_wait_download(
+    api_url: str, api_key: Key, worker: Process, tmp_path: Path
+) -> None:
     scene = tmp_path / "scene.py"
     scene.write_text(ok_scene(unique()))
     out = tmp_path / "out"
-    run = run_cli(["render", str(scene), "Tiny", "-q", "low", "--aspect", "9:16", "--wait",
-                   "-o", str(out)], api_url, api_key)
+    run = run_cli(
+        ["render", str(scene), "Tiny", "-q", "low", "--aspect", "9:16", "--wait", "-o", str(out)],
+        api_url,
+        api_key,
+    )
     assert run.returncode == 0, run.stderr
     paths = [Path(p) for p in run.stdout.split()]
     assert sorted(p.suffix for p in paths) == [".jpg", ".mp4", ".vtt"]
@@ -230,8 +240,9 @@ def test_cli_render_wait_download(api_url: str, api_key: Key, worker: Process,
     assert job_id in table.stdout
 
 
-def test_cli_failed_scene_exits_nonzero(api_url: str, api_key: Key, worker: Process,
-                                        tmp_path: Path) -> None:
+def test_cli_failed_scene_exits_nonzero(
+    api_url: str, api_key: Key, worker: Process, tmp_path: Path
+) -> None:
     message = f"the scene broke on purpose {unique()}"
     scene = tmp_path / "broken.py"
     scene.write_text(failing_scene(message))
@@ -252,15 +263,22 @@ def test_cli_without_wait_prints_the_id(api_url: str, api_key: Key, tmp_path: Pa
     assert canceled.returncode == 0 and "canceled" in canceled.stdout
 
 
-def test_cli_ctrl_c_asks_and_cancels(api_url: str, api_key: Key, worker: Process,
-                                     tmp_path: Path) -> None:
+def test_cli_ctrl_c_asks_and_cancels(
+    api_url: str, api_key: Key, worker: Process, tmp_path: Path
+) -> None:
     scene = tmp_path / "slow.py"
     scene.write_text(SLOW_SCENE + f"# {unique()}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(FARM_API_URL=api_url, FARM_API_KEY=api_key.key)
-    proc = subprocess.Popen([FARM, "render", str(scene), "Slow", "-q", "low", "--wait"],
-                            env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [FARM, "render", str(scene), "Slow", "-q", "low", "--wait"],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None and proc.stdin is not None
     first = proc.stderr.readline()  # "submitted job_... (queued)"
     job_id = first.split()[1]
@@ -277,11 +295,21 @@ def test_cli_ctrl_c_asks_and_cancels(api_url: str, api_key: Key, worker: Process
 
 def test_cli_errors(api_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    run = subprocess.run([FARM, "status", "job_x", "--url", api_url], env=env,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [FARM, "status", "job_x", "--url", api_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "FARM_API_KEY" in run.stderr
-    run = subprocess.run([FARM, "status", "job_x", "--url", api_url, "--key", "mrf_bad"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [FARM, "status", "job_x", "--url", api_url, "--key", "mrf_bad"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "unauthorized" in run.stderr
 
 
@@ -330,12 +358,18 @@ class Scripted:
 
 
 # Kodisc's job shape: no progress, quality, aspectRatio, fps or renderer.
-KODISC_DONE = {"jobId": "abc123", "endpoint": "render", "status": "completed",
-               "creditsCost": 1.0, "durationMs": 4200,
-               "result": {"video": "https://cdn.example/v.mp4",
-                          "thumbnail": "https://cdn.example/t.png"},
-               "error": None, "metadata": None, "createdAt": "2026-01-01T00:00:00Z",
-               "completedAt": "2026-01-01T00:00:05Z"}
+KODISC_DONE = {
+    "jobId": "abc123",
+    "endpoint": "render",
+    "status": "completed",
+    "creditsCost": 1.0,
+    "durationMs": 4200,
+    "result": {"video": "https://cdn.example/v.mp4", "thumbnail": "https://cdn.example/t.png"},
+    "error": None,
+    "metadata": None,
+    "createdAt": "2026-01-01T00:00:00Z",
+    "completedAt": "2026-01-01T00:00:05Z",
+}
 
 
 def _client(url: str) -> tuple[sdk.Client, list[float]]:
@@ -346,9 +380,11 @@ def _client(url: str) -> tuple[sdk.Client, list[float]]:
 
 
 def test_retries_5xx_then_succeeds_with_the_same_idempotency_key() -> None:
-    script = [(503, {}, {"error": "internal_error", "message": "x"}),
-              (502, {}, "bad gateway"),
-              (202, {}, {"jobId": "abc123", "status": "queued", "endpoint": "render"})]
+    script = [
+        (503, {}, {"error": "internal_error", "message": "x"}),
+        (502, {}, "bad gateway"),
+        (202, {}, {"jobId": "abc123", "status": "queued", "endpoint": "render"}),
+    ]
     with Scripted(script) as server:
         c, sleeps = _client(server.url)
         assert c.submit("code", "A").job_id == "abc123"
@@ -384,8 +420,9 @@ def test_connection_errors_are_retried_then_raised() -> None:
 
 
 def test_unknown_codes_map_by_status() -> None:
-    with Scripted([(404, {}, {"detail": "nope"}), (418, {}, {"error": "teapot",
-                                                           "message": "short"})]) as s:
+    with Scripted(
+        [(404, {}, {"detail": "nope"}), (418, {}, {"error": "teapot", "message": "short"})]
+    ) as s:
         c, _ = _client(s.url)
         with pytest.raises(sdk.NotFoundError):
             c.get("x")
@@ -396,9 +433,12 @@ def test_unknown_codes_map_by_status() -> None:
 
 def test_wait_honours_retry_after_and_reads_kodisc_jobs() -> None:
     queued = {"jobId": "abc123", "status": "queued"}
-    script = [(200, {}, queued), (429, {"Retry-After": "2"},
-                                  {"error": "rate_limited", "message": "slow down"}),
-              (200, {}, {**queued, "status": "running"}), (200, {}, KODISC_DONE)]
+    script = [
+        (200, {}, queued),
+        (429, {"Retry-After": "2"}, {"error": "rate_limited", "message": "slow down"}),
+        (200, {}, {**queued, "status": "running"}),
+        (200, {}, KODISC_DONE),
+    ]
     seen: list[sdk.Job] = []
     with Scripted(script) as server:
         c, sleeps = _client(server.url)
@@ -425,8 +465,9 @@ def test_cli_status_against_a_kodisc_shaped_server() -> None:
     with Scripted([(200, {}, KODISC_DONE)]) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
         env.update(FARM_API_URL=server.url, FARM_API_KEY="k")
-        run = subprocess.run([FARM, "status", "abc123"], env=env, capture_output=True,
-                             text=True, timeout=60)
+        run = subprocess.run(
+            [FARM, "status", "abc123"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert run.returncode == 0, run.stderr
     assert "completed" in run.stdout and "https://cdn.example/v.mp4" in run.stdout
     assert server.requests[0][1] == "/api/v2/render/abc123"

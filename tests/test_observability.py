@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -215,11 +216,13 @@ def ran(stack: Stack) -> Stack:
                             ("chatty", CHATTY, "Chatty")):
         stack.jobs[name] = _submit(stack, code.replace("{marker}", marker), cls)
     stack.jobs["marker"] = marker
+    def finished(job_id: str) -> dict[str, Any] | None:
+        job = _job(stack, job_id)
+        return job if job["status"] in ("completed", "failed") else None
+
     for name in ("marked", "failing", "chatty"):
         job_id = stack.jobs[name]
-        stack.finished[name] = _wait(
-            f"job {name}", lambda j=job_id: (d := _job(stack, j))["status"] in (
-                "completed", "failed") and d, timeout=240, every=0.5)
+        stack.finished[name] = _wait(f"job {name}", partial(finished, job_id), timeout=240)
     assert stack.finished["marked"]["status"] == "completed", stack.finished["marked"]
     assert stack.finished["chatty"]["status"] == "completed", stack.finished["chatty"]
     assert stack.finished["failing"]["status"] == "failed", stack.finished["failing"]

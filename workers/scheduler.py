@@ -28,8 +28,9 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
     """Workers that heartbeated in the last interval, counted per queue they consume."""
     counts = dict.fromkeys(ALL_QUEUES, 0)
     for key in client.scan_iter(f"{CONSUMER_KEY}*"):
-        queues = client.get(key)
-        for queue in (queues or b"").decode().split(","):
+        raw = client.get(key)
+        queues = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        for queue in queues.split(","):
             if queue in counts:
                 counts[queue] += 1
     return counts

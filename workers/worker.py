@@ -10,6 +10,7 @@ runs, ``task_prerun``/``task_postrun`` bind its job id (first argument) and, for
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import socket
@@ -38,10 +39,8 @@ def _heartbeat(settings: Settings, queues: list[str]) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     key = f"{CONSUMER_KEY}{socket.gethostname()}:{os.getpid()}"
     while True:
-        try:
+        with contextlib.suppress(Exception):  # Redis away for a moment: beat next time
             client.set(key, ",".join(queues), ex=30)
-        except Exception:
-            pass
         threading.Event().wait(10)
 
 
@@ -99,7 +98,8 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
         metrics.WORKER_SLOTS.labels(queue=queue).set(concurrency)
     metrics.start_metrics_server(settings.worker_metrics_port)
     logging.getLogger("farm.worker").info(
-        "worker for %s; metrics on :%s/metrics", ",".join(queues), settings.worker_metrics_port)
+        "worker for %s; metrics on :%s/metrics", ",".join(queues), settings.worker_metrics_port
+    )
     threading.Thread(target=_heartbeat, args=(settings, queues), daemon=True).start()
     # --quiet drops Celery's startup banner, which is printed, not logged (not JSON).
     quiet = ["--quiet"] if settings.log_format == "json" else []
@@ -111,7 +111,6 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     ])
 
 
-@signals.setup_logging.connect
 def _keep_farm_logging(**_: Any) -> None:
     """Having a receiver stops Celery from installing its own text handlers."""
     # Celery only redirects stdout/stderr when it configures logging itself; do it here so a
@@ -119,30 +118,31 @@ def _keep_farm_logging(**_: Any) -> None:
     app.log.redirect_stdouts("WARNING")  # a name: prefork children re-read it from the env
 
 
-@signals.task_prerun.connect
-def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None,
-               **_: Any) -> None:
+def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
     name = getattr(task, "name", "") or ""
     fields = {"task": name.rsplit(".", 1)[-1], **job_fields(name, args)}
     if task_id:
         _bound[task_id] = logs.bind(**fields)
 
 
-@signals.task_postrun.connect
 def _unbind_task(task_id: str | None = None, **_: Any) -> None:
     token = _bound.pop(task_id or "", None)
     if token is not None:
-        try:
+        with contextlib.suppress(ValueError):  # bound in another context: nothing to undo
             logs.unbind(token)
-        except ValueError:  # bound in another context; nothing to undo here
-            pass
 
 
-@signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     runtime.reset_after_fork()
 
 
-@signals.worker_process_shutdown.connect
 def _process_gone(pid: int | None = None, **_: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
+
+
+# Connected by call, not as decorators: Celery's connect is untyped.
+signals.setup_logging.connect(_keep_farm_logging)
+signals.task_prerun.connect(_bind_task)
+signals.task_postrun.connect(_unbind_task)
+signals.worker_process_init.connect(_after_fork)
+signals.worker_process_shutdown.connect(_process_gone)
