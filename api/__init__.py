@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.HTTP_REQUESTS.labels(route=route, method=request.method,
-                                     status=str(response.status_code)).inc()
+        metrics.HTTP_REQUESTS.labels(
+            route=route, method=request.method, status=str(response.status_code)
+        ).inc()
         started = g.get("started")
         if started is not None:
             metrics.HTTP_REQUEST_DURATION.labels(route=route, method=request.method).observe(

@@ -49,8 +49,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed",
-                415: "unsupported_media_type"}.get(exc.code or 500, "http_error")
+        code = {
+            413: "payload_too_large",
+            404: "not_found",
+            405: "method_not_allowed",
+            415: "unsupported_media_type",
+        }.get(exc.code or 500, "http_error")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)

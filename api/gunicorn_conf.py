@@ -42,9 +42,12 @@ class AccessJsonFormatter(JsonFormatter):
         if atoms is not None:
             path = str(atoms.get("U") or "")
             fields: dict[str, Any] = {
-                "method": atoms.get("m"), "path": path, "status": _number(atoms.get("s"), int),
+                "method": atoms.get("m"),
+                "path": path,
+                "status": _number(atoms.get("s"), int),
                 "bytes": _number(atoms.get("B"), int),
-                "duration_s": _number(atoms.get("L"), float), "remote": atoms.get("h"),
+                "duration_s": _number(atoms.get("L"), float),
+                "remote": atoms.get("h"),
                 "user_agent": atoms.get("a"),
             }
             match = _JOB_PATH.match(path)
@@ -69,10 +72,16 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": formatters,
         "handlers": {
-            "console": {"class": "logging.StreamHandler", "formatter": "farm",
-                        "stream": "ext://sys.stderr"},
-            "access": {"class": "logging.StreamHandler", "formatter": "access",
-                       "stream": "ext://sys.stderr"},
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "farm",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "access",
+                "stream": "ext://sys.stderr",
+            },
         },
         "root": {"level": level, "handlers": ["console"]},
         "loggers": {

@@ -58,14 +58,17 @@ def _errors(*codes: str) -> dict[str, Any]:
 
 
 def _ok(schema: str, description: str, status: str = "200") -> dict[str, Any]:
-    return {status: {"description": description,
-                     "content": {"application/json": {"schema": schema}}}}
+    return {
+        status: {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
 
 
 @cache
 def build_spec() -> dict[str, Any]:
     spec = APISpec(
-        title="manim-render-farm", version="2.0.0", openapi_version="3.0.3",
+        title="manim-render-farm",
+        version="2.0.0",
+        openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
         info={"description": _DESCRIPTION},
     )
@@ -73,36 +76,77 @@ def build_spec() -> dict[str, Any]:
     for name in ("RenderRequest", "SubmitResponse", "Job", "JobList", "Me", "Logs", "Error"):
         spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
     job_id = {"name": "jobId", "in": "path", "required": True, "schema": {"type": "string"}}
-    auth = [{"bearer": []}]
-    spec.path(path="/api/v2/render", operations={
-        "post": {
-            "summary": "Submit a render", "security": auth,
-            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "maxLength": 255}}],
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": "RenderRequest"}}},
-            "responses": {**_ok("SubmitResponse", "Queued", "202"),
-                          **_errors("400", "401", "402", "409", "413", "429")},
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+    spec.path(
+        path="/api/v2/render",
+        operations={
+            "post": {
+                "summary": "Submit a render",
+                "security": auth,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": "RenderRequest"}},
+                },
+                "responses": {
+                    **_ok("SubmitResponse", "Queued", "202"),
+                    **_errors("400", "401", "402", "409", "413", "429"),
+                },
+            },
+            "get": {
+                "summary": "List the caller's jobs, newest first",
+                "security": auth,
+                "parameters": [{"in": "query", "schema": schemas.JobListQuerySchema}],
+                "responses": {**_ok("JobList", "A page of jobs"), **_errors("400", "401", "429")},
+            },
         },
-        "get": {
-            "summary": "List the caller's jobs, newest first", "security": auth,
-            "parameters": [{"in": "query", "schema": schemas.JobListQuerySchema}],
-            "responses": {**_ok("JobList", "A page of jobs"), **_errors("400", "401", "429")},
+    )
+    spec.path(
+        path="/api/v2/render/{jobId}",
+        operations={
+            "get": {
+                "summary": "A job's status and result",
+                "security": auth,
+                "parameters": [job_id],
+                "responses": {**_ok("Job", "The job"), **_errors("401", "404", "429")},
+            },
+            "delete": {
+                "summary": "Cancel a job",
+                "security": auth,
+                "parameters": [job_id],
+                "responses": {
+                    **_ok("Job", "The job, failed with error canceled"),
+                    **_errors("401", "404", "429"),
+                },
+            },
         },
-    })
-    spec.path(path="/api/v2/render/{jobId}", operations={
-        "get": {"summary": "A job's status and result", "security": auth, "parameters": [job_id],
-                "responses": {**_ok("Job", "The job"), **_errors("401", "404", "429")}},
-        "delete": {"summary": "Cancel a job", "security": auth, "parameters": [job_id],
-                   "responses": {**_ok("Job", "The job, failed with error canceled"),
-                                 **_errors("401", "404", "429")}},
-    })
-    spec.path(path="/api/v2/render/{jobId}/logs", operations={
-        "get": {"summary": "The job's render log", "security": auth, "parameters": [job_id],
-                "responses": {**_ok("Logs", "The log"), **_errors("401", "404", "429")}},
-    })
-    spec.path(path="/api/v2/me", operations={
-        "get": {"summary": "The calling key", "security": auth,
-                "responses": {**_ok("Me", "The key"), **_errors("401", "429")}},
-    })
+    )
+    spec.path(
+        path="/api/v2/render/{jobId}/logs",
+        operations={
+            "get": {
+                "summary": "The job's render log",
+                "security": auth,
+                "parameters": [job_id],
+                "responses": {**_ok("Logs", "The log"), **_errors("401", "404", "429")},
+            },
+        },
+    )
+    spec.path(
+        path="/api/v2/me",
+        operations={
+            "get": {
+                "summary": "The calling key",
+                "security": auth,
+                "responses": {**_ok("Me", "The key"), **_errors("401", "429")},
+            },
+        },
+    )
     return spec.to_dict()

@@ -1,4 +1,6 @@
-"""Request and response schemas of the v2 API (Kodisc's field names); the OpenAPI doc comes from these."""
+"""Request and response schemas of the v2 API (Kodisc's field names).
+
+The OpenAPI document is generated from these."""
 
 from __future__ import annotations
 
@@ -20,17 +22,21 @@ class RenderRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=1),
-                         metadata={"description": "A whole Manim module."})
+    code = fields.String(
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "A whole Manim module."},
+    )
     className = fields.String(
         required=True,
-        validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                 error="must be a Python class name"),
+        validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$", error="must be a Python class name"),
     )
     quality = fields.String(load_default="medium", validate=validate.OneOf(QUALITIES))
     aspectRatio = fields.String(load_default="16:9", validate=validate.OneOf(ASPECT_RATIOS))
     fps = fields.Integer(
-        load_default=None, allow_none=True, strict=True,
+        load_default=None,
+        allow_none=True,
+        strict=True,
         validate=validate.Range(min=1, max=MAX_FPS),
     )
     metadata = fields.Raw(load_default=None, allow_none=True)

@@ -10,14 +10,13 @@ import manim
 from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg import Connection
 
+from api.schemas import JobListQuerySchema, RenderRequestSchema
 from farm import jobs, keys, metrics
 from farm.config import Settings
 from farm.errors import FarmError
 from farm.ratelimit import RateLimiter
 from farm.storage import S3Storage
 from workers.publish import Publisher
-
-from api.schemas import JobListQuerySchema, RenderRequestSchema
 
 bp = Blueprint("v2", __name__)
 _render_request = RenderRequestSchema()
@@ -118,8 +117,12 @@ def submit() -> tuple[Response, int]:
     if "webhookUrl" in body and body["webhookUrl"] is None:
         webhook_url = ""  # an explicit null opts out of the key's default webhook
     job_request = jobs.JobRequest(
-        code=data["code"], class_name=data["className"], quality=data["quality"],
-        aspect_ratio=data["aspectRatio"], fps=data["fps"], metadata=data["metadata"],
+        code=data["code"],
+        class_name=data["className"],
+        quality=data["quality"],
+        aspect_ratio=data["aspectRatio"],
+        fps=data["fps"],
+        metadata=data["metadata"],
         webhook_url=webhook_url,
     )
     idempotency_key = request.headers.get("Idempotency-Key")
@@ -128,8 +131,12 @@ def submit() -> tuple[Response, int]:
     with _conn() as conn:
         key = _authenticate(conn)
         submitted = jobs.submit_job(
-            conn, key.id, job_request, manim_version=manim.__version__,
-            idempotency_key=idempotency_key, max_running_jobs=_settings().max_running_jobs_per_key,
+            conn,
+            key.id,
+            job_request,
+            manim_version=manim.__version__,
+            idempotency_key=idempotency_key,
+            max_running_jobs=_settings().max_running_jobs_per_key,
         )
         job = jobs.get_job(conn, submitted.job_id)
     publisher: Publisher = _farm()["publisher"]
@@ -148,7 +155,10 @@ def list_jobs() -> Response:
     with _conn() as conn:
         key = _authenticate(conn)
         rows, cursor = jobs.list_jobs(
-            conn, key.id, status=query.get("status"), limit=query["limit"],
+            conn,
+            key.id,
+            status=query.get("status"),
+            limit=query["limit"],
             cursor=query.get("cursor"),
         )
     url_for = _storage().url_for
@@ -193,10 +203,12 @@ def job_logs(job_id: str) -> Response:
 def me() -> Response:
     with _conn() as conn:
         key = _authenticate(conn)
-    return jsonify({
-        "keyId": key.id,
-        "keyPrefix": key.prefix,
-        "name": key.name,
-        "credits": {"total": float(key.credits)},
-        "createdAt": jobs.iso(key.created_at),
-    })
+    return jsonify(
+        {
+            "keyId": key.id,
+            "keyPrefix": key.prefix,
+            "name": key.name,
+            "credits": {"total": float(key.credits)},
+            "createdAt": jobs.iso(key.created_at),
+        }
+    )

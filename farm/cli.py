@@ -29,16 +29,34 @@ def _multiprocess_dir(kind: str) -> None:
 
 
 def _key_json(key: keys.ApiKey) -> dict[str, Any]:
-    return {"keyId": key.id, "name": key.name, "keyPrefix": key.prefix,
-            "credits": float(key.credits), "webhookUrl": key.webhook_url,
-            "createdAt": iso(key.created_at), "revokedAt": iso(key.revoked_at)}
+    return {
+        "keyId": key.id,
+        "name": key.name,
+        "keyPrefix": key.prefix,
+        "credits": float(key.credits),
+        "webhookUrl": key.webhook_url,
+        "createdAt": iso(key.created_at),
+        "revokedAt": iso(key.revoked_at),
+    }
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     _multiprocess_dir("api")
     bind = args.bind or settings.api_bind
-    argv = ["gunicorn", "--bind", bind, "--workers", str(args.workers), "--timeout", "60",
-            "--config", "python:api.gunicorn_conf", "--access-logfile", "-", "api.wsgi:app"]
+    argv = [
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(args.workers),
+        "--timeout",
+        "60",
+        "--config",
+        "python:api.gunicorn_conf",
+        "--access-logfile",
+        "-",
+        "api.wsgi:app",
+    ]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # not reached
 
@@ -54,9 +72,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.scheduler import run_forever
-
     from farm.logs import configure_logging
+    from workers.scheduler import run_forever
 
     configure_logging(settings, "scheduler")
     run_forever(settings)
@@ -84,8 +101,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(doc))
             else:
-                print(f"key:            {new.key}\nwebhook secret: {new.webhook_secret}\n"
-                      f"key id:         {new.api_key.id}\n(shown once: store them now)")
+                print(
+                    f"key:            {new.key}\nwebhook secret: {new.webhook_secret}\n"
+                    f"key id:         {new.api_key.id}\n(shown once: store them now)"
+                )
         elif args.keys_command == "list":
             rows = [_key_json(k) for k in keys.list_keys(conn)]
             if args.json:
@@ -93,8 +112,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 for r in rows:
                     state = "revoked" if r["revokedAt"] else "active"
-                    print(f"{r['keyId']}  {r['keyPrefix']}…  {r['name']:<20} {state:<8}"
-                          f" credits={r['credits']}")
+                    print(
+                        f"{r['keyId']}  {r['keyPrefix']}…  {r['name']:<20} {state:<8}"
+                        f" credits={r['credits']}"
+                    )
         elif args.keys_command == "revoke":
             print(json.dumps(_key_json(keys.revoke_key(conn, args.key))))
         elif args.keys_command == "grant":
@@ -119,17 +140,21 @@ def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([{**r, "created_at": iso(r["created_at"])} for r in rows]))
             for r in [] if args.json else rows:
-                print(f"{iso(r['created_at'])}  series {r['series']} try {r['try']}"
-                      f"  {r['event']:<9} {r['status_code']:>3}  {r['duration_ms']:>6} ms"
-                      f"  {r['url']}  {r['error'] or ''}")
+                print(
+                    f"{iso(r['created_at'])}  series {r['series']} try {r['try']}"
+                    f"  {r['event']:<9} {r['status_code']:>3}  {r['duration_ms']:>6} ms"
+                    f"  {r['url']}  {r['error'] or ''}"
+                )
             pool.close()
             return 0
         target = webhooks.target_for(conn, job)
         attempt = webhooks.next_series_attempt(conn, job["id"])
     pool.close()
     if target is None:
-        print(f"{job['id']} is {job['status']} with no webhook URL: nothing to replay",
-              file=sys.stderr)
+        print(
+            f"{job['id']} is {job['status']} with no webhook URL: nothing to replay",
+            file=sys.stderr,
+        )
         return 1
     from workers.celery_app import configure
     from workers.publish import Publisher
@@ -159,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("migrate", help="apply database migrations")
-    p.add_argument("--create-database", action="store_true",
-                   help="create the database first if missing (local stacks)")
+    p.add_argument(
+        "--create-database",
+        action="store_true",
+        help="create the database first if missing (local stacks)",
+    )
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("keys", help="manage API keys")

@@ -107,7 +107,7 @@ _COERCE = {bool: _bool, int: _int, float: _float}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build ``Settings`` from ``FARM_<FIELD>`` variables; unknown values raise ``SettingsError``."""
+    """Build ``Settings`` from ``FARM_<FIELD>`` variables; bad values raise ``SettingsError``."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     defaults = Settings()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import psycopg
+from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from farm.config import Settings
 
+Pool = ConnectionPool[Connection[dict[str, Any]]]
 
-def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 8) -> ConnectionPool:
+
+def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 8) -> Pool:
     """A pool whose connections return rows as dicts."""
-    pool = ConnectionPool(
+    pool: Pool = ConnectionPool(
         settings.database_url,
         min_size=min_size,
         max_size=max_size,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
 from collections.abc import Callable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -43,15 +43,30 @@ class JobRequest:
         """Same code and settings under the same manim: the same video."""
         geometry = geometry_for(self.quality, self.aspect_ratio, self.fps)
         material = json.dumps(
-            [self.code, self.class_name, self.quality, self.aspect_ratio, geometry.fps,
-             manim_version],
+            [
+                self.code,
+                self.class_name,
+                self.quality,
+                self.aspect_ratio,
+                geometry.fps,
+                manim_version,
+            ],
         )
         return hashlib.sha256(material.encode()).hexdigest()
 
     def body_hash(self) -> str:
         material = json.dumps(
-            [self.code, self.class_name, self.quality, self.aspect_ratio, self.fps,
-             self.metadata, self.webhook_url], sort_keys=True, default=str,
+            [
+                self.code,
+                self.class_name,
+                self.quality,
+                self.aspect_ratio,
+                self.fps,
+                self.metadata,
+                self.webhook_url,
+            ],
+            sort_keys=True,
+            default=str,
         )
         return hashlib.sha256(material.encode()).hexdigest()
 
@@ -120,14 +135,32 @@ def submit_job(
     job_id = new_job_id()
     geometry = geometry_for(request.quality, request.aspect_ratio, request.fps)
     reserve = Decimal(PRESETS[request.quality].min_credits)
-    credits.reserve(conn, key_id, job_id, reserve, insert_job=lambda: conn.execute(
-        "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps, width,"
-        " height, metadata, webhook_url, cache_key, credits_reserved)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (job_id, key_id, request.code, request.class_name, request.quality,
-         request.aspect_ratio, geometry.fps, geometry.width, geometry.height,
-         Jsonb(request.metadata), request.webhook_url, request.cache_key(manim_version), reserve),
-    ))
+    credits.reserve(
+        conn,
+        key_id,
+        job_id,
+        reserve,
+        insert_job=lambda: conn.execute(
+            "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps, width,"
+            " height, metadata, webhook_url, cache_key, credits_reserved)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                job_id,
+                key_id,
+                request.code,
+                request.class_name,
+                request.quality,
+                request.aspect_ratio,
+                geometry.fps,
+                geometry.width,
+                geometry.height,
+                Jsonb(request.metadata),
+                request.webhook_url,
+                request.cache_key(manim_version),
+                reserve,
+            ),
+        ),
+    )
     if idempotency_key is not None:
         conn.execute(
             "INSERT INTO idempotency_keys (key_id, idempotency_key, body_hash, job_id)"
@@ -156,8 +189,16 @@ def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
     conn.execute(
         "UPDATE jobs SET video_key = %s, thumbnail_key = %s, captions_key = %s, log_key = %s,"
         " renderer = %s, chunks_total = %s, chunks_done = %s, started_at = now() WHERE id = %s",
-        (hit["video_key"], hit["thumbnail_key"], hit["captions_key"], hit["log_key"],
-         hit["renderer"], hit["chunks_total"], hit["chunks_total"], job_id),
+        (
+            hit["video_key"],
+            hit["thumbnail_key"],
+            hit["captions_key"],
+            hit["log_key"],
+            hit["renderer"],
+            hit["chunks_total"],
+            hit["chunks_total"],
+            job_id,
+        ),
     )
     finish_job(conn, job_id, "completed")
     return True
@@ -268,8 +309,15 @@ def claim_step(conn: Conn, job_id: str, kind: str, idx: int, lease_seconds: int)
         " WHERE id = %s AND status = 'queued'",
         (job_id,),
     )
-    return Claim(job_id, kind, idx, row["attempt"], row["quality"], row["first_animation"],
-                 row["last_animation"])
+    return Claim(
+        job_id,
+        kind,
+        idx,
+        row["attempt"],
+        row["quality"],
+        row["first_animation"],
+        row["last_animation"],
+    )
 
 
 def _owned(claim: Claim) -> tuple[Any, ...]:
@@ -304,9 +352,7 @@ def record_plan(conn: Conn, claim: Claim, chunks: list[ChunkPlan]) -> list[int]:
             " published_at) VALUES (%s, 'chunk', %s, %s, %s, %s, now())",
             (claim.job_id, idx, chunk.first, chunk.last, chunk.seconds),
         )
-    conn.execute(
-        "UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id)
-    )
+    conn.execute("UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id))
     return list(range(len(chunks)))
 
 
@@ -387,19 +433,21 @@ def fail_step(conn: Conn, claim: Claim, error: str, error_kind: str) -> bool:
     return finish_job(conn, claim.job_id, "failed", error=error, error_kind=error_kind)
 
 
-def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> bool:
-    """An infrastructure failure: make the step pending again (True: publish it) or fail the job."""
+def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> str:
+    """An infrastructure failure: the step goes back to pending, or the job fails once attempts
+    are spent. Returns ``requeued`` (publish it again), ``failed`` (the job ended) or ``lost``
+    (this attempt no longer owned the step: nothing to do)."""
     if claim.attempt >= max_attempts:
-        fail_step(
+        ended = fail_step(
             conn, claim, f"{error} (gave up after {claim.attempt} attempts)", "platform_error"
         )
-        return False
+        return "failed" if ended else "lost"
     row = conn.execute(
         "UPDATE steps SET status = 'pending', error = %s, lease_until = NULL,"
         f" published_at = now() WHERE {_OWNED} RETURNING 1",
         (error, *_owned(claim)),
     ).fetchone()
-    return row is not None
+    return "requeued" if row is not None else "lost"
 
 
 @dataclass(frozen=True)
@@ -423,9 +471,10 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
     ).fetchall()
     out: list[Requeue] = []
     for row in expired:
-        claim = Claim(row["job_id"], row["kind"], row["idx"], row["attempt"], row["quality"],
-                      None, None)
-        if release_step(conn, claim, "worker lost (lease expired)", max_attempts):
+        claim = Claim(
+            row["job_id"], row["kind"], row["idx"], row["attempt"], row["quality"], None, None
+        )
+        if release_step(conn, claim, "worker lost (lease expired)", max_attempts) == "requeued":
             out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
     stale = conn.execute(
         "SELECT s.job_id, s.kind, s.idx, j.quality FROM steps s JOIN jobs j ON j.id = s.job_id"
@@ -456,7 +505,7 @@ def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with milliseconds and Z, as Kodisc formats times."""
     if ts is None:
         return None
-    utc = ts.astimezone(timezone.utc)
+    utc = ts.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

@@ -223,11 +223,17 @@ def due_deliveries(
         "   [(d.attempt - 1) %% %(stride)s + 1] + %(grace)s) < now()"
         " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries n WHERE n.job_id = d.job_id"
         "   AND n.event = d.event AND n.attempt = d.attempt + 1)",
-        {"stride": SERIES_STRIDE, "sending": SENDING, "delays": [float(x) for x in delays],
-         "horizon": horizon_hours, "grace": float(grace_seconds)},
+        {
+            "stride": SERIES_STRIDE,
+            "sending": SENDING,
+            "delays": [float(x) for x in delays],
+            "horizon": horizon_hours,
+            "grace": float(grace_seconds),
+        },
     ).fetchall()
     return [(r["id"], 1) for r in missing_first] + [
-        (r["job_id"], int(r["attempt"]) + 1) for r in stalled]
+        (r["job_id"], int(r["attempt"]) + 1) for r in stalled
+    ]
 
 
 # --- sending ----------------------------------------------------------------------------------
@@ -344,15 +350,26 @@ def send(
     if parts.query:
         path += "?" + parts.query
     pool = urllib3.HTTPSConnectionPool(
-        host=str(ip), port=port, maxsize=1, retries=False,
+        host=str(ip),
+        port=port,
+        maxsize=1,
+        retries=False,
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        ssl_context=ssl_context(ca_bundle), cert_reqs="CERT_REQUIRED",
-        server_hostname=host, assert_hostname=host,
+        ssl_context=ssl_context(ca_bundle),
+        cert_reqs="CERT_REQUIRED",
+        server_hostname=host,
+        assert_hostname=host,
     )
     try:
         response = pool.urlopen(
-            "POST", path, body=body, headers={**request_headers, "host": host_header},
-            redirect=False, retries=False, preload_content=False, assert_same_host=False,
+            "POST",
+            path,
+            body=body,
+            headers={**request_headers, "host": host_header},
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            assert_same_host=False,
         )
         status = int(response.status)
         response.release_conn()

@@ -90,9 +90,12 @@ def _require(what: str, check: Any) -> None:
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     s = _base_settings()
-    _require("PostgreSQL", lambda: psycopg.connect(
-        psycopg.conninfo.make_conninfo(s.database_url, dbname="postgres"), connect_timeout=3
-    ).close())
+    _require(
+        "PostgreSQL",
+        lambda: psycopg.connect(
+            psycopg.conninfo.make_conninfo(s.database_url, dbname="postgres"), connect_timeout=3
+        ).close(),
+    )
     _require("Redis", lambda: redis.Redis.from_url(s.redis_url, socket_timeout=3).ping())
     storage = S3Storage(s)
     _require("S3", storage.ensure_bucket)
@@ -161,8 +164,12 @@ class Process:
     def start(self) -> Process:
         with open(self.log, "ab") as handle:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [FARM, *self.args], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-                cwd=ROOT, start_new_session=True,
+                [FARM, *self.args],
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
         return self
 
@@ -183,8 +190,7 @@ class Process:
         """Scene runner processes rendering a chunk under this process (its sandboxes)."""
         if self.proc is None:
             return []
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True,
-                             text=True)
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
         parent: dict[int, int] = {}
         args: dict[int, str] = {}
         for line in out.stdout.splitlines():
@@ -198,8 +204,11 @@ class Process:
                 pid = parent.get(pid, 0)
             return False
 
-        return [pid for pid, a in args.items()
-                if "workers.scene_runner render" in a and "bwrap" not in a and under_me(pid)]
+        return [
+            pid
+            for pid, a in args.items()
+            if "workers.scene_runner render" in a and "bwrap" not in a and under_me(pid)
+        ]
 
 
 ALL_QUEUES = "render.low,render.medium,render.high,render.twok,render.fourk,stitch,webhooks"
@@ -221,8 +230,11 @@ def farm_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="session")
 def worker(farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
     """One worker on every queue with two render slots, and the scheduler (reaper)."""
-    w = Process(["worker", "--queues", ALL_QUEUES, "--concurrency", "2"], farm_env,
-                artifacts / f"worker-{SLOT}.log").start()
+    w = Process(
+        ["worker", "--queues", ALL_QUEUES, "--concurrency", "2"],
+        farm_env,
+        artifacts / f"worker-{SLOT}.log",
+    ).start()
     s = Process(["scheduler"], farm_env, artifacts / f"scheduler-{SLOT}.log").start()
     time.sleep(3)
     yield w
@@ -237,8 +249,13 @@ def submit(client: Any, key: Key, code: str, class_name: str, **fields: Any) -> 
     return str(response.get_json()["jobId"])
 
 
-def wait_for(client: Any, key: Key, job_id: str, timeout: float = 120,
-             until: tuple[str, ...] = ("completed", "failed")) -> dict[str, Any]:
+def wait_for(
+    client: Any,
+    key: Key,
+    job_id: str,
+    timeout: float = 120,
+    until: tuple[str, ...] = ("completed", "failed"),
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: list[str] = []
     while time.monotonic() < deadline:

@@ -37,7 +37,7 @@ def _vtt_times(text: str) -> list[tuple[int, int, str]]:
         lines = block.splitlines()
         arrow = next(i for i, line in enumerate(lines) if "-->" in line)
         start, end = (_ms(t) for t in lines[arrow].split(" --> "))
-        cues.append((start, end, "\n".join(lines[arrow + 1:])))
+        cues.append((start, end, "\n".join(lines[arrow + 1 :])))
     return sorted(cues)
 
 
@@ -192,22 +192,32 @@ def test_identical_job_completes_from_cache(
     first_key, second_key = make_key(), make_key()  # the cache serves across tenants
     first = wait_for(client, first_key, submit(client, first_key, ONE_LONG, "OneLong", fps=4))
     assert first["status"] == "completed"
-    response = client.post("/api/v2/render", headers=second_key.headers, json={
-        "code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 4})
+    response = client.post(
+        "/api/v2/render",
+        headers=second_key.headers,
+        json={"code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 4},
+    )
     assert response.status_code == 202
-    second = client.get(f"/api/v2/render/{response.get_json()['jobId']}",
-                        headers=second_key.headers).get_json()
+    second = client.get(
+        f"/api/v2/render/{response.get_json()['jobId']}", headers=second_key.headers
+    ).get_json()
     # completed at once, nothing rendered for it
     assert second["status"] == "completed"
     assert second["jobId"] != first["jobId"]
     with pool.connection() as conn:
-        steps = conn.execute("SELECT count(*) AS n FROM steps WHERE job_id = %s",
-                             (second["jobId"],)).fetchone()
+        steps = conn.execute(
+            "SELECT count(*) AS n FROM steps WHERE job_id = %s", (second["jobId"],)
+        ).fetchone()
     assert steps["n"] == 0
-    with urllib.request.urlopen(second["result"]["video"]) as a, \
-            urllib.request.urlopen(first["result"]["video"]) as b:
+    with (
+        urllib.request.urlopen(second["result"]["video"]) as a,
+        urllib.request.urlopen(first["result"]["video"]) as b,
+    ):
         assert a.read() == b.read()
     # A different fps is a different video: no cache hit
-    other = client.post("/api/v2/render", headers=second_key.headers, json={
-        "code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 3}).get_json()
+    other = client.post(
+        "/api/v2/render",
+        headers=second_key.headers,
+        json={"code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 3},
+    ).get_json()
     assert other["status"] == "queued"

@@ -66,8 +66,9 @@ def quiet_app(settings: Settings) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def tight_app(settings: Settings) -> Iterator[Any]:
     """The API with a 1 request/s, burst 2 rate limit and one unfinished job per key."""
-    app = _app(settings.with_(rate_limit_per_second=1, rate_limit_burst=2,
-                              max_running_jobs_per_key=1))
+    app = _app(
+        settings.with_(rate_limit_per_second=1, rate_limit_burst=2, max_running_jobs_per_key=1)
+    )
     yield app
     app.extensions["farm"]["pool"].close()
 
@@ -99,12 +100,15 @@ def balance(pool: Any, key_id: str) -> Decimal:
 def new_job(pool: Any, key: Key, quality: str = "low", seconds: float = 10.0) -> str:
     """A job that has been running for ``seconds`` (nothing is published)."""
     with pool.connection() as conn:
-        request = jobs.JobRequest(code=SCENE.format(tag=unique()), class_name="Tiny",
-                                  quality=quality)
+        request = jobs.JobRequest(
+            code=SCENE.format(tag=unique()), class_name="Tiny", quality=quality
+        )
         job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
         conn.execute(
             "UPDATE jobs SET status = 'running', started_at = now() - make_interval(secs => %s)"
-            " WHERE id = %s", (seconds, job_id))
+            " WHERE id = %s",
+            (seconds, job_id),
+        )
     return job_id
 
 
@@ -125,8 +129,11 @@ def test_completed_job_reserves_then_settles_its_real_cost(pool: Any, make_key: 
     cost = jobs.job_cost("low", job["duration_ms"])
     assert cost == Decimal("1.00")  # 10 s at 0.1 credits/s
     assert job["credits_cost"] == cost
-    assert ledger(pool, key.id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1)),
-                                            ("settle", -cost)]
+    assert ledger(pool, key.id, job_id) == [
+        ("reserve", Decimal(-1)),
+        ("refund", Decimal(1)),
+        ("settle", -cost),
+    ]
     assert balance(pool, key.id) == 100 - cost
 
 
@@ -159,13 +166,19 @@ def test_a_cost_the_key_cannot_cover_fails_the_job_and_releases_nothing(
     key = make_key(credits=1)
     job_id = new_job(pool, key, seconds=100)
     with pool.connection() as conn:
-        conn.execute("UPDATE jobs SET video_key = 'jobs/x/video.mp4',"
-                     " thumbnail_key = 'jobs/x/thumb.jpg' WHERE id = %s", (job_id,))
+        conn.execute(
+            "UPDATE jobs SET video_key = 'jobs/x/video.mp4',"
+            " thumbnail_key = 'jobs/x/thumb.jpg' WHERE id = %s",
+            (job_id,),
+        )
     # When it completes
     job = finish(pool, job_id, "completed")
     # Then it failed with insufficient_credits, shows no result, and the reserve came back
     assert (job["status"], job["error"], job["error_kind"]) == (
-        "failed", "insufficient_credits", "insufficient_credits")
+        "failed",
+        "insufficient_credits",
+        "insufficient_credits",
+    )
     assert jobs.job_document(job, storage.url_for)["result"] is None
     assert job["credits_cost"] == 0
     assert ledger(pool, key.id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1))]
@@ -185,13 +198,19 @@ def test_ending_a_job_twice_charges_once(pool: Any, make_key: Any) -> None:
 
 def test_grant_goes_through_the_ledger(pool: Any, make_key: Any, farm_env: Any) -> None:
     key = make_key(credits=0)
-    out = subprocess.run([FARM, "keys", "grant", key.id, "7.5"], env=farm_env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [FARM, "keys", "grant", key.id, "7.5"],
+        env=farm_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout)["credits"] == 7.5
     assert ledger(pool, key.id) == [("grant", Decimal("7.5"))]
     # taking back more than the key holds is refused: the balance never goes below zero
-    refused = subprocess.run([FARM, "keys", "grant", key.id, "-8"], env=farm_env,
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        [FARM, "keys", "grant", key.id, "-8"], env=farm_env, capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "cannot take 8" in refused.stderr
     assert balance(pool, key.id) == Decimal("7.5")
 
@@ -200,8 +219,11 @@ def test_a_scene_error_is_charged_end_to_end(
     client: Any, pool: Any, make_key: Any, worker: Any
 ) -> None:
     key = make_key(credits=50)
-    response = client.post("/api/v2/render", headers=key.headers, json={
-        "code": BROKEN.format(tag=unique()), "className": "Broken", "quality": "low"})
+    response = client.post(
+        "/api/v2/render",
+        headers=key.headers,
+        json={"code": BROKEN.format(tag=unique()), "className": "Broken", "quality": "low"},
+    )
     job = wait_for(client, key, response.get_json()["jobId"])
     assert job["status"] == "failed" and "broken on purpose" in job["error"]
     cost = Decimal(str(job["creditsCost"]))
@@ -232,8 +254,7 @@ def test_concurrent_submits_cannot_overspend(quiet_app: Any, pool: Any, make_key
     def submit() -> None:
         client = quiet_app.test_client()
         barrier.wait()
-        statuses.append(client.post("/api/v2/render", headers=key.headers,
-                                    json=body()).status_code)
+        statuses.append(client.post("/api/v2/render", headers=key.headers, json=body()).status_code)
 
     # When 12 submits race
     threads = [threading.Thread(target=submit) for _ in range(12)]
@@ -290,9 +311,11 @@ def test_idempotent_replay_returns_the_same_job_and_charges_once(
     assert balance(pool, key.id) == 9
     # Another key may use the same Idempotency-Key independently
     second_key = make_key(credits=10)
-    response = client.post("/api/v2/render",
-                           headers={**second_key.headers, "Idempotency-Key": headers[
-                               "Idempotency-Key"]}, json=payload)
+    response = client.post(
+        "/api/v2/render",
+        headers={**second_key.headers, "Idempotency-Key": headers["Idempotency-Key"]},
+        json=payload,
+    )
     assert response.status_code == 202
     assert response.get_json()["jobId"] != first.get_json()["jobId"]
 

@@ -112,10 +112,25 @@ def test_celerys_received_line_gets_the_job_from_its_data(
 
 
 def _access_record(path: str, status: str = "200") -> logging.LogRecord:
-    atoms = {"h": "127.0.0.1", "m": "GET", "U": path, "q": "", "s": status, "B": 12,
-             "L": "0.004200", "a": "curl/8"}
-    return logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1,
-                             '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss', (atoms,), None)
+    atoms = {
+        "h": "127.0.0.1",
+        "m": "GET",
+        "U": path,
+        "q": "",
+        "s": status,
+        "B": 12,
+        "L": "0.004200",
+        "a": "curl/8",
+    }
+    return logging.LogRecord(
+        "gunicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss',
+        (atoms,),
+        None,
+    )
 
 
 def test_gunicorn_access_lines_are_structured() -> None:

@@ -122,13 +122,18 @@ def _key(pool: Any, name: str) -> tuple[dict[str, str], str]:
 
 def _prometheus_config(path: Path) -> Path:
     config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
-                   "evaluation_interval": "1s"},
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": name, "metrics_path": "/metrics",
-             "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for name, port in (("farm-api", API_PORT), ("farm-worker", WORKER_METRICS_PORT),
-                               ("farm-scheduler", SCHEDULER_METRICS_PORT))
+            {
+                "job_name": name,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+            }
+            for name, port in (
+                ("farm-api", API_PORT),
+                ("farm-worker", WORKER_METRICS_PORT),
+                ("farm-scheduler", SCHEDULER_METRICS_PORT),
+            )
         ],
     }
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -136,47 +141,68 @@ def _prometheus_config(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(settings: Settings, pool: Any, farm_env: dict[str, str], artifacts: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    settings: Settings,
+    pool: Any,
+    farm_env: dict[str, str],
+    artifacts: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     prometheus = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(prometheus).exists():
         pytest.skip("prometheus not installed (apt-get install prometheus)")
     if REDIS_DB < 1:
         pytest.skip("no spare Redis database for this slot (database 0 is the dev stack's)")
     obs = settings.with_(
-        redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}", log_format="json", log_level="INFO",
-        worker_metrics_port=WORKER_METRICS_PORT, scheduler_metrics_port=SCHEDULER_METRICS_PORT,
+        redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
+        log_format="json",
+        log_level="INFO",
+        worker_metrics_port=WORKER_METRICS_PORT,
+        scheduler_metrics_port=SCHEDULER_METRICS_PORT,
         chunk_log_bytes=LOG_CAP,
     )
     redis.Redis.from_url(obs.redis_url).flushdb()
     env = {**farm_env, **settings_env(obs)}
-    logs = {kind: artifacts / f"obs-{kind}-{SLOT}.log"
-            for kind in ("api", "worker", "scheduler", "prometheus")}
+    logs = {
+        kind: artifacts / f"obs-{kind}-{SLOT}.log"
+        for kind in ("api", "worker", "scheduler", "prometheus")
+    }
     for log in logs.values():
         log.unlink(missing_ok=True)
     tmp = tmp_path_factory.mktemp("prometheus")
     processes = [
-        Process(["api", "--bind", f"127.0.0.1:{API_PORT}", "--workers", "2"], env,
-                logs["api"]),
-        Process(["worker", "--queues", "render.low,stitch,webhooks", "--concurrency", "1"],
-                env, logs["worker"]),
+        Process(["api", "--bind", f"127.0.0.1:{API_PORT}", "--workers", "2"], env, logs["api"]),
+        Process(
+            ["worker", "--queues", "render.low,stitch,webhooks", "--concurrency", "1"],
+            env,
+            logs["worker"],
+        ),
         Process(["scheduler"], env, logs["scheduler"]),
     ]
     with open(logs["prometheus"], "wb") as handle:
         prom = subprocess.Popen(
-            [prometheus, f"--config.file={_prometheus_config(tmp / 'prometheus.yml')}",
-             f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{PROM_PORT}"],
-            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                prometheus,
+                f"--config.file={_prometheus_config(tmp / 'prometheus.yml')}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         for process in processes:
             process.start()
         api, prom_url = f"http://127.0.0.1:{API_PORT}", f"http://127.0.0.1:{PROM_PORT}"
         _wait("the API", lambda: _up(f"{api}/healthz"))
-        _wait("the worker's /metrics", lambda: _up(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"))
-        _wait("the scheduler's /metrics",
-              lambda: _up(f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics"))
+        _wait(
+            "the worker's /metrics", lambda: _up(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics")
+        )
+        _wait(
+            "the scheduler's /metrics",
+            lambda: _up(f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics"),
+        )
         _wait("Prometheus", lambda: _up(f"{prom_url}/-/ready"))
         owner, owner_key = _key(pool, "obs-owner")
         stranger, stranger_key = _key(pool, "obs-stranger")
@@ -195,15 +221,18 @@ def stack(settings: Settings, pool: Any, farm_env: dict[str, str], artifacts: Pa
 
 
 def _submit(stack: Stack, code: str, class_name: str) -> str:
-    response = requests.post(f"{stack.api}/api/v2/render", headers=stack.owner, timeout=10,
-                             json={"code": code, "className": class_name, "quality": "low"})
+    response = requests.post(
+        f"{stack.api}/api/v2/render",
+        headers=stack.owner,
+        timeout=10,
+        json={"code": code, "className": class_name, "quality": "low"},
+    )
     assert response.status_code == 202, response.text
     return str(response.json()["jobId"])
 
 
 def _job(stack: Stack, job_id: str) -> dict[str, Any]:
-    response = requests.get(f"{stack.api}/api/v2/render/{job_id}", headers=stack.owner,
-                            timeout=10)
+    response = requests.get(f"{stack.api}/api/v2/render/{job_id}", headers=stack.owner, timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -212,10 +241,14 @@ def _job(stack: Stack, job_id: str) -> dict[str, Any]:
 def ran(stack: Stack) -> Stack:
     """Three jobs through the HTTP API: two complete (one prints ~5 MB), one scene fails."""
     marker = uuid.uuid4().hex
-    for name, code, cls in (("marked", MARKED, "Marked"), ("failing", FAILING, "Failing"),
-                            ("chatty", CHATTY, "Chatty")):
+    for name, code, cls in (
+        ("marked", MARKED, "Marked"),
+        ("failing", FAILING, "Failing"),
+        ("chatty", CHATTY, "Chatty"),
+    ):
         stack.jobs[name] = _submit(stack, code.replace("{marker}", marker), cls)
     stack.jobs["marker"] = marker
+
     def finished(job_id: str) -> dict[str, Any] | None:
         job = _job(stack, job_id)
         return job if job["status"] in ("completed", "failed") else None
@@ -275,19 +308,26 @@ def test_http_requests_are_summed_across_gunicorn_workers(stack: Stack) -> None:
         statuses = list(pool.map(hit, range(READYZ_REQUESTS)))
     assert set(statuses) == {200}
     # Then both workers served some (their pids are on the JSON access lines)
-    pids = {line["pid"] for line in _json_lines(stack.logs["api"])
-            if line.get("logger") == "gunicorn.access" and line.get("path") == "/readyz"}
+    pids = {
+        line["pid"]
+        for line in _json_lines(stack.logs["api"])
+        if line.get("logger") == "gunicorn.access" and line.get("path") == "/readyz"
+    }
     assert len(pids) == 2, f"only workers {pids} served /readyz"
     # And Prometheus sees the total, not one worker's share
-    _eventually(stack, 'sum(farm_http_requests_total{route="/readyz", method="GET"})',
-                READYZ_REQUESTS)
-    _eventually(stack, 'farm_http_requests_total{route="/readyz",method="GET",status="200"}',
-                READYZ_REQUESTS)
-    _eventually(stack, 'sum(farm_http_request_duration_seconds_count{route="/readyz"})',
-                READYZ_REQUESTS)
+    _eventually(
+        stack, 'sum(farm_http_requests_total{route="/readyz", method="GET"})', READYZ_REQUESTS
+    )
+    _eventually(
+        stack,
+        'farm_http_requests_total{route="/readyz",method="GET",status="200"}',
+        READYZ_REQUESTS,
+    )
+    _eventually(
+        stack, 'sum(farm_http_request_duration_seconds_count{route="/readyz"})', READYZ_REQUESTS
+    )
     # And a 4xx is counted by its machine code
-    response = requests.get(f"{stack.api}/api/v2/render/nope", headers=stack.stranger,
-                            timeout=10)
+    response = requests.get(f"{stack.api}/api/v2/render/nope", headers=stack.stranger, timeout=10)
     assert response.status_code == 404 and response.json()["error"] == "not_found"
     _eventually(stack, 'farm_http_client_errors_total{code="not_found"} >= 1', 1)
 
@@ -305,7 +345,7 @@ def test_job_metrics_move(ran: Stack) -> None:
     _eventually(ran, 'sum(farm_chunk_render_seconds_count{quality="low"})', chunks)
     _eventually(ran, 'sum(farm_stitch_seconds_count{quality="low"})', 2)
     _eventually(ran, 'sum(farm_job_duration_seconds_count{quality="low"})', 3)
-    _eventually(ran, 'sum(farm_chunks_in_flight)', 0)
+    _eventually(ran, "sum(farm_chunks_in_flight)", 0)
     frames = _value(ran, 'sum(farm_frames_rendered_total{quality="low"})')
     credits = _value(ran, 'sum(farm_credits_settled_total{quality="low"})')
     assert frames is not None and frames > 0
@@ -331,14 +371,28 @@ def test_queue_depth_gauge_follows_redis(stack: Stack) -> None:
     _eventually(stack, f'farm_queue_depth{{queue="{IDLE_QUEUE}"}}', 0)
 
 
-ALLOWED_LABELS = {"__name__", "job", "instance", "le", "route", "method", "status", "quality",
-                  "code", "queue", "kind", "task", "outcome"}
+ALLOWED_LABELS = {
+    "__name__",
+    "job",
+    "instance",
+    "le",
+    "route",
+    "method",
+    "status",
+    "quality",
+    "code",
+    "queue",
+    "kind",
+    "task",
+    "outcome",
+}
 
 
 def test_label_sets_stay_bounded(ran: Stack) -> None:
     # Given every farm series Prometheus holds after real jobs
-    response = requests.get(f"{ran.prom}/api/v1/series",
-                            params={"match[]": '{__name__=~"farm_.+"}'}, timeout=5)
+    response = requests.get(
+        f"{ran.prom}/api/v1/series", params={"match[]": '{__name__=~"farm_.+"}'}, timeout=5
+    )
     series = response.json()["data"]
     assert len(series) > 50
     forbidden = [ran.jobs[name] for name in ("marked", "failing", "chatty")] + ran.secrets
@@ -423,8 +477,9 @@ def test_worker_logs_are_json_with_job_and_chunk(ran: Stack) -> None:
         assert re.search(r"farm\.\w+\[[0-9a-f-]+\] received", messages), messages[:2000]
         if name != "failing":
             assert "render_chunk" in messages and "succeeded in" in messages, messages[:2000]
-    assert any(line["process"] == "worker" and line["logger"].startswith("celery")
-               for line in lines)
+    assert any(
+        line["process"] == "worker" and line["logger"].startswith("celery") for line in lines
+    )
 
 
 def test_api_and_scheduler_logs_are_json(ran: Stack) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from typing import Any
 
@@ -38,9 +37,12 @@ class Quick(Scene):
 
 def _steps(pool: Any, job_id: str) -> list[dict[str, Any]]:
     with pool.connection() as conn:
-        return list(conn.execute(
-            "SELECT kind, idx, status, attempt FROM steps WHERE job_id = %s ORDER BY kind, idx",
-            (job_id,)).fetchall())
+        return list(
+            conn.execute(
+                "SELECT kind, idx, status, attempt FROM steps WHERE job_id = %s ORDER BY kind, idx",
+                (job_id,),
+            ).fetchall()
+        )
 
 
 def _wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -113,24 +115,37 @@ def test_flushed_redis_loses_no_job(
 
 
 def test_stitch_worker_dies_holding_the_message(
-    client: Any, api_key: Key, worker: Process, farm_env: dict[str, str], artifacts: Any,
-    pool: Any, settings: Any,
+    client: Any,
+    api_key: Key,
+    worker: Process,
+    farm_env: dict[str, str],
+    artifacts: Any,
+    pool: Any,
+    settings: Any,
 ) -> None:
     worker.stop()
-    renderer = Process(["worker", "--queues", "render.low", "--concurrency", "2"],
-                       {**farm_env, "FARM_WORKER_METRICS_PORT": str(settings.worker_metrics_port + 5)},
-                       artifacts / "reliability-render.log").start()
-    stitcher = Process(["worker", "--queues", "stitch", "--concurrency", "1"],
-                       {**farm_env, "FARM_WORKER_METRICS_PORT": str(settings.worker_metrics_port + 6)},
-                       artifacts / "reliability-stitch.log").start()
+    port = settings.worker_metrics_port
+    renderer = Process(
+        ["worker", "--queues", "render.low", "--concurrency", "2"],
+        {**farm_env, "FARM_WORKER_METRICS_PORT": str(port + 5)},
+        artifacts / "reliability-render.log",
+    ).start()
+    stitcher = Process(
+        ["worker", "--queues", "stitch", "--concurrency", "1"],
+        {**farm_env, "FARM_WORKER_METRICS_PORT": str(port + 6)},
+        artifacts / "reliability-stitch.log",
+    ).start()
     try:
         time.sleep(4)
         # A frozen stitch worker: Redis still hands its blocked fetch the stitch message.
         assert stitcher.proc is not None
         os.killpg(stitcher.proc.pid, signal.SIGSTOP)
         job_id = submit(client, api_key, QUICK, "Quick", fps=7)
-        _wait_until(lambda: any(s["kind"] == "stitch" for s in _steps(pool, job_id)), 60,
-                    "the chunks to finish")
+        _wait_until(
+            lambda: any(s["kind"] == "stitch" for s in _steps(pool, job_id)),
+            60,
+            "the chunks to finish",
+        )
         time.sleep(1)
         stitcher.kill(signal.SIGKILL)  # it dies with the message
         renderer.stop()

@@ -52,9 +52,21 @@ def _download(url: str, path: Path) -> Path:
 
 def _probe(video: Path) -> dict[str, Any]:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=width,height,r_frame_rate,codec_name", "-of", "json", str(video)],
-        capture_output=True, text=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,r_frame_rate,codec_name",
+            "-of",
+            "json",
+            str(video),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return dict(json.loads(out.stdout)["streams"][0])
 
@@ -64,7 +76,12 @@ def _probe(video: Path) -> dict[str, Any]:
     [("16:9", None, (854, 480)), ("9:16", 10, (480, 854))],
 )
 def test_job_completes_with_requested_geometry(
-    client: Any, api_key: Key, worker: Any, tmp_path: Path, aspect: str, fps: int | None,
+    client: Any,
+    api_key: Key,
+    worker: Any,
+    tmp_path: Path,
+    aspect: str,
+    fps: int | None,
     size: tuple[int, int],
 ) -> None:
     # Given a valid job; When a worker renders it
@@ -111,7 +128,8 @@ FAILURES = {
     "exception": (
         "from manim import *\nclass S(Scene):\n    def construct(self):\n"
         "        self.play(Create(Square()), run_time=0.2)\n        1 / 0\n",
-        "S", "ZeroDivisionError",
+        "S",
+        "ZeroDivisionError",
     ),
     "class": (SHAPES, "NoSuchScene", "NoSuchScene"),
     "not_a_scene": ("from manim import *\nclass S:\n    pass\n", "S", "S"),
@@ -137,11 +155,11 @@ def test_exception_message_names_the_scene_line(client: Any, api_key: Key, worke
     assert 'scene.py", line 5' in job["error"] and "division by zero" in job["error"]
 
 
-def test_timeout_fails_and_the_worker_keeps_serving(
-    client: Any, api_key: Key, worker: Any
-) -> None:
-    code = ("import time\nfrom manim import *\nclass S(Scene):\n    def construct(self):\n"
-            "        time.sleep(10**9)\n")
+def test_timeout_fails_and_the_worker_keeps_serving(client: Any, api_key: Key, worker: Any) -> None:
+    code = (
+        "import time\nfrom manim import *\nclass S(Scene):\n    def construct(self):\n"
+        "        time.sleep(10**9)\n"
+    )
     slow = submit(client, api_key, code, "S")
     job = wait_for(client, api_key, slow, timeout=120)
     assert job["status"] == "failed" and "timed out" in job["error"]

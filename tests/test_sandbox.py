@@ -23,24 +23,43 @@ from workers.sandbox import Limits, OutputError, RunResult, Sandbox, checked_out
 from workers.tasks import _failure
 
 SETTINGS = load_settings({}).with_(
-    chunk_max_disk_mb=64, chunk_max_files=2000, chunk_max_processes=48, chunk_log_bytes=64 * 1024,
+    chunk_max_disk_mb=64,
+    chunk_max_files=2000,
+    chunk_max_processes=48,
+    chunk_log_bytes=64 * 1024,
 )
 
 
 def _scene(body: str, header: str = "") -> str:
     lines = "\n".join("        " + line for line in body.strip().splitlines())
-    return (f"import os, sys, time, socket\n{header}\nfrom manim import *\n\n"
-            f"class S(Scene):\n    def construct(self):\n{lines}\n"
-            "        self.play(Create(Square()), run_time=0.2)\n")
+    return (
+        f"import os, sys, time, socket\n{header}\nfrom manim import *\n\n"
+        f"class S(Scene):\n    def construct(self):\n{lines}\n"
+        "        self.play(Create(Square()), run_time=0.2)\n"
+    )
 
 
-def _run(tmp_path: Path, body: str, *, wall: float = 20, mode: str = "render",
-         header: str = "", **overrides: Any) -> RunResult:
+def _run(
+    tmp_path: Path,
+    body: str,
+    *,
+    wall: float = 20,
+    mode: str = "render",
+    header: str = "",
+    **overrides: Any,
+) -> RunResult:
     limits = Limits.from_settings(SETTINGS, wall_seconds=wall)
     if overrides:
         limits = Limits(**{**vars(limits), **overrides})
-    spec = {"code": _scene(body, header), "class_name": "S", "width": 320, "height": 180,
-            "fps": 10, "portrait": False, "renderer": "cairo"}
+    spec = {
+        "code": _scene(body, header),
+        "class_name": "S",
+        "width": 320,
+        "height": 180,
+        "fps": 10,
+        "portrait": False,
+        "renderer": "cairo",
+    }
     return Sandbox(SETTINGS).run(mode, spec, tmp_path / "scratch", limits)
 
 
@@ -65,8 +84,11 @@ pytestmark = pytest.mark.skipif(
 def _live_processes(uid: int) -> list[str]:
     """Processes of the jail's uid that are not zombies (an orphan zombie is already dead)."""
     out = subprocess.run(["ps", "-e", "-o", "uid=,stat=,args="], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines()
-            if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")]
+    return [
+        line
+        for line in out.stdout.splitlines()
+        if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")
+    ]
 
 
 def test_a_plain_scene_renders(tmp_path: Path) -> None:
@@ -76,14 +98,17 @@ def test_a_plain_scene_renders(tmp_path: Path) -> None:
 
 
 def test_fork_bomb_is_contained(tmp_path: Path) -> None:
-    run = _run(tmp_path, """
+    run = _run(
+        tmp_path,
+        """
 pids = []
 while True:
     pids.append(os.fork())
     if pids[-1] == 0:
         time.sleep(60)
         os._exit(0)
-""")
+""",
+    )
     error, kind = _outcome(run)  # type: ignore[misc]
     assert kind == "scene_error"
     assert "Resource temporarily unavailable" in error or "BlockingIOError" in error
@@ -92,8 +117,11 @@ while True:
 
 
 def test_memory_hog_fails_cleanly(tmp_path: Path) -> None:
-    run = _run(tmp_path, "hog = []\nwhile True:\n    hog.append(bytearray(50 * 2**20))",
-               memory_bytes=1536 * 2**20)
+    run = _run(
+        tmp_path,
+        "hog = []\nwhile True:\n    hog.append(bytearray(50 * 2**20))",
+        memory_bytes=1536 * 2**20,
+    )
     error, kind = _outcome(run)  # type: ignore[misc]
     assert kind == "scene_error" and "MemoryError" in error
 
@@ -124,12 +152,15 @@ def test_reading_stdin_fails_at_once(tmp_path: Path) -> None:
 
 
 def test_filling_the_disk_is_stopped(tmp_path: Path) -> None:
-    run = _run(tmp_path, """
+    run = _run(
+        tmp_path,
+        """
 with open('big.bin', 'wb') as f:
     while True:
         f.write(b'x' * 2**20)
         f.flush()
-""")
+""",
+    )
     assert run.stopped == "disk"
     error, kind = _outcome(run)  # type: ignore[misc]
     assert kind == "scene_error" and "more than 64 MB" in error
@@ -142,11 +173,14 @@ def test_file_size_limit(tmp_path: Path) -> None:
 
 
 def test_million_small_files_are_stopped(tmp_path: Path) -> None:
-    run = _run(tmp_path, """
+    run = _run(
+        tmp_path,
+        """
 os.makedirs('many', exist_ok=True)
 for i in range(10**6):
     open(f'many/{i}', 'w').close()
-""")
+""",
+    )
     assert run.stopped == "files"
     assert _outcome(run)[1] == "scene_error"  # type: ignore[index]
 
@@ -159,7 +193,9 @@ def test_printing_forever_is_capped(tmp_path: Path) -> None:
 
 
 def test_no_network_not_even_the_farms_own_services(tmp_path: Path) -> None:
-    run = _run(tmp_path, """
+    run = _run(
+        tmp_path,
+        """
 for port in (5432, 6379, 8333, 8000):
     s = socket.socket()
     s.settimeout(2)
@@ -174,7 +210,8 @@ try:
     print('RESOLVED')
 except OSError:
     print('no dns')
-""")
+""",
+    )
     assert run.ok, run.log
     assert "CONNECTED" not in run.log and "RESOLVED" not in run.log
     assert run.log.count("refused") == 4
@@ -189,7 +226,9 @@ def test_worker_environment_and_files_are_invisible(
     secret_file = tmp_path / "worker-config.env"
     secret_file.write_text(canary)
     os.chmod(secret_file, 0o644)
-    run = _run(tmp_path, f"""
+    run = _run(
+        tmp_path,
+        f"""
 print('env', dict(os.environ))
 for path in ['/proc/1/environ', '/proc/self/environ', '/proc/2/environ']:
     try:
@@ -199,7 +238,8 @@ for path in ['/proc/1/environ', '/proc/self/environ', '/proc/2/environ']:
 for path in [{str(secret_file)!r}, '/root/.bash_history', '/etc/shadow', '/etc/passwd',
              '/etc/postgresql', '/var/lib/postgresql', {str(Path.cwd())!r}]:
     print(path, os.path.exists(path))
-""")
+""",
+    )
     assert run.ok, run.log
     assert canary not in run.log
     assert "FARM_" not in run.log
@@ -215,7 +255,9 @@ def test_other_jobs_files_and_processes_are_invisible(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        run = _run(tmp_path, f"""
+        run = _run(
+            tmp_path,
+            f"""
 print('pids', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
 print('neighbour', os.path.exists({str(neighbour)!r}))
 try:
@@ -227,7 +269,8 @@ try:
     os.kill(-1, 9)
 except OSError:
     pass
-""")
+""",
+        )
         assert "KILLED" not in run.log and "no such process" in run.log
         assert "neighbour False" in run.log
         pids = eval(run.log.split("pids ")[1].splitlines()[0])
@@ -253,13 +296,16 @@ def test_exit_before_rendering(tmp_path: Path) -> None:
 
 
 def test_a_daemon_dies_with_the_sandbox(tmp_path: Path) -> None:
-    run = _run(tmp_path, """
+    run = _run(
+        tmp_path,
+        """
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         os.execvp('sleep', ['sleep', '300'])
     os._exit(0)
-""")
+""",
+    )
     assert run.ok, run.log
     time.sleep(0.5)
     assert _live_processes(Sandbox(SETTINGS).uid) == []
@@ -268,7 +314,7 @@ if os.fork() == 0:
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_symlink_or_fifo_instead_of_the_video_is_refused(tmp_path: Path, kind: str) -> None:
     # The scene swaps its own output after the runner reported it (atexit runs last).
-    make = ("os.symlink('/etc/passwd', p)" if kind == "symlink" else "os.mkfifo(p)")
+    make = "os.symlink('/etc/passwd', p)" if kind == "symlink" else "os.mkfifo(p)"
     header = f"""
 import atexit, glob
 def _swap():
@@ -296,13 +342,31 @@ def test_output_paths_outside_the_out_dir_are_refused(tmp_path: Path) -> None:
 
 
 def test_absurd_settings_from_inside_the_scene_are_overridden(tmp_path: Path) -> None:
-    run = _run(tmp_path, "pass", header=(
-        "from manim import config\nconfig.pixel_width = 20000\nconfig.pixel_height = 20000\n"
-        "config.frame_rate = 5000\n"))
+    run = _run(
+        tmp_path,
+        "pass",
+        header=(
+            "from manim import config\nconfig.pixel_width = 20000\nconfig.pixel_height = 20000\n"
+            "config.frame_rate = 5000\n"
+        ),
+    )
     assert run.ok, run.log
     video = checked_output(tmp_path / "scratch", str(run.result["video"]), 10**8)  # type: ignore[index]
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=width,height,r_frame_rate", "-of", "csv=p=0", str(video)],
-        capture_output=True, text=True, check=True)
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,r_frame_rate",
+            "-of",
+            "csv=p=0",
+            str(video),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == "320,180,10/1"

@@ -70,10 +70,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
                     seen = sum(1 for r in receiver.requests if r["path"] == self.path)
-                    receiver.requests.append({
-                        "path": self.path, "body": body, "at": time.time(),
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                    })
+                    receiver.requests.append(
+                        {
+                            "path": self.path,
+                            "body": body,
+                            "at": time.time(),
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                        }
+                    )
                 try:
                     if self.path.startswith("/hang"):
                         time.sleep(HANG_SECONDS)
@@ -81,7 +85,8 @@ class Receiver:
                     elif self.path.startswith("/redirect"):
                         self._answer(302, {"location": receiver.url("/ok-redirected")})
                     elif self.path.startswith("/fail") or (
-                            self.path.startswith("/flaky") and seen == 0):
+                        self.path.startswith("/flaky") and seen == 0
+                    ):
                         self._answer(500)
                     else:
                         self._answer(200)
@@ -137,10 +142,28 @@ def receiver(settings: Settings, artifacts: Path, tmp_path_factory: Any) -> Iter
     tmp = tmp_path_factory.mktemp("webhook-tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     shutil.copyfile(cert, settings.webhook_ca_bundle)
     r = Receiver(cert, key)
@@ -161,15 +184,20 @@ class RecordingPublisher:
 
 def runtime(settings: Settings, pool: Any, storage: Any) -> Any:
     """What ``deliver`` needs of a worker's runtime, with a publisher that only records."""
-    return SimpleNamespace(settings=settings, pool=pool, storage=storage,
-                           publisher=RecordingPublisher())
+    return SimpleNamespace(
+        settings=settings, pool=pool, storage=storage, publisher=RecordingPublisher()
+    )
 
 
 def ended_job(pool: Any, key: Key, webhook_url: str | None = None) -> str:
     """A job created without publishing anything, then canceled: a terminal ``failed`` event."""
     with pool.connection() as conn:
-        request = jobs.JobRequest(code=TINY.format(tag=unique()), class_name="Tiny",
-                                  quality="low", webhook_url=webhook_url)
+        request = jobs.JobRequest(
+            code=TINY.format(tag=unique()),
+            class_name="Tiny",
+            quality="low",
+            webhook_url=webhook_url,
+        )
         job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
         conn.execute("DELETE FROM steps WHERE job_id = %s", (job_id,))
         jobs.cancel_job(conn, job_id, key.id)
@@ -181,8 +209,9 @@ def deliveries(pool: Any, job_id: str) -> list[dict[str, Any]]:
         return webhooks.list_deliveries(conn, job_id)
 
 
-def wait_deliveries(pool: Any, job_id: str, n: int, timeout: float = 60,
-                    settled: bool = True) -> list[dict[str, Any]]:
+def wait_deliveries(
+    pool: Any, job_id: str, n: int, timeout: float = 60, settled: bool = True
+) -> list[dict[str, Any]]:
     """Wait for ``n`` recorded attempts (and, with ``settled``, none still sending)."""
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
@@ -224,11 +253,26 @@ def test_job_url_overrides_the_keys_and_null_opts_out() -> None:
 # --- the SSRF guard (no traffic leaves the process) ------------------------------------------
 
 
-@pytest.mark.parametrize("address", [
-    "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.1", "0.0.0.0",
-    "224.0.0.1", "240.0.0.1", "100.64.0.1", "::1", "fe80::1", "fd00::1", "ff02::1",
-    "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "100.64.0.1",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+    ],
+)
 def test_non_public_addresses_are_forbidden(address: str) -> None:
     import ipaddress
 
@@ -259,11 +303,18 @@ def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return attempts
 
 
-@pytest.mark.parametrize("url", [
-    "https://10.0.0.1/hook", "https://169.254.169.254/latest/meta-data/",
-    "https://[::1]:8443/hook", "https://localhost/hook", "https://127.0.0.1:9/hook",
-    "http://203.0.113.7/hook", "ftp://example.com/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]:8443/hook",
+        "https://localhost/hook",
+        "https://127.0.0.1:9/hook",
+        "http://203.0.113.7/hook",
+        "ftp://example.com/x",
+    ],
+)
 def test_send_refuses_before_connecting(url: str, no_connections: list[Any]) -> None:
     # Given no allowlist, When sending to a forbidden address or a non-https URL
     outcome = webhooks.send(url, b"{}", {}, allowlist=(), timeout=3)
@@ -300,8 +351,11 @@ def test_completed_render_delivers_one_signed_webhook(
     path = f"/ok-{unique()}"
     key = make_key(webhook_url=receiver.url(path, host="localhost"))
     code = TINY.format(tag=unique())
-    response = client.post("/api/v2/render", headers=key.headers,
-                           json={"code": code, "className": "Tiny", "quality": "low"})
+    response = client.post(
+        "/api/v2/render",
+        headers=key.headers,
+        json={"code": code, "className": "Tiny", "quality": "low"},
+    )
     job_id = response.get_json()["jobId"]
     # When the job completes
     assert wait_for(client, key, job_id)["status"] == "completed"
@@ -315,16 +369,24 @@ def test_completed_render_delivers_one_signed_webhook(
     current = client.get(f"/api/v2/render/{job_id}", headers=key.headers).get_json()
     strip = ("result",)  # presigned URLs are signed afresh on every read
     assert {k: v for k, v in sent.items() if k not in strip} == {
-        k: v for k, v in current.items() if k not in strip}
+        k: v for k, v in current.items() if k not in strip
+    }
     assert sent["result"]["video"].split("?")[0] == current["result"]["video"].split("?")[0]
     [row] = wait_deliveries(pool, job_id, 1)
     assert (row["attempt"], row["status_code"], row["error"]) == (1, 200, None)
 
     # And a cache hit with a job-level URL goes there, not to the key's default
     override = f"/ok-{unique()}"
-    response = client.post("/api/v2/render", headers=key.headers, json={
-        "code": code, "className": "Tiny", "quality": "low",
-        "webhookUrl": receiver.url(override)})
+    response = client.post(
+        "/api/v2/render",
+        headers=key.headers,
+        json={
+            "code": code,
+            "className": "Tiny",
+            "quality": "low",
+            "webhookUrl": receiver.url(override),
+        },
+    )
     cached = response.get_json()
     assert cached["status"] == "completed"
     [hit2] = receiver.wait_hits(override, 1)
@@ -332,8 +394,11 @@ def test_completed_render_delivers_one_signed_webhook(
     assert independent_verify(key.webhook_secret, hit2["headers"]["farm-signature"], hit2["body"])
 
     # And an explicit null opts out of the key's default
-    response = client.post("/api/v2/render", headers=key.headers, json={
-        "code": code, "className": "Tiny", "quality": "low", "webhookUrl": None})
+    response = client.post(
+        "/api/v2/render",
+        headers=key.headers,
+        json={"code": code, "className": "Tiny", "quality": "low", "webhookUrl": None},
+    )
     opted_out = response.get_json()["jobId"]
     with pool.connection() as conn:
         assert jobs.get_job(conn, opted_out)["webhook_url"] == ""
@@ -384,15 +449,27 @@ def test_replay_starts_a_new_series(
     job_id = ended_job(pool, key)
     client.application.extensions["farm"]["publisher"].webhook(job_id, 1)
     wait_deliveries(pool, job_id, 1)
-    out = subprocess.run([FARM, "webhooks", "replay", job_id], env=farm_env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [FARM, "webhooks", "replay", job_id],
+        env=farm_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "series 2" in out.stdout
     hits = receiver.wait_hits(path, 2)
-    assert all(independent_verify(key.webhook_secret, h["headers"]["farm-signature"], h["body"])
-               for h in hits)
+    assert all(
+        independent_verify(key.webhook_secret, h["headers"]["farm-signature"], h["body"])
+        for h in hits
+    )
     wait_deliveries(pool, job_id, 2)
-    listed = subprocess.run([FARM, "webhooks", "list", job_id, "--json"], env=farm_env,
-                            capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [FARM, "webhooks", "list", job_id, "--json"],
+        env=farm_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(listed.stdout)
     assert [(r["series"], r["try"], r["status_code"]) for r in rows] == [(1, 1, 200), (2, 1, 200)]
     assert rows[1]["attempt"] == webhooks.SERIES_STRIDE + 1
@@ -430,8 +507,11 @@ def test_retries_are_scheduled_as_offsets_from_the_first_try(
     assert attempt == 2 and 28 <= countdown <= 30
     # Given the first try was 100 s ago, the second retry is due 300 s after the first try
     with pool.connection() as conn:
-        conn.execute("UPDATE webhook_deliveries SET created_at = created_at - interval '100 s'"
-                     " WHERE job_id = %s", (job_id,))
+        conn.execute(
+            "UPDATE webhook_deliveries SET created_at = created_at - interval '100 s'"
+            " WHERE job_id = %s",
+            (job_id,),
+        )
     deliver(rt, job_id, 2)
     assert rt.publisher.webhooks[-1][1] == 3 and 197 <= rt.publisher.webhooks[-1][2] <= 200
     deliver(rt, job_id, 3)
@@ -483,8 +563,7 @@ def test_a_rotated_secret_signs_the_next_delivery(
     deliver(runtime(settings, pool, storage), ended_job(pool, key), 1)
     [hit] = receiver.hits(path)
     assert independent_verify(secret, hit["headers"]["farm-signature"], hit["body"])
-    assert not independent_verify(key.webhook_secret, hit["headers"]["farm-signature"],
-                                   hit["body"])
+    assert not independent_verify(key.webhook_secret, hit["headers"]["farm-signature"], hit["body"])
 
 
 def test_the_webhook_secret_never_appears_in_api_responses(client: Any, make_key: Any) -> None:
@@ -527,9 +606,14 @@ def test_the_retry_pump_finds_lost_first_tries_and_stalled_retries(
 
     assert due() == set()  # nothing is late yet
     with pool.connection() as conn:
-        conn.execute("UPDATE jobs SET completed_at = completed_at - interval '2 min'"
-                     " WHERE id = ANY(%s)", ([lost, failing, refused, opted_out],))
-        conn.execute("UPDATE webhook_deliveries SET created_at = created_at - interval '100 s'"
-                     " WHERE job_id = ANY(%s)", ([failing, refused],))
+        conn.execute(
+            "UPDATE jobs SET completed_at = completed_at - interval '2 min' WHERE id = ANY(%s)",
+            ([lost, failing, refused, opted_out],),
+        )
+        conn.execute(
+            "UPDATE webhook_deliveries SET created_at = created_at - interval '100 s'"
+            " WHERE job_id = ANY(%s)",
+            ([failing, refused],),
+        )
     # the lost first try and the retry due at 30 s (+60 s grace) are late; refusals never are
     assert due() == {(lost, 1), (failing, 2)}

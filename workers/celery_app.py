@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from farm.config import Settings
 from workers.routing import ALL_QUEUES
@@ -18,8 +18,9 @@ def configure(settings: Settings) -> Celery:
         result_backend=None,
         task_ignore_result=True,
         # One direct exchange per queue, so a message lands in exactly the queue it names.
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
-                     for name in ALL_QUEUES],
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES
+        ],
         task_default_queue="render.medium",
         task_serializer="json",
         accept_content=["json"],

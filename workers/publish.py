@@ -18,6 +18,8 @@ class Publisher:
 
     def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:
         self.app.send_task(
-            TASKS["webhook"], args=[job_id, attempt], queue=queue_for("webhook"),
+            TASKS["webhook"],
+            args=[job_id, attempt],
+            queue=queue_for("webhook"),
             countdown=countdown,
         )

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg_pool import ConnectionPool
-
 from farm.config import Settings, load_settings
-from farm.db import open_pool
+from farm.db import Pool, open_pool
 from farm.storage import S3Storage
 from workers.celery_app import app, configure
 from workers.publish import Publisher
@@ -20,7 +18,7 @@ from workers.sandbox import Sandbox
 @dataclass
 class Runtime:
     settings: Settings
-    pool: ConnectionPool
+    pool: Pool
     storage: S3Storage
     publisher: Publisher
     sandbox: Sandbox

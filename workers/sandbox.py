@@ -13,6 +13,7 @@ heartbeat says the job was canceled or the lease was lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -101,8 +102,11 @@ class _LogBuffer:
 
     def text(self) -> str:
         middle = f"\n[log truncated: {self.dropped} bytes dropped]\n" if self.dropped else ""
-        return (bytes(self.head).decode("utf-8", "replace") + middle
-                + bytes(self.tail).decode("utf-8", "replace"))
+        return (
+            bytes(self.head).decode("utf-8", "replace")
+            + middle
+            + bytes(self.tail).decode("utf-8", "replace")
+        )
 
 
 def _usage(root: Path, max_files: int) -> tuple[int, int]:
@@ -133,8 +137,15 @@ class Sandbox:
 
     def _binds(self) -> list[str]:
         args: list[str] = []
-        ro = ["/usr", "/etc/fonts", "/etc/alternatives", "/etc/ld.so.cache", "/etc/texmf",
-              "/var/lib/texmf", "/etc/ssl/certs"]
+        ro = [
+            "/usr",
+            "/etc/fonts",
+            "/etc/alternatives",
+            "/etc/ld.so.cache",
+            "/etc/texmf",
+            "/var/lib/texmf",
+            "/etc/ssl/certs",
+        ]
         if not sys.base_prefix.startswith("/usr"):
             ro.append(sys.base_prefix)  # a Python built elsewhere (e.g. /opt/python)
         for path in ro:
@@ -149,8 +160,7 @@ class Sandbox:
             elif os.path.isdir(f"/{name}"):
                 args += ["--ro-bind", f"/{name}", f"/{name}"]
         for module in RUNNER_MODULES:
-            args += ["--ro-bind", str(self.runner_dir / module),
-                     f"{RUNNER_ROOT}/workers/{module}"]
+            args += ["--ro-bind", str(self.runner_dir / module), f"{RUNNER_ROOT}/workers/{module}"]
         args += ["--file", "0", f"{RUNNER_ROOT}/workers/__init__.py"]
         return args
 
@@ -174,24 +184,50 @@ class Sandbox:
         }
 
     def command(self, mode: str, scratch: Path) -> list[str]:
-        python = str(Path(sys.prefix if self.settings.sandbox == "none" else VENV_ROOT)
-                     / "bin" / "python")
-        runner = [python, "-m", "workers.scene_runner", mode,
-                  f"{SANDBOX_ROOT}/spec.json", f"{SANDBOX_ROOT}/result.json"]
+        python = str(
+            Path(sys.prefix if self.settings.sandbox == "none" else VENV_ROOT) / "bin" / "python"
+        )
+        runner = [
+            python,
+            "-m",
+            "workers.scene_runner",
+            mode,
+            f"{SANDBOX_ROOT}/spec.json",
+            f"{SANDBOX_ROOT}/result.json",
+        ]
         if self.settings.sandbox == "none":
             return runner
         env_args: list[str] = []
         for name, value in self._environment().items():
             env_args += ["--setenv", name, value]
         return [
-            "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
-            "--disable-userns", "--cap-drop", "ALL",
+            "bwrap",
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--new-session",
+            "--disable-userns",
+            "--cap-drop",
+            "ALL",
             *self._binds(),
-            "--proc", "/proc", "--dev", "/dev",
-            "--dev-bind-try", "/dev/dri", "/dev/dri",  # GPU render nodes for the OpenGL pool
-            "--size", str(256 * 1024 * 1024), "--tmpfs", "/tmp",
-            "--bind", str(scratch), SANDBOX_ROOT, "--chdir", SANDBOX_ROOT,
-            "--hostname", "render",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--dev-bind-try",
+            "/dev/dri",
+            "/dev/dri",  # GPU render nodes for the OpenGL pool
+            "--size",
+            str(256 * 1024 * 1024),
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(scratch),
+            SANDBOX_ROOT,
+            "--chdir",
+            SANDBOX_ROOT,
+            "--hostname",
+            "render",
             *env_args,
             *runner,
         ]
@@ -232,23 +268,38 @@ class Sandbox:
         # The jail's uid must traverse (not list) the parent to reach its bind source.
         os.chmod(scratch.parent, 0o711)
         (scratch / "out").mkdir()
-        spec = {**spec, "out_dir": f"{SANDBOX_ROOT}/out" if self.settings.sandbox != "none"
-                else str(scratch / "out")}
+        spec = {
+            **spec,
+            "out_dir": f"{SANDBOX_ROOT}/out"
+            if self.settings.sandbox != "none"
+            else str(scratch / "out"),
+        }
         (scratch / "spec.json").write_text(json.dumps(spec))
         if os.getuid() == 0:
             for path in (scratch, scratch / "out", scratch / "spec.json"):
                 os.chown(path, self.uid, self.uid)
         argv = self.command(mode, scratch)
-        env = {} if self.settings.sandbox != "none" else {
-            **self._environment(), "HOME": str(scratch), "PYTHONPATH": str(self.runner_dir.parent),
-            "TEXMFVAR": str(scratch / ".texmf-var"),
-        }
+        env = (
+            {}
+            if self.settings.sandbox != "none"
+            else {
+                **self._environment(),
+                "HOME": str(scratch),
+                "PYTHONPATH": str(self.runner_dir.parent),
+                "TEXMFVAR": str(scratch / ".texmf-var"),
+            }
+        )
         cwd = str(scratch) if self.settings.sandbox == "none" else None
         if self.settings.sandbox == "none":
             argv = [a.replace(f"{SANDBOX_ROOT}/", f"{scratch}/") for a in argv]
         proc = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=self._preexec(limits),
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self._preexec(limits),
             start_new_session=True,
         )
         log = _LogBuffer(limits.log_bytes)
@@ -265,7 +316,10 @@ class Sandbox:
             result = _read_result(scratch / "result.json")
         return RunResult(
             ok=stopped is None and returncode == 0 and bool(result and result.get("ok")),
-            result=result, log=log.text(), stopped=stopped, returncode=returncode,
+            result=result,
+            log=log.text(),
+            stopped=stopped,
+            returncode=returncode,
             signal=_signal_of(returncode, result),
         )
 
@@ -282,10 +336,8 @@ def _signal_of(returncode: int, result: dict[str, Any] | None) -> int | None:
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     # The runner is pid 1 of its namespace under bwrap's --die-with-parent: killing the group
     # takes every process the scene started with it, daemons included.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _watch(

@@ -379,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"ok": True, **asdict(render_scene(spec))}
         code = 0
     except SceneError as exc:
+        print(exc, file=sys.stderr)  # the render log shows the scene's error too
         result = {"ok": False, "error": str(exc), "scene_error": True}
         code = 2
     except Exception as exc:

@@ -11,9 +11,9 @@ import time
 
 import redis
 
-from farm import jobs, metrics
+from farm import jobs, metrics, webhooks
 from farm.config import Settings
-from farm.db import open_pool
+from farm.db import Pool, open_pool
 from farm.logs import log_context
 from farm.presets import QUALITIES
 from workers.celery_app import app, configure
@@ -36,11 +36,18 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def run_once(settings: Settings, pool: object, client: redis.Redis, publisher: Publisher) -> int:
-    with pool.connection() as conn:  # type: ignore[attr-defined]
-        requeue = jobs.reap(conn, max_attempts=settings.max_attempts,
-                            requeue_after_seconds=settings.requeue_after_seconds)
+def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Publisher) -> int:
+    with pool.connection() as conn:
+        requeue = jobs.reap(
+            conn,
+            max_attempts=settings.max_attempts,
+            requeue_after_seconds=settings.requeue_after_seconds,
+        )
         ages = jobs.oldest_queued_age(conn)
+        # Webhook tries whose message was lost, and first tries for jobs the reaper failed.
+        due = webhooks.due_deliveries(conn, settings.webhook_retry_delays)
+    for job_id, attempt in due:
+        publisher.webhook(job_id, attempt)
     for item in requeue:
         publisher.step(item.job_id, item.kind, item.idx, item.quality)
         metrics.REAPER_REQUEUED.labels(kind=item.kind).inc()

@@ -15,9 +15,9 @@ def concat_videos(parts: list[Path], output: Path) -> None:
     # Each entry carries its exact stream duration: without it the demuxer offsets the next
     # chunk by the container duration, which mp4 rounds to milliseconds, and timestamps drift.
     listing = output.with_suffix(".txt")
-    listing.write_text("".join(
-        f"file '{p.resolve()}'\nduration {_stream_duration(p)}\n" for p in parts
-    ))
+    listing.write_text(
+        "".join(f"file '{p.resolve()}'\nduration {_stream_duration(p)}\n" for p in parts)
+    )
     (
         ffmpeg.input(str(listing), format="concat", safe=0)
         .output(str(output), c="copy", movflags="+faststart")

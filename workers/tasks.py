@@ -9,12 +9,11 @@ errors give the step back (the reaper and ``release_step`` cap the attempts).
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +71,13 @@ class FarmTask(Task):  # type: ignore[misc]
 
     def release(self, claim: Claim, error: str) -> None:
         """Give the step back after an infrastructure failure; publish it again or fail the job."""
-        log.warning("step %s %s attempt %s failed: %s", claim.kind, claim.idx, claim.attempt,
-                    error)
+        log.warning("step %s %s attempt %s failed: %s", claim.kind, claim.idx, claim.attempt, error)
         metrics.TASK_RETRIES.labels(task=claim.kind).inc()
         with self.conn() as conn:
-            again = jobs.release_step(conn, claim, error, self.rt.settings.max_attempts)
-        if again:
+            outcome = jobs.release_step(conn, claim, error, self.rt.settings.max_attempts)
+        if outcome == "requeued":
             self.rt.publisher.step(claim.job_id, claim.kind, claim.idx, claim.quality)
-        else:
+        elif outcome == "failed":
             self.job_ended(claim.job_id, claim.quality)
 
     def job_ended(self, job_id: str, quality: str) -> None:
@@ -104,8 +102,12 @@ class FarmTask(Task):  # type: ignore[misc]
 
 def _scene_spec(job: dict[str, Any], renderer: str) -> dict[str, Any]:
     return {
-        "code": job["code"], "class_name": job["class_name"], "width": job["width"],
-        "height": job["height"], "fps": job["fps"], "portrait": job["aspect_ratio"] == "9:16",
+        "code": job["code"],
+        "class_name": job["class_name"],
+        "width": job["width"],
+        "height": job["height"],
+        "fps": job["fps"],
+        "portrait": job["aspect_ratio"] == "9:16",
         "renderer": renderer,
     }
 
@@ -137,8 +139,10 @@ def _failure(run: RunResult, limits: Limits) -> tuple[str, str] | None:
     if result is None:
         tail = run.log.strip().splitlines()[-3:]
         detail = ("; last output: " + " | ".join(tail)) if tail else ""
-        return (f"the scene exited before rendering finished (exit code {run.returncode})"
-                + detail, "scene_error")
+        return (
+            f"the scene exited before rendering finished (exit code {run.returncode})" + detail,
+            "scene_error",
+        )
     if run.returncode == 1 and result.get("error"):
         error = str(result["error"])
         if error.startswith(("MemoryError", "OSError: [Errno 28]", "BlockingIOError")):
@@ -181,19 +185,31 @@ def plan_job(self: FarmTask, job_id: str) -> None:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="farm-plan-") as tmp:
             run = self.rt.sandbox.run(
-                "plan", _scene_spec(job, renderer), Path(tmp) / "scratch", limits,
-                self.keep_going(claim), settings.heartbeat_seconds,
+                "plan",
+                _scene_spec(job, renderer),
+                Path(tmp) / "scratch",
+                limits,
+                self.keep_going(claim),
+                settings.heartbeat_seconds,
             )
         metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
         if _settle(self, claim, run, limits):
             return
         durations = [float(d) for d in (run.result or {}).get("durations", [])]
         if sum(durations) > settings.max_scene_seconds:
-            self.fail(claim, f"the scene is {sum(durations):.1f} s long; the limit is "
-                      f"{settings.max_scene_seconds} s", "scene_error")
+            self.fail(
+                claim,
+                f"the scene is {sum(durations):.1f} s long; the limit is "
+                f"{settings.max_scene_seconds} s",
+                "scene_error",
+            )
             return
-        chunks = plan_chunks(durations, job["fps"], parallelism=settings.parallelism,
-                             min_chunk_seconds=settings.min_chunk_seconds)
+        chunks = plan_chunks(
+            durations,
+            job["fps"],
+            parallelism=settings.parallelism,
+            min_chunk_seconds=settings.min_chunk_seconds,
+        )
         with self.conn() as conn:
             indices = jobs.record_plan(conn, claim, chunks)
         log.info("planned %d animations into %d chunks", len(durations), len(indices))
@@ -221,8 +237,14 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
         try:
             with tempfile.TemporaryDirectory(prefix="farm-chunk-") as tmp:
                 scratch = Path(tmp) / "scratch"
-                run = self.rt.sandbox.run("render", spec, scratch, limits,
-                                          self.keep_going(claim), settings.heartbeat_seconds)
+                run = self.rt.sandbox.run(
+                    "render",
+                    spec,
+                    scratch,
+                    limits,
+                    self.keep_going(claim),
+                    settings.heartbeat_seconds,
+                )
                 if _settle(self, claim, run, limits):
                     metrics.CHUNKS_FAILED.labels(queue=queue, kind=run.stopped or "error").inc()
                     return
@@ -234,7 +256,8 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
         finally:
             metrics.CHUNKS_IN_FLIGHT.dec()
         metrics.CHUNK_RENDER_SECONDS.labels(quality=claim.quality).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         frames = int((run.result or {}).get("frames") or 0)
         with self.conn() as conn:
             ready = jobs.record_chunk(conn, claim, keys[0], keys[1], frames)
@@ -266,8 +289,11 @@ def _upload_chunk_files(
         copy_output(srt, local_srt, 10 * 2**20)
         captions_key = f"{base}.srt"
         rt.storage.put_file(captions_key, str(local_srt), "application/x-subrip")
-    rt.storage.put_bytes(f"jobs/{claim.job_id}/logs/chunk-{claim.idx}.log", run.log.encode(),
-                         "text/plain; charset=utf-8")
+    rt.storage.put_bytes(
+        f"jobs/{claim.job_id}/logs/chunk-{claim.idx}.log",
+        run.log.encode(),
+        "text/plain; charset=utf-8",
+    )
     return f"{base}.mp4", captions_key
 
 
@@ -294,11 +320,10 @@ def stitch_job(self: FarmTask, job_id: str) -> None:
                     if out["captions_key"]:
                         srts.append(rt.storage.get_bytes(out["captions_key"]).decode())
                 for key in [f"jobs/{job_id}/logs/plan-0.log"] + [
-                        f"jobs/{job_id}/logs/chunk-{o['idx']}.log" for o in outputs]:
-                    try:
+                    f"jobs/{job_id}/logs/chunk-{o['idx']}.log" for o in outputs
+                ]:
+                    with suppress(FileNotFoundError):
                         logs.append(rt.storage.get_bytes(key).decode("utf-8", "replace"))
-                    except FileNotFoundError:
-                        pass
                 video, thumb = tmp / "video.mp4", tmp / "thumb.jpg"
                 stitch.concat_videos(parts, video)
                 stitch.thumbnail(video, thumb)
@@ -318,11 +343,15 @@ def stitch_job(self: FarmTask, job_id: str) -> None:
             return
         with self.conn() as conn:
             jobs.set_log_key(conn, job_id, log_key)
-            ended = jobs.record_result(conn, claim, video_key=f"{prefix}/video.mp4",
-                                       thumbnail_key=f"{prefix}/thumb.jpg",
-                                       captions_key=captions_key, renderer=job["renderer"])
-        metrics.STITCH_SECONDS.labels(quality=claim.quality).observe(
-            time.perf_counter() - started)
+            ended = jobs.record_result(
+                conn,
+                claim,
+                video_key=f"{prefix}/video.mp4",
+                thumbnail_key=f"{prefix}/thumb.jpg",
+                captions_key=captions_key,
+                renderer=job["renderer"],
+            )
+        metrics.STITCH_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
         if ended:
             rt.storage.delete_prefix(f"{prefix}/chunks/")
             self.job_ended(job_id, claim.quality)

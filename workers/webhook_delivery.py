@@ -43,23 +43,35 @@ def deliver(rt: Runtime, job_id: str, attempt: int) -> None:
         try:
             body = webhooks.payload(job, rt.storage.url_for)
             outcome = webhooks.send(
-                target.url, body, webhooks.headers(target.event, target.secret, body),
-                allowlist=settings.webhook_allowlist, timeout=settings.webhook_timeout_seconds,
+                target.url,
+                body,
+                webhooks.headers(target.event, target.secret, body),
+                allowlist=settings.webhook_allowlist,
+                timeout=settings.webhook_timeout_seconds,
                 ca_bundle=settings.webhook_ca_bundle,
             )
         except Exception as exc:  # never leave the row saying "sending"
             log.exception("webhook delivery crashed")
-            outcome = webhooks.Outcome(0, 0, f"delivery error: {exc.__class__.__name__}: {exc}",
-                                       "connect_error")
+            outcome = webhooks.Outcome(
+                0, 0, f"delivery error: {exc.__class__.__name__}: {exc}", "connect_error"
+            )
         with rt.pool.connection() as conn:
             webhooks.record_attempt(conn, job_id, target.event, attempt, outcome)
             countdown = (
-                webhooks.retry_countdown(conn, job_id, target.event, attempt,
-                                         settings.webhook_retry_delays)
-                if outcome.retryable else None
+                webhooks.retry_countdown(
+                    conn, job_id, target.event, attempt, settings.webhook_retry_delays
+                )
+                if outcome.retryable
+                else None
             )
         metrics.WEBHOOK_ATTEMPTS.labels(outcome=outcome.kind).inc()
-        log.info("webhook %s series %s try %s: %s (%s ms)", target.event, series, n,
-                 outcome.error or f"HTTP {outcome.status_code}", outcome.duration_ms)
+        log.info(
+            "webhook %s series %s try %s: %s (%s ms)",
+            target.event,
+            series,
+            n,
+            outcome.error or f"HTTP {outcome.status_code}",
+            outcome.duration_ms,
+        )
         if countdown is not None:
             rt.publisher.webhook(job_id, attempt + 1, countdown)

@@ -103,12 +103,24 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     threading.Thread(target=_heartbeat, args=(settings, queues), daemon=True).start()
     # --quiet drops Celery's startup banner, which is printed, not logged (not JSON).
     quiet = ["--quiet"] if settings.log_format == "json" else []
-    app.worker_main([
-        *quiet, "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency),
-        "--pool", "prefork", "--loglevel", settings.log_level.upper(), "--without-gossip",
-        "--without-mingle",
-        "--hostname", f"farm-{'+'.join(q.split('.')[-1] for q in queues)}@%h",
-    ])
+    app.worker_main(
+        [
+            *quiet,
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--loglevel",
+            settings.log_level.upper(),
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"farm-{'+'.join(q.split('.')[-1] for q in queues)}@%h",
+        ]
+    )
 
 
 def _keep_farm_logging(**_: Any) -> None:

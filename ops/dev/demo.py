@@ -27,8 +27,11 @@ def main() -> int:
     while True:
         job = requests.get(f"{base}/api/v2/render/{job_id}", headers=headers, timeout=10).json()
         progress = job.get("progress") or {}
-        print(f"  {job['status']:<9} chunks {progress.get('chunksDone')}/"
-              f"{progress.get('chunksTotal')}", file=sys.stderr)
+        print(
+            f"  {job['status']:<9} chunks {progress.get('chunksDone')}/"
+            f"{progress.get('chunksTotal')}",
+            file=sys.stderr,
+        )
         if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -40,9 +43,22 @@ def main() -> int:
             out.write(response.read())
         out.flush()
         probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-             "stream=codec_name,width,height,r_frame_rate:format=duration", "-of", "json",
-             out.name], capture_output=True, text=True, check=True)
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=codec_name,width,height,r_frame_rate:format=duration",
+                "-of",
+                "json",
+                out.name,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         print(f"video downloads and plays: {json.loads(probe.stdout)}", file=sys.stderr)
     return 0
 
