@@ -42,7 +42,7 @@ lint: venv ## ruff and mypy
 	@$(VENV)/bin/mypy farm api workers
 
 bench: services ## farm vs plain manim on the benchmark scene, as ratios
-	@$(PY) -m ops.bench.run
+	@$(PY) ops/bench/run.py
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) .run test-artifacts

@@ -295,7 +295,7 @@ def cancel_job(conn: Conn, job_id: str, key_id: str) -> dict[str, Any]:
 def claim_step(conn: Conn, job_id: str, kind: str, idx: int, lease_seconds: int) -> Claim | None:
     """Take a pending step for this attempt; None when it is done, taken, or its job has ended."""
     row = conn.execute(
-        "UPDATE steps s SET status = 'running', attempt = s.attempt + 1,"
+        "UPDATE steps s SET status = 'running', attempt = s.attempt + 1, started_at = now(),"
         " lease_until = now() + make_interval(secs => %s)"
         " FROM jobs j WHERE s.job_id = j.id AND s.job_id = %s AND s.kind = %s AND s.idx = %s"
         " AND s.status = 'pending' AND j.status IN ('queued', 'running')"
@@ -327,6 +327,17 @@ def _owned(claim: Claim) -> tuple[Any, ...]:
 _OWNED = "job_id = %s AND kind = %s AND idx = %s AND attempt = %s AND status = 'running'"
 
 
+def _mark_done(conn: Conn, claim: Claim, **columns: Any) -> bool:
+    """Mark the step done (setting ``columns``) if this attempt still owns it."""
+    sets = "".join(f", {name} = %s" for name in columns)  # names come from this module only
+    row = conn.execute(
+        f"UPDATE steps SET status = 'done', lease_until = NULL, finished_at = now(){sets}"
+        f" WHERE {_OWNED} RETURNING 1",
+        (*columns.values(), *_owned(claim)),
+    ).fetchone()
+    return row is not None
+
+
 def heartbeat(conn: Conn, claim: Claim, lease_seconds: int) -> bool:
     """Extend the lease; False when this attempt lost the step or the job ended (stop working)."""
     row = conn.execute(
@@ -340,11 +351,7 @@ def heartbeat(conn: Conn, claim: Claim, lease_seconds: int) -> bool:
 
 def record_plan(conn: Conn, claim: Claim, chunks: list[ChunkPlan]) -> list[int]:
     """Store the plan and create the chunk steps; returns the chunk indices to publish."""
-    done = conn.execute(
-        f"UPDATE steps SET status = 'done', lease_until = NULL WHERE {_OWNED} RETURNING 1",
-        _owned(claim),
-    ).fetchone()
-    if done is None:
+    if not _mark_done(conn, claim):
         return []
     for idx, chunk in enumerate(chunks):
         conn.execute(
@@ -363,12 +370,7 @@ def record_chunk(
 
     The last chunk to finish creates the stitch step: fan-in never waits on a Celery chord.
     """
-    done = conn.execute(
-        "UPDATE steps SET status = 'done', lease_until = NULL, output_key = %s,"
-        f" captions_key = %s, frames = %s WHERE {_OWNED} RETURNING 1",
-        (output_key, captions_key, frames, *_owned(claim)),
-    ).fetchone()
-    if done is None:
+    if not _mark_done(conn, claim, output_key=output_key, captions_key=captions_key, frames=frames):
         return None
     job = conn.execute(
         "UPDATE jobs SET chunks_done = chunks_done + 1 WHERE id = %s"
@@ -383,6 +385,28 @@ def record_chunk(
         (claim.job_id,),
     )
     return True
+
+
+def fall_back_to_cairo(conn: Conn, claim: Claim) -> list[int]:
+    """Switch an OpenGL job to cairo after a scene error cairo may not raise; every chunk renders
+    again (a video must come from one renderer). Returns the chunk indices to publish.
+
+    Attempts keep counting up, so a chunk still rendering under OpenGL can no longer record.
+    """
+    switched = conn.execute(
+        "UPDATE jobs SET renderer = 'cairo', chunks_done = 0 WHERE id = %s"
+        " AND renderer = 'opengl' AND status = 'running' RETURNING 1",
+        (claim.job_id,),
+    ).fetchone()
+    if switched is None:
+        return []
+    rows = conn.execute(
+        "UPDATE steps SET status = 'pending', lease_until = NULL, published_at = now(),"
+        " output_key = NULL, captions_key = NULL, error = NULL"
+        " WHERE job_id = %s AND kind = 'chunk' RETURNING idx",
+        (claim.job_id,),
+    ).fetchall()
+    return sorted(r["idx"] for r in rows)
 
 
 def chunk_outputs(conn: Conn, job_id: str) -> list[dict[str, Any]]:
@@ -403,11 +427,7 @@ def record_result(
     renderer: str,
 ) -> bool:
     """Complete the job from its stitched files, if this stitch attempt still owns the step."""
-    done = conn.execute(
-        f"UPDATE steps SET status = 'done', lease_until = NULL WHERE {_OWNED} RETURNING 1",
-        _owned(claim),
-    ).fetchone()
-    if done is None:
+    if not _mark_done(conn, claim):
         return False
     conn.execute(
         "UPDATE jobs SET video_key = %s, thumbnail_key = %s, captions_key = %s, renderer = %s"

@@ -151,6 +151,12 @@ def _failure(run: RunResult, limits: Limits) -> tuple[str, str] | None:
     return None
 
 
+def _opengl_scene_error(run: RunResult, limits: Limits, renderer: str) -> bool:
+    """An OpenGL run that failed on the scene: cairo, which supports more of manim, may not."""
+    failure = None if run.ok or run.stopped else _failure(run, limits)
+    return renderer == "opengl" and failure is not None and failure[1] == "scene_error"
+
+
 def _settle(task: FarmTask, claim: Claim, run: RunResult, limits: Limits) -> bool:
     """Handle a run that did not succeed; True when the caller should stop."""
     if run.ok:
@@ -183,15 +189,26 @@ def plan_job(self: FarmTask, job_id: str) -> None:
             conn.execute("UPDATE jobs SET renderer = %s WHERE id = %s", (renderer, job_id))
         limits = Limits.from_settings(settings, wall_seconds=settings.plan_timeout_seconds)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="farm-plan-") as tmp:
-            run = self.rt.sandbox.run(
-                "plan",
-                _scene_spec(job, renderer),
-                Path(tmp) / "scratch",
-                limits,
-                self.keep_going(claim),
-                settings.heartbeat_seconds,
-            )
+
+        def plan_with(renderer: str) -> RunResult:
+            with tempfile.TemporaryDirectory(prefix="farm-plan-") as tmp:
+                return self.rt.sandbox.run(
+                    "plan",
+                    _scene_spec(job, renderer),
+                    Path(tmp) / "scratch",
+                    limits,
+                    self.keep_going(claim),
+                    settings.heartbeat_seconds,
+                )
+
+        run = plan_with(renderer)
+        if _opengl_scene_error(run, limits, renderer):
+            log.warning("scene failed under OpenGL; planning it with cairo instead")
+            fallback = plan_with("cairo")
+            if fallback.ok:
+                run, renderer = fallback, "cairo"
+                with self.conn() as conn:
+                    conn.execute("UPDATE jobs SET renderer = 'cairo' WHERE id = %s", (job_id,))
         metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
         if _settle(self, claim, run, limits):
             return
@@ -245,6 +262,13 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
                     self.keep_going(claim),
                     settings.heartbeat_seconds,
                 )
+                if _opengl_scene_error(run, limits, spec["renderer"]):
+                    with self.conn() as conn:
+                        again = jobs.fall_back_to_cairo(conn, claim)
+                    log.warning("chunk failed under OpenGL; the job renders again with cairo")
+                    for chunk in again:
+                        self.rt.publisher.step(job_id, "chunk", chunk, claim.quality)
+                    return
                 if _settle(self, claim, run, limits):
                     metrics.CHUNKS_FAILED.labels(queue=queue, kind=run.stopped or "error").inc()
                     return

@@ -88,6 +88,10 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     unknown = set(queues) - set(ALL_QUEUES)
     if unknown:
         raise SystemExit(f"unknown queues: {', '.join(sorted(unknown))}")
+    # The chunk runner patches manim internals: refuse to start on another manim version.
+    from workers.manim_patch import check_manim_version
+
+    check_manim_version()
     configure_worker_logging(settings)
     configure(settings)
     runtime.set_settings(settings)
