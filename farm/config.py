@@ -64,6 +64,8 @@ class Settings:
     # Render sandbox and per-chunk limits.
     sandbox: str = "bwrap"
     sandbox_uid_base: int = 60000
+    # Start the next jail (Python and manim imported) while the worker is idle.
+    warm_sandbox: bool = True
     chunk_timeout_seconds: int = 600
     chunk_cpu_seconds: int = 1200
     chunk_memory_mb: int = 4096

@@ -237,6 +237,10 @@ def worker(farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
     ).start()
     s = Process(["scheduler"], farm_env, artifacts / f"scheduler-{SLOT}.log").start()
     time.sleep(3)
+    for process in (w, s):
+        assert process.proc is not None and process.proc.poll() is None, (
+            f"`farm {' '.join(process.args)}` exited at start; see {process.log}"
+        )
     yield w
     w.stop()
     s.stop()

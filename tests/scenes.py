@@ -114,6 +114,19 @@ class Portrait(Scene):
         self.wait(0.37)
 """
 
+# Slow only while rendering (planning runs with config.dry_run set), so tests can act mid-chunk.
+SLOW_RENDER = """
+import time
+from manim import *
+
+class Slow(Scene):
+    def construct(self):
+        if not config.dry_run:
+            time.sleep({sleep})
+        self.play(Create(Square()), run_time=0.5)
+        self.play(FadeOut(Square()), run_time=0.5)
+"""
+
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run a command, failing with its output when it fails."""

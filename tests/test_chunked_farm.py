@@ -13,6 +13,7 @@ import pytest
 from farm.captions import parse_srt
 from tests import scenes
 from tests.conftest import Key, submit, wait_for
+from tests.scenes import SLOW_RENDER
 
 CASES = {
     "multi_wait": (scenes.MULTI_WAIT, "MultiWait", "16:9"),
@@ -88,19 +89,6 @@ def test_single_long_animation_is_one_chunk(client: Any, api_key: Key, worker: A
     assert job["status"] == "completed"
     assert job["progress"] == {"chunksDone": 1, "chunksTotal": 1, "fraction": 1.0}
 
-
-# Slow only while rendering (planning runs with config.dry_run set), so tests can act mid-chunk.
-SLOW_RENDER = """
-import time
-from manim import *
-
-class Slow(Scene):
-    def construct(self):
-        if not config.dry_run:
-            time.sleep({sleep})
-        self.play(Create(Square()), run_time=0.5)
-        self.play(FadeOut(Square()), run_time=0.5)
-"""
 
 RENDER_ONLY_ERROR = """
 from manim import *

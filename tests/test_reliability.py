@@ -10,20 +10,9 @@ from typing import Any
 import redis
 
 from tests.conftest import Key, Process, submit, wait_for
+from tests.scenes import SLOW_RENDER as SLOW
 from workers.celery_app import configure
 from workers.publish import Publisher
-
-SLOW = """
-import time
-from manim import *
-
-class Slow(Scene):
-    def construct(self):
-        if not config.dry_run:
-            time.sleep({sleep})
-        self.play(Create(Square()), run_time=0.5)
-        self.play(FadeOut(Square()), run_time=0.5)
-"""
 
 QUICK = """
 from manim import *

@@ -12,7 +12,7 @@ from farm.db import Pool, open_pool
 from farm.storage import S3Storage
 from workers.celery_app import app, configure
 from workers.publish import Publisher
-from workers.sandbox import Sandbox
+from workers.sandbox import Jails, Limits, Sandbox
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Runtime:
     storage: S3Storage
     publisher: Publisher
     sandbox: Sandbox
+    jails: Jails
 
 
 _runtime: Runtime | None = None
@@ -40,13 +41,16 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         settings = _settings or load_settings()
         configure(settings)
+        sandbox = Sandbox(settings)
         _runtime = Runtime(
             settings=settings,
             pool=open_pool(settings, max_size=4),
             storage=S3Storage(settings),
             publisher=Publisher(app),
-            sandbox=Sandbox(settings),
+            sandbox=sandbox,
+            jails=Jails(sandbox, Limits.from_settings(settings), warm=settings.warm_sandbox),
         )
+        _runtime.jails.start()
     return _runtime
 
 

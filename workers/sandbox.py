@@ -23,18 +23,23 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.config import Settings
 
-RUNNER_MODULES = ("scene_runner.py", "manim_patch.py")
+RUNNER_MODULES = ("__init__.py", "scene_runner.py", "manim_patch.py")
 SANDBOX_ROOT = "/work"
 RUNNER_ROOT = "/opt/farm-runner"
 VENV_ROOT = "/opt/farm-venv"
+
+
+Popen = subprocess.Popen[bytes]
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,10 @@ class Sandbox:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.uid = settings.sandbox_uid_base + os.getpid() % 1000
+        # One uid per worker process (each runs one jail at a time), so RLIMIT_NPROC, which
+        # counts per uid, is one job's budget and not shared with a neighbour. Kept below 65536:
+        # a pod in its own user namespace maps only that many.
+        self.uid = settings.sandbox_uid_base + os.getpid() % 5000
         self.runner_dir = Path(__file__).resolve().parent
 
     def _binds(self) -> list[str]:
@@ -161,7 +169,6 @@ class Sandbox:
                 args += ["--ro-bind", f"/{name}", f"/{name}"]
         for module in RUNNER_MODULES:
             args += ["--ro-bind", str(self.runner_dir / module), f"{RUNNER_ROOT}/workers/{module}"]
-        args += ["--file", "0", f"{RUNNER_ROOT}/workers/__init__.py"]
         return args
 
     def _environment(self) -> dict[str, str]:
@@ -214,9 +221,7 @@ class Sandbox:
             "/proc",
             "--dev",
             "/dev",
-            "--dev-bind-try",
-            "/dev/dri",
-            "/dev/dri",  # GPU render nodes for the OpenGL pool
+            *_gpu_devices(),
             "--size",
             str(256 * 1024 * 1024),
             "--tmpfs",
@@ -261,48 +266,65 @@ class Sandbox:
         keep_going: Callable[[], bool] = lambda: True,
         heartbeat_seconds: float = 5.0,
     ) -> RunResult:
-        """Run one spec in ``scratch`` (created fresh and empty here, owned by the jail's uid)."""
+        """Run one spec in a cold jail at ``scratch`` (created fresh and empty here)."""
+        self._prepare(scratch)
+        self._write_spec(scratch, spec)
+        proc = self._spawn(mode, scratch, limits, stdin=subprocess.DEVNULL)
+        return self._collect(proc, scratch, limits, keep_going, heartbeat_seconds)
+
+    def _prepare(self, scratch: Path) -> None:
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True, mode=0o700)
         # The jail's uid must traverse (not list) the parent to reach its bind source.
         os.chmod(scratch.parent, 0o711)
         (scratch / "out").mkdir()
-        spec = {
-            **spec,
-            "out_dir": f"{SANDBOX_ROOT}/out"
-            if self.settings.sandbox != "none"
-            else str(scratch / "out"),
-        }
-        (scratch / "spec.json").write_text(json.dumps(spec))
         if os.getuid() == 0:
-            for path in (scratch, scratch / "out", scratch / "spec.json"):
+            for path in (scratch, scratch / "out"):
                 os.chown(path, self.uid, self.uid)
+
+    def _write_spec(self, scratch: Path, spec: dict[str, Any]) -> None:
+        jailed = self.settings.sandbox != "none"
+        out_dir = f"{SANDBOX_ROOT}/out" if jailed else str(scratch / "out")
+        path = scratch / "spec.json"
+        path.write_text(json.dumps({**spec, "out_dir": out_dir}))
+        if os.getuid() == 0:
+            os.chown(path, self.uid, self.uid)
+
+    def _spawn(self, mode: str, scratch: Path, limits: Limits, stdin: int) -> Popen:
         argv = self.command(mode, scratch)
-        env = (
-            {}
-            if self.settings.sandbox != "none"
-            else {
+        env: dict[str, str] = {}
+        cwd = None
+        if self.settings.sandbox == "none":
+            env = {
                 **self._environment(),
                 "HOME": str(scratch),
                 "PYTHONPATH": str(self.runner_dir.parent),
                 "TEXMFVAR": str(scratch / ".texmf-var"),
             }
-        )
-        cwd = str(scratch) if self.settings.sandbox == "none" else None
-        if self.settings.sandbox == "none":
+            cwd = str(scratch)
             argv = [a.replace(f"{SANDBOX_ROOT}/", f"{scratch}/") for a in argv]
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             env=env,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=self._preexec(limits),
             start_new_session=True,
         )
-        log = _LogBuffer(limits.log_bytes)
+
+    def _collect(
+        self,
+        proc: Popen,
+        scratch: Path,
+        limits: Limits,
+        keep_going: Callable[[], bool],
+        heartbeat_seconds: float,
+        log: _LogBuffer | None = None,
+    ) -> RunResult:
+        log = log or _LogBuffer(limits.log_bytes)
         try:
             stopped = _watch(proc, log, scratch, limits, keep_going, heartbeat_seconds)
         finally:
@@ -322,6 +344,94 @@ class Sandbox:
             returncode=returncode,
             signal=_signal_of(returncode, result),
         )
+
+
+class WarmJail:
+    """A jail started before its work arrives: Python and manim are already imported when the
+    spec comes, which takes the ~1 s import off every chunk's critical path. Used once, like a
+    cold jail: its own fresh scratch, its own namespaces; it holds nothing but the runner."""
+
+    def __init__(self, sandbox: Sandbox, limits: Limits) -> None:
+        self.sandbox = sandbox
+        self.dir = Path(tempfile.mkdtemp(prefix="farm-jail-"))
+        self.scratch = self.dir / "scratch"
+        sandbox._prepare(self.scratch)
+        self.proc = sandbox._spawn("serve", self.scratch, limits, stdin=subprocess.PIPE)
+
+    def ready(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(
+        self,
+        mode: str,
+        spec: dict[str, Any],
+        limits: Limits,
+        keep_going: Callable[[], bool] = lambda: True,
+        heartbeat_seconds: float = 5.0,
+    ) -> RunResult:
+        """Hand the jail its one spec; the wall clock starts now."""
+        self.sandbox._write_spec(self.scratch, spec)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(f"{mode}\n".encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died while waiting: _collect reports how
+        return self.sandbox._collect(self.proc, self.scratch, limits, keep_going, heartbeat_seconds)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            _kill(self.proc)
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Jails:
+    """Hands out single-use jails, keeping the next one warm while the worker is idle."""
+
+    def __init__(self, sandbox: Sandbox, limits: Limits, warm: bool) -> None:
+        self.sandbox, self.limits, self.warm = sandbox, limits, warm
+        self._next: WarmJail | None = None
+
+    def start(self) -> None:
+        """Warm the next jail (no-op when warming is off or one is waiting)."""
+        if self.warm and (self._next is None or not self._next.ready()):
+            if self._next is not None:
+                self._next.close()
+            self._next = WarmJail(self.sandbox, self.limits)
+
+    @contextmanager
+    def take(self) -> Iterator[WarmJail]:
+        jail = self._next if self._next is not None and self._next.ready() else None
+        if jail is None and self._next is not None:
+            self._next.close()
+        self._next = None
+        jail = jail or WarmJail(self.sandbox, self.limits)
+        try:
+            yield jail
+        finally:
+            jail.close()
+            self.start()  # warm the next while this worker uploads and waits for work
+
+
+GPU_DEVICES = (
+    "/dev/dri",
+    "/dev/nvidiactl",
+    "/dev/nvidia-modeset",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia0",
+)
+
+
+def _gpu_devices() -> list[str]:
+    """Device binds the OpenGL pool needs for EGL (Mesa render nodes, NVIDIA's devices)."""
+    args: list[str] = []
+    for path in GPU_DEVICES:
+        args += ["--dev-bind-try", path, path]
+    return args
 
 
 def _signal_of(returncode: int, result: dict[str, Any] | None) -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import linecache
+import os
 import sys
 import traceback
 import types
@@ -360,12 +361,32 @@ def _spec_from_json(data: dict[str, Any]) -> RenderSpec:
     return RenderSpec(**data)
 
 
+def _serve() -> str:
+    """Warm up (import manim, patch it), then wait for the one command this process will run.
+
+    The worker writes the spec file, then sends ``plan`` or ``render`` on stdin; stdin is
+    closed before any user code runs, so the scene can read nothing from it.
+    """
+    import manim  # noqa: F401  (the expensive part: about a second)
+
+    from workers import manim_patch
+
+    manim_patch.apply_exact_skipping()
+    command = sys.stdin.readline().strip()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m workers.scene_runner plan|render SPEC.json RESULT.json``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 3 and args[0] == "serve":
+        args[0] = _serve()
     if len(args) != 3 or args[0] not in ("plan", "render"):
         print(
-            "usage: python -m workers.scene_runner plan|render SPEC.json RESULT.json",
+            "usage: python -m workers.scene_runner plan|render|serve SPEC.json RESULT.json",
             file=sys.stderr,
         )
         return 1

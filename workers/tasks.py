@@ -191,11 +191,10 @@ def plan_job(self: FarmTask, job_id: str) -> None:
         started = time.perf_counter()
 
         def plan_with(renderer: str) -> RunResult:
-            with tempfile.TemporaryDirectory(prefix="farm-plan-") as tmp:
-                return self.rt.sandbox.run(
+            with self.rt.jails.take() as jail:
+                return jail.run(
                     "plan",
                     _scene_spec(job, renderer),
-                    Path(tmp) / "scratch",
                     limits,
                     self.keep_going(claim),
                     settings.heartbeat_seconds,
@@ -252,15 +251,9 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
         metrics.CHUNKS_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
-            with tempfile.TemporaryDirectory(prefix="farm-chunk-") as tmp:
-                scratch = Path(tmp) / "scratch"
-                run = self.rt.sandbox.run(
-                    "render",
-                    spec,
-                    scratch,
-                    limits,
-                    self.keep_going(claim),
-                    settings.heartbeat_seconds,
+            with self.rt.jails.take() as jail:
+                run = jail.run(
+                    "render", spec, limits, self.keep_going(claim), settings.heartbeat_seconds
                 )
                 if _opengl_scene_error(run, limits, spec["renderer"]):
                     with self.conn() as conn:
@@ -272,7 +265,7 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
                 if _settle(self, claim, run, limits):
                     metrics.CHUNKS_FAILED.labels(queue=queue, kind=run.stopped or "error").inc()
                     return
-                keys = _upload_chunk_files(self.rt, claim, scratch, run, Path(tmp))
+                keys = _upload_chunk_files(self.rt, claim, jail.scratch, run, jail.dir)
         except OutputError as exc:
             metrics.CHUNKS_FAILED.labels(queue=queue, kind="bad_output").inc()
             self.fail(claim, str(exc), "scene_error")
