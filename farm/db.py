@@ -23,6 +23,8 @@ def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 8) -> Po
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": False},
         open=False,
+        # A connection that died with a PostgreSQL restart is replaced, not handed out.
+        check=ConnectionPool.check_connection,
     )
     pool.open(wait=True, timeout=30)
     return pool

@@ -246,6 +246,7 @@ def finish_job(
     error_kind: str | None = None,
 ) -> bool:
     """The one terminal transition of a job, with its credit settlement; False if already ended."""
+    _lock_job(conn, job_id)
     row = conn.execute(
         "UPDATE jobs SET status = %s, error = %s, error_kind = %s, completed_at = now(),"
         " duration_ms = GREATEST(0, (extract(epoch FROM now() - COALESCE(started_at, created_at))"
@@ -294,6 +295,7 @@ def cancel_job(conn: Conn, job_id: str, key_id: str) -> dict[str, Any]:
 
 def claim_step(conn: Conn, job_id: str, kind: str, idx: int, lease_seconds: int) -> Claim | None:
     """Take a pending step for this attempt; None when it is done, taken, or its job has ended."""
+    _lock_job(conn, job_id)
     row = conn.execute(
         "UPDATE steps s SET status = 'running', attempt = s.attempt + 1, started_at = now(),"
         " lease_until = now() + make_interval(secs => %s)"
@@ -320,6 +322,12 @@ def claim_step(conn: Conn, job_id: str, kind: str, idx: int, lease_seconds: int)
     )
 
 
+def _lock_job(conn: Conn, job_id: str) -> None:
+    """Every transition that touches a job's steps locks the job row first: one lock order,
+    so two chunks failing at once (each failing the job) cannot deadlock."""
+    conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+
+
 def _owned(claim: Claim) -> tuple[Any, ...]:
     return (claim.job_id, claim.kind, claim.idx, claim.attempt)
 
@@ -329,6 +337,7 @@ _OWNED = "job_id = %s AND kind = %s AND idx = %s AND attempt = %s AND status = '
 
 def _mark_done(conn: Conn, claim: Claim, **columns: Any) -> bool:
     """Mark the step done (setting ``columns``) if this attempt still owns it."""
+    _lock_job(conn, claim.job_id)
     sets = "".join(f", {name} = %s" for name in columns)  # names come from this module only
     row = conn.execute(
         f"UPDATE steps SET status = 'done', lease_until = NULL, finished_at = now(){sets}"
@@ -393,6 +402,7 @@ def fall_back_to_cairo(conn: Conn, claim: Claim) -> list[int]:
 
     Attempts keep counting up, so a chunk still rendering under OpenGL can no longer record.
     """
+    _lock_job(conn, claim.job_id)
     switched = conn.execute(
         "UPDATE jobs SET renderer = 'cairo', chunks_done = 0 WHERE id = %s"
         " AND renderer = 'opengl' AND status = 'running' RETURNING 1",
@@ -443,6 +453,7 @@ def set_log_key(conn: Conn, job_id: str, log_key: str) -> None:
 
 def fail_step(conn: Conn, claim: Claim, error: str, error_kind: str) -> bool:
     """A terminal failure (the scene's own error, or attempts exhausted): fail the whole job."""
+    _lock_job(conn, claim.job_id)
     owned = conn.execute(
         f"UPDATE steps SET status = 'failed', error = %s, lease_until = NULL WHERE {_OWNED}"
         " RETURNING 1",
@@ -457,6 +468,7 @@ def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> str
     """An infrastructure failure: the step goes back to pending, or the job fails once attempts
     are spent. Returns ``requeued`` (publish it again), ``failed`` (the job ended) or ``lost``
     (this attempt no longer owned the step: nothing to do)."""
+    _lock_job(conn, claim.job_id)
     if claim.attempt >= max_attempts:
         ended = fail_step(
             conn, claim, f"{error} (gave up after {claim.attempt} attempts)", "platform_error"
@@ -482,33 +494,44 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
     """Recover lost work: expired leases go back to pending (or fail the job once attempts are
     spent), and pending steps whose message may have been lost are published again.
 
-    Safe with several reapers (SKIP LOCKED) and with duplicate messages (claims are CAS).
+    Candidates are read without locks, then each is re-checked under its job's lock (the lock
+    order every transition uses), so several reapers and live workers never deadlock or act
+    twice; duplicate messages are harmless anyway (claims are compare-and-set).
     """
     expired = conn.execute(
         "SELECT s.job_id, s.kind, s.idx, s.attempt, j.quality FROM steps s JOIN jobs j"
         " ON j.id = s.job_id WHERE s.status = 'running' AND s.lease_until < now()"
-        " FOR UPDATE OF s SKIP LOCKED"
+        " ORDER BY s.job_id"  # one lock order across concurrent reapers
     ).fetchall()
     out: list[Requeue] = []
     for row in expired:
         claim = Claim(
             row["job_id"], row["kind"], row["idx"], row["attempt"], row["quality"], None, None
         )
+        _lock_job(conn, claim.job_id)
+        still_expired = conn.execute(
+            f"SELECT 1 FROM steps WHERE {_OWNED} AND lease_until < now()", _owned(claim)
+        ).fetchone()
+        if still_expired is None:
+            continue  # its worker heartbeated or finished meanwhile
         if release_step(conn, claim, "worker lost (lease expired)", max_attempts) == "requeued":
             out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
     stale = conn.execute(
         "SELECT s.job_id, s.kind, s.idx, j.quality FROM steps s JOIN jobs j ON j.id = s.job_id"
         " WHERE s.status = 'pending' AND j.status IN ('queued', 'running')"
-        " AND s.published_at < now() - make_interval(secs => %s)"
-        " FOR UPDATE OF s SKIP LOCKED",
+        " AND s.published_at < now() - make_interval(secs => %s) ORDER BY s.job_id",
         (requeue_after_seconds,),
     ).fetchall()
     for row in stale:
-        conn.execute(
-            "UPDATE steps SET published_at = now() WHERE job_id = %s AND kind = %s AND idx = %s",
-            (row["job_id"], row["kind"], row["idx"]),
-        )
-        out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
+        _lock_job(conn, row["job_id"])
+        republish = conn.execute(
+            "UPDATE steps SET published_at = now() WHERE job_id = %s AND kind = %s AND idx = %s"
+            " AND status = 'pending' AND published_at < now() - make_interval(secs => %s)"
+            " RETURNING 1",
+            (row["job_id"], row["kind"], row["idx"], requeue_after_seconds),
+        ).fetchone()
+        if republish is not None:
+            out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
     return out
 
 

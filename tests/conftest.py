@@ -186,29 +186,68 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def render_children(self) -> list[int]:
-        """Scene runner processes rendering a chunk under this process (its sandboxes)."""
+    def jails(self) -> list[tuple[int, bool]]:
+        """(runner pid, busy) of each sandbox under this process; busy: it was handed a spec
+        (an idle one is the warm jail waiting for the next chunk)."""
         if self.proc is None:
             return []
-        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True)
-        parent: dict[int, int] = {}
-        args: dict[int, str] = {}
-        for line in out.stdout.splitlines():
-            pid, ppid, *rest = line.split(None, 2)
-            parent[int(pid)], args[int(pid)] = int(ppid), rest[0] if rest else ""
+        parent, argv = _process_table()
 
-        def under_me(pid: int) -> bool:
+        def ancestors(pid: int) -> list[int]:
+            chain = []
             while pid > 1:
-                if pid == self.proc.pid:  # type: ignore[union-attr]
-                    return True
                 pid = parent.get(pid, 0)
-            return False
+                chain.append(pid)
+            return chain
 
-        return [
-            pid
-            for pid, a in args.items()
-            if "workers.scene_runner render" in a and "bwrap" not in a and under_me(pid)
-        ]
+        found = []
+        for pid, words in argv.items():
+            if "workers.scene_runner" not in words or words[0].endswith("bwrap"):
+                continue
+            chain = ancestors(pid)
+            if self.proc.pid not in chain:
+                continue
+            jail = next((argv[p] for p in reversed(chain) if argv.get(p, [""])[0] == "bwrap"), [])
+            scratch = next(
+                (
+                    jail[i + 1]
+                    for i in range(len(jail) - 2)
+                    if jail[i] == "--bind" and jail[i + 2] == "/work"
+                ),
+                None,
+            )
+            busy = scratch is not None and os.path.exists(os.path.join(scratch, "spec.json"))
+            found.append((pid, busy))
+        return found
+
+    def render_children(self) -> list[int]:
+        """Runner processes that are rendering (or planning) right now under this process."""
+        return [pid for pid, busy in self.jails() if busy]
+
+
+def _process_table() -> tuple[dict[int, int], dict[int, list[str]]]:
+    """Parent and argv of every process, read from /proc (ps may cut long command lines)."""
+    parent: dict[int, int] = {}
+    argv: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv[int(entry)] = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        except (OSError, IndexError, ValueError):
+            continue
+    return parent, argv
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead, only not yet reaped
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 ALL_QUEUES = "render.low,render.medium,render.high,render.twok,render.fourk,stitch,webhooks"

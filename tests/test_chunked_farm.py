@@ -12,7 +12,7 @@ import pytest
 
 from farm.captions import parse_srt
 from tests import scenes
-from tests.conftest import Key, submit, wait_for
+from tests.conftest import Key, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER
 
 CASES = {
@@ -128,15 +128,16 @@ def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> 
     # Progress is on the job while it runs
     assert running["status"] == "running"
     assert running["progress"]["chunksTotal"] == 2 and running["progress"]["chunksDone"] == 0
+    rendering = worker.render_children()
     response = client.delete(f"/api/v2/render/{job_id}", headers=api_key.headers)
     assert response.status_code == 200
     job = response.get_json()
     assert job["status"] == "failed" and job["error"] == "canceled"
     # Its render processes are gone within a heartbeat or two
     deadline = time.monotonic() + 15
-    while worker.render_children() and time.monotonic() < deadline:
+    while any(alive(pid) for pid in rendering) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert worker.render_children() == []
+    assert rendering and not any(alive(pid) for pid in rendering)
     # Canceling again changes nothing
     again = client.delete(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
     assert again["status"] == "failed" and again["completedAt"] == job["completedAt"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from tests.conftest import Key, Process, submit, wait_for
+from tests.conftest import Key, Process, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER as SLOW
 from workers.celery_app import configure
 from workers.publish import Publisher
@@ -49,9 +49,10 @@ def test_worker_sigkilled_mid_chunk_still_completes(
     job_id = submit(client, api_key, SLOW.format(sleep=4), "Slow", fps=5)
     _wait_until(worker.render_children, 60, "a chunk to start rendering")
     # When the whole worker (main process, pool children, sandboxes) is SIGKILLed
+    jails = [pid for pid, _ in worker.jails()]
     killed_at = time.monotonic()
     worker.kill(signal.SIGKILL)
-    _wait_until(lambda: not worker.render_children(), 10, "the sandboxes to die with the worker")
+    _wait_until(lambda: not any(alive(p) for p in jails), 10, "its sandboxes to die with it")
     worker.start()
     # Then the lease expires, the reaper re-queues the chunk, and the job completes
     job = wait_for(client, api_key, job_id, timeout=90)
