@@ -23,7 +23,7 @@ from farm import jobs, metrics
 from farm.captions import merge_srt_to_webvtt
 from farm.jobs import Claim
 from farm.logs import log_context
-from farm.planner import plan_chunks
+from farm.planner import plan_chunks, skip_weight
 from workers import stitch
 from workers.celery_app import app
 from workers.routing import TASKS, queue_for
@@ -208,7 +208,8 @@ def plan_job(self: FarmTask, job_id: str) -> None:
                 run, renderer = fallback, "cairo"
                 with self.conn() as conn:
                     conn.execute("UPDATE jobs SET renderer = 'cairo' WHERE id = %s", (job_id,))
-        metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
+        planned_in = time.perf_counter() - started
+        metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(planned_in)
         if _settle(self, claim, run, limits):
             return
         durations = [float(d) for d in (run.result or {}).get("durations", [])]
@@ -220,11 +221,13 @@ def plan_job(self: FarmTask, job_id: str) -> None:
                 "scene_error",
             )
             return
+        total_frames = sum(max(1, round(d * job["fps"])) for d in durations)
         chunks = plan_chunks(
             durations,
             job["fps"],
             parallelism=settings.parallelism,
             min_chunk_seconds=settings.min_chunk_seconds,
+            skip_weight=skip_weight(planned_in, total_frames, job["width"], job["height"]),
         )
         with self.conn() as conn:
             indices = jobs.record_plan(conn, claim, chunks)

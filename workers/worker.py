@@ -149,7 +149,10 @@ def _unbind_task(task_id: str | None = None, **_: Any) -> None:
 
 
 def _after_fork(**_: Any) -> None:
+    # Connections don't survive a fork: build this child's own runtime now, which also starts
+    # warming its first jail while the worker waits for work, not when the first chunk arrives.
     runtime.reset_after_fork()
+    runtime.get_runtime()
 
 
 def _process_gone(pid: int | None = None, **_: Any) -> None:
