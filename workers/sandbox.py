@@ -191,16 +191,16 @@ class Sandbox:
         }
 
     def command(self, mode: str, scratch: Path) -> list[str]:
-        python = str(
-            Path(sys.prefix if self.settings.sandbox == "none" else VENV_ROOT) / "bin" / "python"
-        )
+        jailed = self.settings.sandbox != "none"
+        python = str(Path(VENV_ROOT if jailed else sys.prefix) / "bin" / "python")
+        root = SANDBOX_ROOT if jailed else str(scratch)
         runner = [
             python,
             "-m",
             "workers.scene_runner",
             mode,
-            f"{SANDBOX_ROOT}/spec.json",
-            f"{SANDBOX_ROOT}/result.json",
+            f"{root}/spec.json",
+            f"{root}/result.json",
         ]
         if self.settings.sandbox == "none":
             return runner
@@ -303,7 +303,6 @@ class Sandbox:
                 "TEXMFVAR": str(scratch / ".texmf-var"),
             }
             cwd = str(scratch)
-            argv = [a.replace(f"{SANDBOX_ROOT}/", f"{scratch}/") for a in argv]
         return subprocess.Popen(
             argv,
             env=env,

@@ -166,6 +166,52 @@ def farm_run(settings: Settings, concurrency: int) -> dict[str, Any]:
     }
 
 
+TINY = """
+from manim import *
+
+class Tiny(Scene):
+    def construct(self):
+        self.play(Create(Square()), run_time=0.2)
+"""
+
+
+def sandbox_cost(settings: Settings, repeats: int = 3) -> dict[str, float]:
+    """Seconds to render a tiny low-quality chunk: no sandbox, a cold jail, a warm jail."""
+    from workers.sandbox import Limits, Sandbox, WarmJail
+
+    spec = {
+        "code": TINY,
+        "class_name": "Tiny",
+        "width": 854,
+        "height": 480,
+        "fps": 15,
+        "portrait": False,
+        "renderer": "cairo",
+    }
+    limits = Limits.from_settings(settings, wall_seconds=60)
+    out: dict[str, float] = {}
+    for name, kind in (("no sandbox", "none"), ("cold jail", "bwrap"), ("warm jail", "warm")):
+        sandbox = Sandbox(settings.with_(sandbox="none" if kind == "none" else "bwrap"))
+        times = []
+        for _ in range(repeats):
+            if kind == "warm":
+                jail = WarmJail(sandbox, limits)
+                time.sleep(2)  # warmed while the worker idles
+                started = time.perf_counter()
+                run = jail.run("render", spec, limits)
+                times.append(time.perf_counter() - started)
+                jail.close()
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    started = time.perf_counter()
+                    run = sandbox.run("render", spec, Path(tmp) / "scratch", limits)
+                    times.append(time.perf_counter() - started)
+            if not run.ok:
+                raise SystemExit(f"sandbox cost run failed ({name}): {run.log[-500:]}")
+        out[name] = sorted(times)[len(times) // 2]
+    return out
+
+
 def main() -> int:
     settings = _settings()
     out_dir = ROOT / "bench-results"
@@ -222,6 +268,12 @@ def main() -> int:
             + ", ".join(f"{c:.1f}" for c in run["chunk_seconds"])
             + " s"
         )
+    costs = sandbox_cost(settings)
+    results["sandbox_cost_seconds"] = costs
+    print(
+        "  one tiny chunk (854x480, 3 frames), median of 3: "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in costs.items())
+    )
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
     print(f"written {out_dir / 'latest.json'}")
     return 0
