@@ -49,4 +49,7 @@ def test_scene_without_animations_is_one_empty_chunk() -> None:
 def test_skip_weight_is_the_ratio_of_plan_to_render_speed() -> None:
     # planning 300 frames in 1.3 s vs ~0.044 s to render one 1920x1080 frame
     assert 0.09 < skip_weight(1.3, 300, 1920, 1080) < 0.11
-    assert skip_weight(100.0, 1, 10, 10) == 1.0  # capped
+    assert skip_weight(100.0, 1, 10, 10) == 0.5  # capped
+    # two short animations still make two chunks at the cap
+    plan = plan_chunks([0.6, 0.6], 5, parallelism=2, min_chunk_seconds=0.5, skip_weight=0.5)
+    assert len(plan) == 2

@@ -202,7 +202,10 @@ def plan_job(self: FarmTask, job_id: str) -> None:
 
         run = plan_with(renderer)
         if _opengl_scene_error(run, limits, renderer):
-            log.warning("scene failed under OpenGL; planning it with cairo instead")
+            log.warning(
+                "scene failed under OpenGL (%s); planning it with cairo instead",
+                str((run.result or {}).get("error") or run.log[-300:]).strip().splitlines()[-1:],
+            )
             fallback = plan_with("cairo")
             if fallback.ok:
                 run, renderer = fallback, "cairo"
