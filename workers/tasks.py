@@ -100,8 +100,9 @@ class FarmTask(Task):  # type: ignore[misc]
         return key
 
 
-def _scene_spec(job: dict[str, Any], renderer: str) -> dict[str, Any]:
+def _scene_spec(job: dict[str, Any], renderer: str, inflight_encoders: int) -> dict[str, Any]:
     return {
+        "max_inflight_encoders": inflight_encoders,
         "code": job["code"],
         "class_name": job["class_name"],
         "width": job["width"],
@@ -194,7 +195,7 @@ def plan_job(self: FarmTask, job_id: str) -> None:
             with self.rt.jails.take() as jail:
                 return jail.run(
                     "plan",
-                    _scene_spec(job, renderer),
+                    _scene_spec(job, renderer, settings.max_inflight_encoders),
                     limits,
                     self.keep_going(claim),
                     settings.heartbeat_seconds,
@@ -250,7 +251,9 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
     with log_context(job_id=job_id, chunk=idx, attempt=claim.attempt):
         with self.conn() as conn:
             job = jobs.get_job(conn, job_id)
-        spec = _scene_spec(job, job["renderer"] or settings.renderer)
+        spec = _scene_spec(
+            job, job["renderer"] or settings.renderer, settings.max_inflight_encoders
+        )
         if job["chunks_total"] and job["chunks_total"] > 1:
             spec.update(from_animation=claim.first_animation, upto_animation=claim.last_animation)
         limits = Limits.from_settings(settings)
