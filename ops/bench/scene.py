@@ -1,4 +1,4 @@
-"""The benchmark scene: 14 animations of mixed kinds, with updaters, about 12 s of video."""
+"""The benchmark scene: 15 animations of mixed kinds, with updaters, about 12 s of video."""
 
 from manim import *
 
