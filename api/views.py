@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Any
 
-import manim
 from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg import Connection
 
@@ -19,6 +19,9 @@ from farm.storage import S3Storage
 from workers.publish import Publisher
 
 bp = Blueprint("v2", __name__)
+# Part of the result cache key; read from package metadata, importing manim would cost the API
+# a second and a few hundred MB per process.
+MANIM_VERSION = version("manim")
 _render_request = RenderRequestSchema()
 _list_query = JobListQuerySchema()
 LOG_VIEW_BYTES = 256 * 1024
@@ -134,7 +137,7 @@ def submit() -> tuple[Response, int]:
             conn,
             key.id,
             job_request,
-            manim_version=manim.__version__,
+            manim_version=MANIM_VERSION,
             idempotency_key=idempotency_key,
             max_running_jobs=_settings().max_running_jobs_per_key,
         )

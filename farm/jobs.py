@@ -447,6 +447,11 @@ def record_result(
     return finish_job(conn, claim.job_id, "completed")
 
 
+def set_renderer(conn: Conn, job_id: str, renderer: str) -> None:
+    """The renderer every chunk of the job uses (one video, one renderer)."""
+    conn.execute("UPDATE jobs SET renderer = %s WHERE id = %s", (renderer, job_id))
+
+
 def set_log_key(conn: Conn, job_id: str, log_key: str) -> None:
     conn.execute("UPDATE jobs SET log_key = %s WHERE id = %s", (log_key, job_id))
 

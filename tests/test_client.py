@@ -68,7 +68,7 @@ def start_api(farm_env: dict[str, str], log: Path) -> Process:
         try:
             if requests.get(f"http://127.0.0.1:{API_PORT}/healthz", timeout=1).ok:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still importing
             pass
         time.sleep(0.2)
     proc.stop()

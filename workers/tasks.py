@@ -33,10 +33,6 @@ from workers.sandbox import Limits, OutputError, RunResult, checked_output, copy
 log = logging.getLogger("farm.worker")
 
 
-class StepLost(Exception):
-    """This attempt no longer owns its step (canceled, or the reaper gave it to another)."""
-
-
 class FarmTask(Task):  # type: ignore[misc]
     """Base task: the process runtime, and the claim/heartbeat/release cycle of a step."""
 
@@ -187,7 +183,7 @@ def plan_job(self: FarmTask, job_id: str) -> None:
         with self.conn() as conn:
             job = jobs.get_job(conn, job_id)
             renderer = job["renderer"] or settings.renderer
-            conn.execute("UPDATE jobs SET renderer = %s WHERE id = %s", (renderer, job_id))
+            jobs.set_renderer(conn, job_id, renderer)
         limits = Limits.from_settings(settings, wall_seconds=settings.plan_timeout_seconds)
         started = time.perf_counter()
 
@@ -211,7 +207,7 @@ def plan_job(self: FarmTask, job_id: str) -> None:
             if fallback.ok:
                 run, renderer = fallback, "cairo"
                 with self.conn() as conn:
-                    conn.execute("UPDATE jobs SET renderer = 'cairo' WHERE id = %s", (job_id,))
+                    jobs.set_renderer(conn, job_id, "cairo")
         planned_in = time.perf_counter() - started
         metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(planned_in)
         if _settle(self, claim, run, limits):
