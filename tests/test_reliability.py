@@ -11,8 +11,6 @@ import redis
 
 from tests.conftest import Key, Process, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER as SLOW
-from workers.celery_app import configure
-from workers.publish import Publisher
 
 QUICK = """
 from manim import *
@@ -65,9 +63,9 @@ def test_worker_sigkilled_mid_chunk_still_completes(
 
 
 def test_duplicate_messages_render_once(
-    client: Any, api_key: Key, worker: Process, pool: Any, settings: Any
+    app: Any, client: Any, api_key: Key, worker: Process, pool: Any
 ) -> None:
-    publisher = Publisher(configure(settings))
+    publisher = app.extensions["farm"]["publisher"]  # the API's own, as in production
     job_id = submit(client, api_key, SLOW.format(sleep=3), "Slow", fps=5)
     publisher.step(job_id, "plan", 0, "low")  # a redelivered plan message
     _wait_until(lambda: len(_steps(pool, job_id)) >= 3, 60, "the plan")

@@ -11,7 +11,19 @@ from workers.routing import ALL_QUEUES
 app = Celery("farm", set_as_current=False)
 
 
+_configured_for: str | None = None
+
+
 def configure(settings: Settings) -> Celery:
+    """Apply the settings once per process. Changing the conf of an app that already holds
+    broker connections (a second ``create_app`` in one test process) can strand messages in
+    its producer pool, so a repeat call with the same broker is a no-op."""
+    global _configured_for
+    if _configured_for == settings.redis_url:
+        return app
+    if _configured_for is not None:
+        raise RuntimeError("the Celery app is already configured for another broker")
+    _configured_for = settings.redis_url
     app.conf.update(
         broker_url=settings.redis_url,
         # Results live in PostgreSQL; Celery's result backend would be a second source of truth.

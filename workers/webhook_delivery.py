@@ -66,7 +66,7 @@ def deliver(rt: Runtime, job_id: str, attempt: int) -> None:
             )
         metrics.WEBHOOK_ATTEMPTS.labels(outcome=outcome.kind).inc()
         log.info(
-            "webhook %s series %s try %s: %s (%s ms)",
+            "webhook for event %s, series %s try %s: %s (%s ms)",
             target.event,
             series,
             n,
