@@ -45,7 +45,14 @@ def test_worker_sigkilled_mid_chunk_still_completes(
     client: Any, api_key: Key, worker: Process, pool: Any, settings: Any
 ) -> None:
     job_id = submit(client, api_key, SLOW.format(sleep=4), "Slow", fps=5)
-    _wait_until(worker.render_children, 60, "a chunk to start rendering")
+    _wait_until(
+        lambda: (
+            any(s["kind"] == "chunk" and s["status"] == "running" for s in _steps(pool, job_id))
+            and worker.render_children()
+        ),
+        60,
+        "a chunk to start rendering",
+    )
     # When the whole worker (main process, pool children, sandboxes) is SIGKILLed
     jails = [pid for pid, _ in worker.jails()]
     killed_at = time.monotonic()
@@ -59,6 +66,7 @@ def test_worker_sigkilled_mid_chunk_still_completes(
     # Bound: lease + reaper interval + worker start + the re-render (4 s sleep, two chunks).
     assert took < settings.lease_seconds + 45
     attempts = {(s["kind"], s["idx"]): s["attempt"] for s in _steps(pool, job_id)}
+    assert attempts[("plan", 0)] == 1
     assert max(attempts.values()) == 2 and all(a <= 2 for a in attempts.values())
 
 
