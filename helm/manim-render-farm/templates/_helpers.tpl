@@ -81,6 +81,7 @@ FARM_LOG_FORMAT: {{ $c.logFormat | quote }}
 FARM_SANDBOX: {{ .Values.workerSandbox.mode | quote }}
 FARM_CHUNK_TIMEOUT_SECONDS: {{ $c.chunkTimeoutSeconds | toString | quote }}
 FARM_CHUNK_MEMORY_MB: {{ $c.chunkMemoryMb | toString | quote }}
+FARM_CHUNK_MAX_PROCESSES: {{ $c.chunkMaxProcesses | toString | quote }}
 FARM_WEBHOOK_ALLOWLIST: {{ join "," $c.webhookAllowlist | quote }}
 {{- range $k, $v := $c.extra }}
 {{ $k }}: {{ $v | toString | quote }}
