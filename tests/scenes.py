@@ -128,6 +128,13 @@ class Slow(Scene):
 """
 
 
+def uncached(code: str) -> str:
+    """The same scene under a new result-cache key (the farm serves identical jobs at once)."""
+    import uuid
+
+    return f"{code}\n# {uuid.uuid4()}\n"
+
+
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run a command, failing with its output when it fails."""
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]

@@ -13,7 +13,7 @@ import pytest
 from farm.captions import parse_srt
 from tests import scenes
 from tests.conftest import Key, alive, submit, wait_for
-from tests.scenes import SLOW_RENDER
+from tests.scenes import SLOW_RENDER, uncached
 
 CASES = {
     "multi_wait": (scenes.MULTI_WAIT, "MultiWait", "16:9"),
@@ -123,7 +123,7 @@ def test_chunk_that_always_fails_fails_the_job_with_its_message(
 
 
 def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> None:
-    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=60), "Slow", fps=5)
+    job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=60)), "Slow", fps=5)
     running = _wait_running_chunks(client, api_key, job_id, worker)
     # Progress is on the job while it runs
     assert running["status"] == "running"
@@ -146,7 +146,7 @@ def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> 
 def test_killed_render_child_is_retried_then_completes(
     client: Any, api_key: Key, worker: Any, pool: Any
 ) -> None:
-    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=3), "Slow", fps=5)
+    job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=3)), "Slow", fps=5)
     _wait_running_chunks(client, api_key, job_id, worker)
     victim = worker.render_children()[0]
     subprocess.run(["kill", "-KILL", str(victim)], check=True)
@@ -162,7 +162,7 @@ def test_killed_render_child_is_retried_then_completes(
 def test_render_child_killed_every_time_fails_the_job(
     client: Any, api_key: Key, worker: Any
 ) -> None:
-    job_id = submit(client, api_key, SLOW_RENDER.format(sleep=30), "Slow", fps=5)
+    job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=30)), "Slow", fps=5)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         for pid in worker.render_children():

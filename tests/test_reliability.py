@@ -11,6 +11,7 @@ import redis
 
 from tests.conftest import Key, Process, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER as SLOW
+from tests.scenes import uncached
 
 QUICK = """
 from manim import *
@@ -44,7 +45,7 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
 def test_worker_sigkilled_mid_chunk_still_completes(
     client: Any, api_key: Key, worker: Process, pool: Any, settings: Any
 ) -> None:
-    job_id = submit(client, api_key, SLOW.format(sleep=4), "Slow", fps=5)
+    job_id = submit(client, api_key, uncached(SLOW.format(sleep=4)), "Slow", fps=5)
     _wait_until(
         lambda: (
             any(s["kind"] == "chunk" and s["status"] == "running" for s in _steps(pool, job_id))
@@ -74,7 +75,7 @@ def test_duplicate_messages_render_once(
     app: Any, client: Any, api_key: Key, worker: Process, pool: Any
 ) -> None:
     publisher = app.extensions["farm"]["publisher"]  # the API's own, as in production
-    job_id = submit(client, api_key, SLOW.format(sleep=3), "Slow", fps=5)
+    job_id = submit(client, api_key, uncached(SLOW.format(sleep=3)), "Slow", fps=5)
     publisher.step(job_id, "plan", 0, "low")  # a redelivered plan message
     _wait_until(lambda: len(_steps(pool, job_id)) >= 3, 60, "the plan")
     # Redelivered chunk messages while the chunks render (as after a visibility timeout)
@@ -101,7 +102,7 @@ def test_duplicate_messages_render_once(
 def test_flushed_redis_loses_no_job(
     client: Any, api_key: Key, worker: Process, settings: Any
 ) -> None:
-    job_ids = [submit(client, api_key, QUICK, "Quick", fps=f) for f in (4, 5, 6)]
+    job_ids = [submit(client, api_key, uncached(QUICK), "Quick", fps=f) for f in (4, 5, 6)]
     # When Redis loses every queued message
     redis.Redis.from_url(settings.redis_url).flushdb()
     # Then every job still ends, republished by the reaper after requeue_after_seconds
@@ -136,7 +137,7 @@ def test_stitch_worker_dies_holding_the_message(
         # A frozen stitch worker: Redis still hands its blocked fetch the stitch message.
         assert stitcher.proc is not None
         os.killpg(stitcher.proc.pid, signal.SIGSTOP)
-        job_id = submit(client, api_key, QUICK, "Quick", fps=7)
+        job_id = submit(client, api_key, uncached(QUICK), "Quick", fps=7)
         _wait_until(
             lambda: any(s["kind"] == "stitch" for s in _steps(pool, job_id)),
             60,
