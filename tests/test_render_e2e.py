@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Key, submit, wait_for
+from workers.stitch import probe
 
 SHAPES = """
 from manim import *
@@ -50,27 +49,6 @@ def _download(url: str, path: Path) -> Path:
     return path
 
 
-def _probe(video: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=width,height,r_frame_rate,codec_name",
-            "-of",
-            "json",
-            str(video),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout)["streams"][0])
-
-
 @pytest.mark.parametrize(
     ("aspect", "fps", "size"),
     [("16:9", None, (854, 480)), ("9:16", 10, (480, 854))],
@@ -95,10 +73,9 @@ def test_job_completes_with_requested_geometry(
     assert job["error"] is None and job["durationMs"] > 0 and job["completedAt"]
     assert job["creditsCost"] is not None
     video = _download(job["result"]["video"], tmp_path / "video.mp4")
-    stream = _probe(video)
-    assert (stream["width"], stream["height"]) == size
-    assert stream["r_frame_rate"] == f"{fps or 15}/1"
-    assert stream["codec_name"] == "h264"
+    info = probe(video)
+    assert (info["width"], info["height"]) == size
+    assert info["fps"] == (fps or 15) and info["codec"] == "h264"
     thumb = _download(job["result"]["thumbnail"], tmp_path / "thumb.jpg")
     assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
     assert job["result"]["captions"] is None  # no subcaptions in this scene

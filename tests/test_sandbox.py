@@ -28,6 +28,7 @@ from workers.sandbox import (
     checked_output,
     read_output,
 )
+from workers.stitch import probe
 from workers.tasks import _failure
 
 SETTINGS = load_settings({}).with_(
@@ -365,24 +366,8 @@ def test_absurd_settings_from_inside_the_scene_are_overridden(tmp_path: Path) ->
     )
     assert run.ok, run.log
     video = checked_output(tmp_path / "scratch", str(run.result["video"]), 10**8)  # type: ignore[index]
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=width,height,r_frame_rate",
-            "-of",
-            "csv=p=0",
-            str(video),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert probe.stdout.strip() == "320,180,10/1"
+    info = probe(video)
+    assert (info["width"], info["height"], info["fps"]) == (320, 180, 10)
 
 
 def test_warm_jail_is_as_isolated_and_reads_no_stdin() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 
@@ -31,7 +32,8 @@ def _stream_duration(video: Path) -> str:
     return str(info["streams"][0]["duration"])
 
 
-def probe(video: Path) -> dict[str, float]:
+def probe(video: Path) -> dict[str, Any]:
+    """Width, height, fps, duration (seconds) and codec of a video's first video stream."""
     info = ffmpeg.probe(str(video))
     stream = next(s for s in info["streams"] if s["codec_type"] == "video")
     num, den = (int(x) for x in stream["r_frame_rate"].split("/"))
@@ -40,6 +42,7 @@ def probe(video: Path) -> dict[str, float]:
         "height": int(stream["height"]),
         "fps": num / den,
         "duration": float(info["format"]["duration"]),
+        "codec": stream["codec_name"],
     }
 
 

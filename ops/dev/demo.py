@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import requests
+
+from workers.stitch import probe
 
 
 def main() -> int:
@@ -42,24 +44,7 @@ def main() -> int:
         with urllib.request.urlopen(job["result"]["video"]) as response:
             out.write(response.read())
         out.flush()
-        probe = subprocess.run(
-            [
-                "ffprobe",
-                "-v",
-                "error",
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=codec_name,width,height,r_frame_rate:format=duration",
-                "-of",
-                "json",
-                out.name,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        print(f"video downloads and plays: {json.loads(probe.stdout)}", file=sys.stderr)
+        print(f"video downloads and plays: {probe(Path(out.name))}", file=sys.stderr)
     return 0
 
 
