@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from typing import Protocol
 
@@ -54,8 +55,6 @@ class S3Storage:
         self.client.fput_object(self.bucket, key, path, content_type=content_type)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        import io
-
         self.client.put_object(
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
         )

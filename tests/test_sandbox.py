@@ -60,7 +60,11 @@ def _run(
     limits = Limits.from_settings(SETTINGS, wall_seconds=wall)
     if overrides:
         limits = Limits(**{**vars(limits), **overrides})
-    spec = {
+    return Sandbox(SETTINGS).run(mode, _spec(body, header), tmp_path / "scratch", limits)
+
+
+def _spec(body: str, header: str = "") -> dict[str, Any]:
+    return {
         "code": _scene(body, header),
         "class_name": "S",
         "width": 320,
@@ -69,7 +73,6 @@ def _run(
         "portrait": False,
         "renderer": "cairo",
     }
-    return Sandbox(SETTINGS).run(mode, spec, tmp_path / "scratch", limits)
 
 
 def _outcome(run: RunResult, **overrides: Any) -> tuple[str, str] | None:
@@ -376,8 +379,7 @@ def test_warm_jail_is_as_isolated_and_reads_no_stdin() -> None:
     jail = WarmJail(Sandbox(SETTINGS), limits)
     try:
         time.sleep(1)  # let it import manim, as it would while the worker idles
-        spec = {
-            "code": _scene("""
+        spec = _spec("""
 print('stdin said', repr(sys.stdin.read()))
 print('env', sorted(os.environ))
 s = socket.socket()
@@ -387,14 +389,7 @@ try:
     print('CONNECTED')
 except OSError:
     print('refused')
-"""),
-            "class_name": "S",
-            "width": 320,
-            "height": 180,
-            "fps": 10,
-            "portrait": False,
-            "renderer": "cairo",
-        }
+""")
         run = jail.run("render", spec, limits)
     finally:
         jail.close()

@@ -404,11 +404,11 @@ class Jails:
 
     @contextmanager
     def take(self) -> Iterator[WarmJail]:
-        jail = self._next if self._next is not None and self._next.ready() else None
-        if jail is None and self._next is not None:
-            self._next.close()
-        self._next = None
-        jail = jail or WarmJail(self.sandbox, self.limits)
+        jail, self._next = self._next, None
+        if jail is None or not jail.ready():  # none waiting, or it died while it waited
+            if jail is not None:
+                jail.close()
+            jail = WarmJail(self.sandbox, self.limits)
         try:
             yield jail
         finally:
