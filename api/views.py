@@ -113,7 +113,7 @@ def openapi() -> Response:
 
 @bp.post("/api/v2/render")
 def submit() -> tuple[Response, int]:
-    """Queue a render; 202 with the job id. The plan task is published after commit."""
+    """Queue a render; 202 with the job id. The dispatcher publishes the plan after commit."""
     body = _json_body()
     data = _render_request.load(body)
     webhook_url = data["webhookUrl"]
@@ -143,8 +143,7 @@ def submit() -> tuple[Response, int]:
         )
         job = jobs.get_job(conn, submitted.job_id)
     publisher: Publisher = _farm()["publisher"]
-    if submitted.publish_plan:
-        publisher.step(submitted.job_id, "plan", 0, job_request.quality)
+    # The plan step is not published here: the scheduler's dispatcher sends it (farm.dispatch).
     if submitted.created:
         metrics.JOBS_SUBMITTED.labels(quality=job_request.quality).inc()
         if job["status"] == "completed":  # served from the cache: the webhook still fires

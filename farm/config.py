@@ -88,6 +88,11 @@ class Settings:
     heartbeat_seconds: int = 5
     requeue_after_seconds: int = 120
     reaper_interval_seconds: float = 5.0
+    # Fair dispatch across owners (farm.dispatch, run by `farm scheduler`).
+    dispatch_owner_max_slots: int = 0  # plan/chunk steps in flight per owner; 0 = no cap
+    dispatch_queue_depth: int = 2  # unclaimed messages kept on each render queue
+    dispatch_interval_seconds: float = 1.0  # a round at least this often (notifies wake it)
+    dispatch_metric_owners: int = 10  # owners with their own metric label; the rest "other"
 
     renderer: str = "cairo"
     # manim 0.22 can encode finished animations while drawing the next. More than 1 helps only

@@ -75,7 +75,6 @@ class JobRequest:
 class Submitted:
     job_id: str
     created: bool  # False for an idempotent replay
-    publish_plan: bool  # False when the job completed from the cache or was replayed
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,8 @@ def submit_job(
 ) -> Submitted:
     """Create a job, reserve its credits, and complete it at once from the cache when possible.
 
-    Runs in the caller's transaction; publish the plan task only after it commits.
+    Runs in the caller's transaction. Nothing is published: the dispatcher sends the plan step
+    once this commits (the step row is the outbox).
     """
     # Serialize a key's submits so concurrent requests cannot overspend or double-create.
     conn.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
@@ -121,7 +121,7 @@ def submit_job(
                 raise Conflict(
                     "this Idempotency-Key was already used with a different request body"
                 )
-            return Submitted(row["job_id"], created=False, publish_plan=False)
+            return Submitted(row["job_id"], created=False)
     if max_running_jobs is not None:
         active = conn.execute(
             "SELECT count(*) AS n FROM jobs WHERE key_id = %s AND status IN ('queued', 'running')",
@@ -169,12 +169,10 @@ def submit_job(
             (key_id, idempotency_key, request.body_hash(), job_id),
         )
     if _complete_from_cache(conn, job_id, request.cache_key(manim_version)):
-        return Submitted(job_id, created=True, publish_plan=False)
-    conn.execute(
-        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'plan', 0, now())",
-        (job_id,),
-    )
-    return Submitted(job_id, created=True, publish_plan=True)
+        return Submitted(job_id, created=True)
+    # published_at NULL: the dispatcher (farm.dispatch) publishes it, fairly, after commit.
+    conn.execute("INSERT INTO steps (job_id, kind, idx) VALUES (%s, 'plan', 0)", (job_id,))
+    return Submitted(job_id, created=True)
 
 
 def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
@@ -359,13 +357,14 @@ def heartbeat(conn: Conn, claim: Claim, lease_seconds: int) -> bool:
 
 
 def record_plan(conn: Conn, claim: Claim, chunks: list[ChunkPlan]) -> list[int]:
-    """Store the plan and create the chunk steps; returns the chunk indices to publish."""
+    """Store the plan and create the chunk steps; returns their indices (empty when this
+    attempt lost the plan). The dispatcher publishes them; the caller publishes nothing."""
     if not _mark_done(conn, claim):
         return []
     for idx, chunk in enumerate(chunks):
         conn.execute(
-            "INSERT INTO steps (job_id, kind, idx, first_animation, last_animation, seconds,"
-            " published_at) VALUES (%s, 'chunk', %s, %s, %s, %s, now())",
+            "INSERT INTO steps (job_id, kind, idx, first_animation, last_animation, seconds)"
+            " VALUES (%s, 'chunk', %s, %s, %s, %s)",
             (claim.job_id, idx, chunk.first, chunk.last, chunk.seconds),
         )
     conn.execute("UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id))

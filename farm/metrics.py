@@ -174,6 +174,36 @@ REAPER_REQUEUED = _counter(
     "farm_reaper_requeued_total", "Chunks re-queued after their lease expired.", ("kind",)
 )
 
+# Fair dispatch (scheduler). owner is bounded: the dispatch_metric_owners busiest owners get
+# their own label, every other owner is summed under "other".
+OWNER_WAITING = _gauge(
+    "farm_owner_waiting_steps",
+    "Plan and chunk steps waiting for the dispatcher, per owner (top N, the rest 'other').",
+    ("owner",),
+    "mostrecent",
+)
+OWNER_RUNNING = _gauge(
+    "farm_owner_running_steps",
+    "Plan and chunk steps rendering now, per owner (top N, the rest 'other').",
+    ("owner",),
+    "mostrecent",
+)
+OWNER_OLDEST_WAIT = _gauge(
+    "farm_owner_oldest_wait_seconds",
+    "Age of the owner's oldest job that still has work waiting for dispatch (0 when none).",
+    ("owner",),
+    "mostrecent",
+)
+DISPATCHED = _counter(
+    "farm_dispatched_total", "Plan and chunk steps published by the dispatcher.", ("kind",)
+)
+DISPATCH_WAIT = _histogram(
+    "farm_dispatch_wait_seconds",
+    "Seconds from submit to the dispatch of a job's plan (its wait for a fair share).",
+    ("quality",),
+    JOB_BUCKETS,
+)
+
 
 def all_metrics() -> tuple[_Metric, ...]:
     """Every metric object defined in this module."""

@@ -1,4 +1,5 @@
-"""``farm scheduler``: the one process that reaps lost work and exports queue gauges.
+"""``farm scheduler``: the one process that dispatches work fairly (``farm.dispatch``, its own
+thread), reaps lost work and exports queue gauges.
 
 Run exactly one (the Helm chart does); a second one is harmless (SKIP LOCKED, CAS claims) but
 would export the queue gauges twice.
@@ -7,11 +8,12 @@ would export the queue gauges twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
 
-from farm import jobs, metrics, webhooks
+from farm import dispatch, jobs, metrics, webhooks
 from farm.config import Settings
 from farm.db import Pool, open_pool
 from farm.logs import log_context
@@ -70,6 +72,9 @@ def run_forever(settings: Settings) -> None:
     publisher = Publisher(app)
     metrics.start_metrics_server(settings.scheduler_metrics_port, environ={})
     log.info("scheduler running; metrics on :%s/metrics", settings.scheduler_metrics_port)
+    threading.Thread(
+        target=dispatch.serve, args=(settings, publisher.step), name="dispatch", daemon=True
+    ).start()
     while True:
         try:
             run_once(settings, pool, client, publisher)

@@ -231,9 +231,8 @@ def plan_job(self: FarmTask, job_id: str) -> None:
         )
         with self.conn() as conn:
             indices = jobs.record_plan(conn, claim, chunks)
+        # The chunks are published by the scheduler's dispatcher (fair share across owners).
         log.info("planned %d animations into %d chunks", len(durations), len(indices))
-        for idx in indices:
-            self.rt.publisher.step(job_id, "chunk", idx, claim.quality)
 
 
 @app.task(base=FarmTask, bind=True, name=TASKS["chunk"])
