@@ -184,10 +184,12 @@ class Dispatcher:
                     continue
                 head = next((r for r in rows if free[r["quality"]] > 0), None)
                 if head is not None:
-                    candidates.append((in_flight[owner], self._served.get(owner, -1), owner, head))
+                    served = self._served.get(owner, -1)
+                    candidates.append((in_flight[owner], served, -head["waited"], owner, head))
             if not candidates:
                 return picks
-            _, _, owner, row = min(candidates, key=lambda c: (c[0], c[1], c[2]))
+            # Fewest in flight; then served longest ago; then the oldest job (FIFO among equals).
+            *_, owner, row = min(candidates, key=lambda c: c[:4])
             backlog[owner].remove(row)
             in_flight[owner] += 1
             free[row["quality"]] -= 1
