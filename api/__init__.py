@@ -27,9 +27,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["farm"] = {
         "settings": settings,
-        "pool": open_pool(settings, max_size=8),
+        # PostgreSQL away: answer 503 after a few seconds rather than hold the request.
+        "pool": open_pool(settings, max_size=8, timeout=5),
         "storage": S3Storage(settings),
-        "redis": redis.Redis.from_url(settings.redis_url, socket_timeout=5),
+        "redis": redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        ),
         "publisher": Publisher(configure_celery(settings)),
     }
 

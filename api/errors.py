@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
+from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from farm import metrics
@@ -56,6 +58,16 @@ def register_error_handlers(app: Flask) -> None:
             415: "unsupported_media_type",
         }.get(exc.code or 500, "http_error")
         return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _unavailable(exc: Exception) -> Response:
+        # PostgreSQL restarting or unreachable: the client retries; nothing was half-done
+        # (the request's transaction rolled back).
+        log.warning("database unavailable: %s: %s", exc.__class__.__name__, exc)
+        response = error_response(503, "unavailable", "the farm's database is unavailable; retry")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -15,8 +15,11 @@ from farm.config import Settings
 Pool = ConnectionPool[Connection[dict[str, Any]]]
 
 
-def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 8) -> Pool:
-    """A pool whose connections return rows as dicts."""
+def open_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 8, timeout: float = 30.0
+) -> Pool:
+    """A pool whose connections return rows as dicts; ``timeout``: how long a caller waits for
+    a connection (PostgreSQL down) before ``PoolTimeout``."""
     pool: Pool = ConnectionPool(
         settings.database_url,
         min_size=min_size,
@@ -25,6 +28,7 @@ def open_pool(settings: Settings, *, min_size: int = 1, max_size: int = 8) -> Po
         open=False,
         # A connection that died with a PostgreSQL restart is replaced, not handed out.
         check=ConnectionPool.check_connection,
+        timeout=timeout,
     )
     pool.open(wait=True, timeout=30)
     return pool

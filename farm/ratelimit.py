@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import redis
 
 from farm.errors import RateLimited
+
+log = logging.getLogger("farm.ratelimit")
 
 # KEYS[1] bucket; ARGV: rate per second, burst, now (seconds). Returns {allowed, retry_after_ms}.
 _BUCKET = """
@@ -37,10 +40,19 @@ class RateLimiter:
         self.burst = burst
 
     def check(self, key_id: str) -> None:
-        """Take one token for ``key_id`` or raise ``RateLimited`` with the seconds to wait."""
-        allowed, wait_ms = self.script(
-            keys=[f"farm:ratelimit:{key_id}"], args=[self.rate, self.burst, time.time()]
-        )
+        """Take one token for ``key_id`` or raise ``RateLimited`` with the seconds to wait.
+
+        Redis unreachable: let the request through (logged). The limit protects the farm from
+        a client's burst; refusing every request while Redis is away would turn a broker
+        outage into an API outage (jobs are accepted into PostgreSQL and dispatched later).
+        """
+        try:
+            allowed, wait_ms = self.script(
+                keys=[f"farm:ratelimit:{key_id}"], args=[self.rate, self.burst, time.time()]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("rate limit not checked, Redis unreachable: %s", exc)
+            return
         if not int(allowed):
             retry_after = max(1, math.ceil(int(wait_ms) / 1000))
             raise RateLimited(f"rate limit exceeded; retry in {retry_after} s", retry_after)

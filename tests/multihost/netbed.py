@@ -459,6 +459,3 @@ def _sigwait_ready() -> None:
 if __name__ == "__main__":
     _sigwait_ready()
     sys.exit(main(sys.argv[1:]))
-
-
-
