@@ -192,10 +192,10 @@ def busy_jails(pid: int) -> list[int]:
         if pid not in chain:
             continue
         jail = next((argv[p] for p in reversed(chain) if argv.get(p, [""])[0] == "bwrap"), [])
+        binds = range(len(jail) - 2)
         scratch = next(
-            (jail[i + 1] for i in range(len(jail) - 2) if jail[i] == "--bind" and jail[i + 2] == "/work"),
-            None,
-        )  # fmt: skip
+            (jail[i + 1] for i in binds if jail[i] == "--bind" and jail[i + 2] == "/work"), None
+        )
         if scratch is not None and os.path.exists(os.path.join(scratch, "spec.json")):
             found.append(child)
     return found

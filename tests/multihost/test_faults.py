@@ -54,7 +54,8 @@ class Completed:
 
     def check(self) -> None:
         assert self.job["status"] == "completed", self.job["error"]
-        assert [e["kind"] for e in self.ledger] == ["reserve", "settle"], self.ledger
+        kinds = [e["kind"] for e in self.ledger]
+        assert kinds.count("reserve") == 1 and kinds.count("settle") == 1, self.ledger
         assert not [k for k in self.objects if "/chunks/" in k], self.objects  # stitch removed
         # Billing: the owning attempts' time, never a stalled or lost attempt's
         steps = [s for s in self.farm.steps(self.job_id) if s["status"] == "done"]
@@ -197,7 +198,6 @@ def test_postgres_restart_under_load(bed: NetBed, farm: Farm) -> None:
                 answers.append((0, time.monotonic() - started, {"exception": str(exc)}, None))
             time.sleep(0.05)
 
-    # fmt: skip
     loader = threading.Thread(target=load)
     loader.start()
     try:
