@@ -7,7 +7,7 @@ FARM := $(VENV)/bin/farm
 # Debian's Python: the render sandbox runs as an unprivileged uid that must be able to read it.
 SYSTEM_PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
 
-.PHONY: help system venv services demo down test test-fast lint bench clean
+.PHONY: help system venv services demo down test test-fast multihost lint bench bench-load clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,13 +36,20 @@ down: ## stop what `make demo` started (and nothing else)
 test: services ## run the test suite against real services and renders
 	@$(VENV)/bin/pytest
 
+multihost: services ## the multi-host fault tests: namespaces as hosts, links cut, services restarted (root)
+	@$(VENV)/bin/pytest tests/multihost
+
 lint: venv ## ruff and mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy farm api workers
 
-bench: services ## farm vs plain manim on the benchmark scene, as ratios
+bench: services ## farm vs plain manim on the benchmark scene, as ratios; then bench-load
 	@$(PY) ops/bench/run.py
+	@$(MAKE) --no-print-directory bench-load
+
+bench-load: venv ## 1000 submits by 20 users, then GET p99 at 200 req/s, on the multi-host bed (root)
+	@$(PY) ops/bench/load.py
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) .run test-artifacts
