@@ -122,7 +122,9 @@ def burst(bed: NetBed, keys: list[str], jobs: int) -> dict[str, Any]:
             with lock:
                 answers.append((status, payload.get("jobId"), headers.get("Retry-After"), key))
 
-    threads = [threading.Thread(target=user, args=(k, n)) for k, n in zip(keys, per_user)]
+    threads = [
+        threading.Thread(target=user, args=(k, n)) for k, n in zip(keys, per_user, strict=True)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -225,8 +227,7 @@ def main() -> int:
 
         with psycopg.connect(bed.database_url) as conn:
             keys = [
-                create_key(conn, f"load-{i}", Decimal(100_000), None).key
-                for i in range(args.users)
+                create_key(conn, f"load-{i}", Decimal(100_000), None).key for i in range(args.users)
             ]
         b = burst(bed, keys, args.jobs)
         print(
