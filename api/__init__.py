@@ -1,37 +1,40 @@
-"""The Flask front door: ``create_app(settings)`` builds one app with its pool and clients."""
+"""The Flask front door: ``create_app(settings)`` builds one app with its services."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 
-import redis
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from farm import metrics
 from farm.config import Settings, load_settings
-from farm.db import open_pool
 from farm.logs import bind, configure_logging, unbind
-from farm.storage import S3Storage
+from farm.services import Services, build_services
 from workers.celery_app import configure as configure_celery
 from workers.publish import Publisher
 
 MAX_BODY_BYTES = 200 * 1024
+_EXTENSION = "farm"
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or load_settings()
-    configure_logging(settings, "api")
+def get_services(app: Flask | None = None) -> Services:
+    """The services of ``app`` (default: the app serving the current request)."""
+    services = (app or current_app).extensions[_EXTENSION]
+    assert isinstance(services, Services)
+    return services
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """One app; pass ``services`` to share them, or they are built from ``settings``."""
+    if services is None:
+        settings = settings or load_settings()
+        services = build_services(settings, Publisher(configure_celery(settings)), pool_size=8)
+    configure_logging(services.settings, "api")
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["farm"] = {
-        "settings": settings,
-        "pool": open_pool(settings, max_size=8),
-        "storage": S3Storage(settings),
-        "redis": redis.Redis.from_url(settings.redis_url, socket_timeout=5),
-        "publisher": Publisher(configure_celery(settings)),
-    }
+    app.extensions[_EXTENSION] = services
 
     from api.errors import register_error_handlers
     from api.views import bp

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from api import get_services
 from farm import jobs, webhooks
 from farm.config import Settings
 from tests.conftest import FARM, Key, unique, wait_for
@@ -413,7 +414,7 @@ def test_500_then_200_succeeds_once_after_a_retry(
     path = f"/flaky-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)  # what the API does
+    get_services(client.application).publisher.webhook(job_id, 1)  # what the API does
     hits = receiver.wait_hits(path, 2)
     rows = wait_deliveries(pool, job_id, 2)
     assert [(r["attempt"], r["status_code"]) for r in rows] == [(1, 500), (2, 200)]
@@ -430,7 +431,7 @@ def test_a_receiver_that_hangs_past_the_timeout_fails_every_try(
     path = f"/hang-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)
+    get_services(client.application).publisher.webhook(job_id, 1)
     tries = 1 + len(settings.webhook_retry_delays)
     rows = wait_deliveries(pool, job_id, tries, timeout=tries * (HANG_SECONDS + 3) + 10)
     assert [r["attempt"] for r in rows] == list(range(1, tries + 1))
@@ -447,7 +448,7 @@ def test_replay_starts_a_new_series(
     path = f"/ok-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)
+    get_services(client.application).publisher.webhook(job_id, 1)
     wait_deliveries(pool, job_id, 1)
     out = subprocess.run(
         [FARM, "webhooks", "replay", job_id],
