@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg import Connection
 
-from api import get_services
+from api.app import get_services
 from api.schemas import JobListQuerySchema, RenderRequestSchema
 from farm import jobs, keys, metrics
 from farm.config import Settings

@@ -244,9 +244,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _run(func: Any) -> Any:
-    """Adapt to ``farm.cli``'s ``func(settings, args)`` and turn SDK errors into exit 2."""
+    """Turn SDK errors into exit 2 and Ctrl-C into 130."""
 
-    def run(_settings: object, args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
         except FarmClientError as exc:

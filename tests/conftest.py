@@ -122,7 +122,7 @@ def storage(settings: Settings) -> S3Storage:
 
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> Any:
-    from api import create_app
+    from api.app import create_app
 
     return create_app(settings)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from api import get_services
+from api.app import get_services
 from farm import credits, jobs
 from farm.config import Settings
 from farm.presets import PRESETS
@@ -49,7 +49,7 @@ class RecordingPublisher:
 
 
 def _app(settings: Settings) -> Any:
-    from api import create_app
+    from api.app import create_app
 
     app = create_app(settings)
     get_services(app).publisher = RecordingPublisher()

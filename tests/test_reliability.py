@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from api import get_services
+from api.app import get_services
 from tests.conftest import Key, Process, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER as SLOW
 from tests.scenes import uncached

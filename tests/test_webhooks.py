@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from api import get_services
+from api.app import get_services
 from farm import jobs, webhooks
 from farm.config import Settings
 from tests.conftest import FARM, Key, unique, wait_for
