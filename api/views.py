@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -15,13 +14,11 @@ from api.schemas import JobListQuerySchema, RenderRequestSchema
 from farm import jobs, keys, metrics
 from farm.config import Settings
 from farm.errors import FarmError
+from farm.presets import MANIM_VERSION
 from farm.ratelimit import RateLimiter
 from farm.storage import Storage
 
 bp = Blueprint("v2", __name__)
-# Part of the result cache key; read from package metadata, importing manim would cost the API
-# a second and a few hundred MB per process.
-MANIM_VERSION = version("manim")
 _render_request = RenderRequestSchema()
 _list_query = JobListQuerySchema()
 LOG_VIEW_BYTES = 256 * 1024

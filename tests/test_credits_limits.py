@@ -20,6 +20,7 @@ from farm import credits, jobs
 from farm.config import Settings
 from farm.presets import PRESETS
 from tests.conftest import FARM, Key, unique, wait_for
+from tests.support import RecordingPublisher
 
 SCENE = """
 from manim import *
@@ -35,17 +36,6 @@ class Broken(Scene):
     def construct(self):
         raise RuntimeError("this scene is broken on purpose {tag}")
 """
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def step(self, *args: Any) -> None:
-        self.sent.append(("step", *args))
-
-    def webhook(self, *args: Any, **kwargs: Any) -> None:
-        self.sent.append(("webhook", *args))
 
 
 def _app(settings: Settings) -> Any:

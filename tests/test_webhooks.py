@@ -28,6 +28,7 @@ from api.app import get_services
 from farm import jobs, webhooks
 from farm.config import Settings
 from tests.conftest import FARM, Key, unique, wait_for
+from tests.support import RecordingPublisher
 
 TINY = """
 from manim import *
@@ -173,14 +174,6 @@ def receiver(settings: Settings, artifacts: Path, tmp_path_factory: Any) -> Iter
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.webhooks: list[tuple[str, int, float]] = []
-
-    def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:
-        self.webhooks.append((job_id, attempt, countdown))
 
 
 def runtime(settings: Settings, pool: Any, storage: Any) -> Any:
