@@ -93,3 +93,15 @@ def test_every_package_registers_its_own_commands() -> None:
     # Registering them loads no framework: prometheus_client in particular must wait until
     # `farm api`/`farm worker` have set PROMETHEUS_MULTIPROC_DIR.
     assert loaded == ""
+
+
+def test_the_api_image_needs_no_manim() -> None:
+    # What the API image runs (`farm api|scheduler|migrate`) imports without the [render] extra
+    code = (
+        "import sys\n"
+        "for name in ('manim', 'ffmpeg', 'cairo', 'numpy', 'PIL'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "import api.app, api.server, farm.commands, workers.commands, workers.scheduler\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
