@@ -222,7 +222,10 @@ def fetch(url: str, policy: Policy) -> Asset:
     deadline = time.monotonic() + policy.timeout_seconds
     current = url
     for _hop in range(policy.max_redirects + 1):
-        where = check_url(current, policy)
+        try:
+            where = check_url(current, policy)
+        except AssetRefused as exc:
+            raise AssetRefused(url, _hop_note(current, url) + exc.reason) from None
         try:
             ip = netguard.pick_address(where.host, where.port, policy.address_allowlist)
         except netguard.Refused as exc:
@@ -314,6 +317,8 @@ def _get(
             response.release_conn()
     except netguard.Refused as exc:  # the connected peer was forbidden
         raise AssetRefused(url, str(exc).removeprefix("refused: ")) from None
+    except urllib3.exceptions.NewConnectionError as exc:  # urllib3 calls it a timeout, too
+        raise AssetFailed(url, f"connection failed: {exc}") from None
     except urllib3.exceptions.TimeoutError:
         raise AssetRefused(url, late) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:

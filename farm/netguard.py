@@ -26,6 +26,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Cloud metadata endpoints (AWS/GCP/Azure/OpenStack; AWS's IPv6 one), named in refusals.
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254")
+)
+
+
 class Refused(Exception):
     """The URL or the address it resolves to may not be requested."""
 
@@ -40,7 +46,10 @@ def forbidden(ip: IPAddress, allowlist: Sequence[IPNetwork]) -> str | None:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return forbidden(ip.ipv4_mapped, allowlist)
-    for name in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    if ip in _METADATA:
+        return "link-local: cloud metadata service"
+    # Most specific first: Python counts link-local, unspecified, ... as "private" too.
+    for name in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
         if getattr(ip, f"is_{name}"):
             return name.replace("_", "-")
     if not ip.is_global:
