@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 import urllib.response
@@ -164,6 +166,35 @@ def _patch_urllib() -> None:
     urllib.request.urlopen = urlopen
 
 
+# --- SVG files in read-only places ------------------------------------------------------------
+
+
+def _patch_read_only_svgs() -> None:
+    """manim parses an SVG by writing a modified copy beside it (``<name>_.svg``), which fails
+    for the SVGs plugins ship (manim-fontawesome's icons) in the jail's read-only venv: parse
+    those from a copy in the scratch /tmp instead."""
+    try:
+        from manim.mobject.svg.svg_mobject import SVGMobject  # optional: only for manim scenes
+    except ImportError:
+        return
+    original = SVGMobject.generate_mobject
+
+    def generate_mobject(self: Any) -> Any:
+        path = self.get_file_path()
+        if os.access(path.parent, os.W_OK):
+            return original(self)
+        with tempfile.TemporaryDirectory(prefix="svg-") as tmp:
+            copy = type(path)(tmp) / path.name
+            shutil.copyfile(path, copy)
+            self.get_file_path = lambda: copy
+            try:
+                return original(self)
+            finally:
+                del self.get_file_path
+
+    SVGMobject.generate_mobject = generate_mobject  # type: ignore[method-assign]
+
+
 def install(assets_dir: str = ASSETS_DIR, misses_file: str | None = MISSES_FILE) -> None:
     """Answer the scene's web requests from ``assets_dir``; record misses in ``misses_file``."""
     _state["dir"] = assets_dir
@@ -172,3 +203,4 @@ def install(assets_dir: str = ASSETS_DIR, misses_file: str | None = MISSES_FILE)
         _state["installed"] = True
         _patch_requests()
         _patch_urllib()
+        _patch_read_only_svgs()
