@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from farm.config import load_settings
 from tests.conftest import Key, submit, unique, wait_for
+from tests.support import download
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_FILE = ROOT / "ops" / "plugins.txt"
@@ -150,6 +150,7 @@ def red_rows(frame: bytes) -> float:
     return sum(rows) / len(rows)
 
 
+@pytest.mark.render
 def test_kodisc_card_flips_in_the_jail(scratch: Path) -> None:
     video = render_in_jail(CARD, "CardTrick", scratch)
     shown = frames(video, scratch)
@@ -162,6 +163,7 @@ def test_kodisc_card_flips_in_the_jail(scratch: Path) -> None:
     assert b > 150 and r < 150, (r, g, b)
 
 
+@pytest.mark.render
 def test_physics_plugin_simulates_in_the_jail(scratch: Path) -> None:
     shown = frames(render_in_jail(PHYSICS, "Drop", scratch), scratch)
     assert len(shown) == 6
@@ -169,6 +171,7 @@ def test_physics_plugin_simulates_in_the_jail(scratch: Path) -> None:
     assert red_rows(shown[-1]) > red_rows(shown[0]) + 5
 
 
+@pytest.mark.render
 @pytest.mark.parametrize(("code", "name"), [(CIRCUIT, "Circuit"), (ICONS, "Icons")])
 def test_drawing_plugins_render_in_the_jail(code: str, name: str, scratch: Path) -> None:
     shown = frames(render_in_jail(code, name, scratch), scratch)
@@ -184,7 +187,5 @@ def test_a_kodisc_scene_renders_through_the_farm(
     job = wait_for(client, api_key, submit(client, api_key, code, "CardTrick", fps=10))
     # Then it completes with a downloadable video
     assert job["status"] == "completed", job
-    video = tmp_path / "card.mp4"
-    with urllib.request.urlopen(job["result"]["video"], timeout=30) as response:
-        video.write_bytes(response.read())
+    video = download(job["result"]["video"], tmp_path / "card.mp4")
     assert video.stat().st_size > 1000
