@@ -23,7 +23,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +60,10 @@ class AssetRefused(AssetError):
 
     def __str__(self) -> str:
         return f"asset URL {_shown(self.url)} refused: {self.reason}"
+
+
+class Interrupted(Exception):
+    """``keep_going`` said stop (the job was canceled or the step's lease lost) between URLs."""
 
 
 class AssetFailed(AssetError):
@@ -126,6 +130,11 @@ class Asset:
 def digest(url: str) -> str:
     """The asset's file name in the jail's assets directory (the shim computes the same)."""
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def manifest_key(job_id: str) -> str:
+    """The URLs a job's plan fetched, in order (JSON), for its chunks."""
+    return f"jobs/{job_id}/assets.json"
 
 
 def cache_keys(owner: str, url: str) -> tuple[str, str]:
@@ -388,17 +397,21 @@ def provide(
     policy: Policy,
     directory: Path,
     max_age: float | None = -1,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> list[Asset]:
     """Make every URL available to the jail in ``directory``: from the owner's cache when fresh
     (``max_age`` seconds; -1: the policy's; None: any age), else fetched and cached.
 
     Policy is checked before the cache, so a host the operator denied since is refused.
+    ``keep_going`` is asked before each URL (the step's heartbeat); False raises ``Interrupted``.
     """
     age = policy.cache_seconds if max_age == -1 else max_age
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
     provided: list[Asset] = []
     for url in _capped(urls, policy):
+        if not keep_going():
+            raise Interrupted(url)
         check_url(url, policy)
         asset = cached(storage, owner, url, age)
         if asset is None or len(asset.body) > policy.max_bytes:

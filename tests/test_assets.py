@@ -12,6 +12,7 @@ import io
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -30,6 +31,8 @@ from PIL import Image
 from farm import assets, netguard
 from farm.assets import AssetFailed, AssetRefused, Policy
 from farm.config import load_settings
+from tests.conftest import submit, unique, wait_for
+from tests.support import download
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -522,3 +525,101 @@ def test_the_shim_imports_only_the_standard_library() -> None:
             (lazy if line[0].isspace() else top).add(line.split()[1].split(".")[0])
     assert top <= set(sys.stdlib_module_names), top
     assert lazy <= set(sys.stdlib_module_names) | {"requests", "manim"}, lazy
+
+
+# --- through the farm: plan -> fetch -> plan again -> chunks ---------------------------------
+
+WEB_SCENE = """
+from manim import *
+from manim_kodisc import *
+
+class Gallery(Scene):
+    def construct(self):
+        photo = WebImage("{png}").set(height=4)
+        self.play(FadeIn(photo), run_time=0.5)
+        logo = WebSVG("{svg}").set(height=2).to_edge(RIGHT)
+        self.play(FadeIn(logo), run_time=0.5)
+        self.wait(0.5)
+# {tag}
+"""
+
+REFUSED_SCENE = """
+from manim import *
+from manim_kodisc import *
+
+class Sneaky(Scene):
+    def construct(self):
+        self.add(WebImage("{url}"))
+        self.wait(0.2)
+"""
+
+
+@pytest.fixture(scope="module")
+def farm_site(tls: tuple[Path, Path], settings: Any) -> Iterator[AssetServer]:
+    """The local server, its certificate the CA bundle the tests' workers trust for assets."""
+    Path(settings.asset_ca_bundle).parent.mkdir(exist_ok=True)
+    shutil.copyfile(tls[0], settings.asset_ca_bundle)
+    server = AssetServer(*tls)
+    yield server
+    server.close()
+
+
+def last_frame(video: Path) -> tuple[int, int, bytes]:
+    probe = subprocess.run(
+        [
+            *("ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames"),
+            *("-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(video)),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    stream = json.loads(probe.stdout)["streams"][0]
+    raw = subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-sseof", "-0.2", "-i", str(video), "-frames:v", "1"),
+            *("-f", "rawvideo", "-pix_fmt", "rgb24", "-"),
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return int(stream["width"]), int(stream["nb_read_frames"]), raw
+
+
+def test_a_webimage_scene_renders_through_the_farm(
+    farm_site: AssetServer, client: Any, api_key: Any, worker: Any, tmp_path: Path
+) -> None:
+    # Given a Kodisc scene that downloads a PNG and an SVG from an (allowed) https server
+    tag = unique()
+    png = farm_site.route(f"/{tag}/photo.png", png_bytes((220, 30, 30), 64), "image/png")
+    svg = farm_site.route(f"/{tag}/logo.svg", SVG, "image/svg+xml")
+    code = WEB_SCENE.format(png=png, svg=svg, tag=tag)
+    # When the farm renders it in chunks (the jail has no network)
+    job = wait_for(client, api_key, submit(client, api_key, code, "Gallery", fps=10), timeout=180)
+    # Then it completes, and the photo is in the picture
+    assert job["status"] == "completed", job
+    width, frames, frame = last_frame(download(job["result"]["video"], tmp_path / "g.mp4"))
+    assert frames == 15
+    height = len(frame) // (width * 3)
+    center = ((height // 2) * width + width // 2) * 3
+    r, g, b = frame[center : center + 3]
+    assert r > 150 and g < 90 and b < 90, (r, g, b)
+    # The worker fetched each URL once; the re-planned pass and the chunks used the cache
+    assert farm_site.hits[f"/{tag}/photo.png"] == 1
+    assert farm_site.hits[f"/{tag}/logo.svg"] == 1
+
+
+def test_a_scene_asking_for_a_loopback_url_fails_naming_url_and_rule(
+    farm_site: AssetServer, client: Any, api_key: Any, worker: Any
+) -> None:
+    # Given a URL on a loopback address the operator did not admit (only 127.0.0.1/32 is)
+    url = farm_site.route(f"/{unique()}.png", png_bytes(), "image/png")
+    url = url.replace("127.0.0.1", "127.0.0.2")
+    job = wait_for(
+        client, api_key, submit(client, api_key, REFUSED_SCENE.format(url=url), "Sneaky")
+    )
+    # Then the job fails as the scene's error, naming the URL and the rule
+    assert job["status"] == "failed", job
+    message = job["error"]["message"] if isinstance(job["error"], dict) else str(job["error"])
+    assert f"asset URL {url} refused:" in message
+    assert "127.0.0.2 (loopback)" in message
