@@ -41,6 +41,12 @@ def test_every_plugin_is_pinned_and_installed_at_its_pin() -> None:
         assert metadata.version(name) == version, f"{name}: installed {metadata.version(name)}"
 
 
+def test_make_venv_installs_the_list_without_dependency_pins() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "PLUGINS ?= ops/plugins.txt" in makefile
+    assert "pip install -q --no-deps -c constraints.txt -r $(PLUGINS)" in makefile
+
+
 def test_kodisc_plugin_runs_on_a_pillow_its_metadata_refuses() -> None:
     # Why ops/plugins.txt is installed with --no-deps: manim-kodisc declares Pillow<10, manim
     # 0.22 needs a newer one, and the plugin works with it (the renders below prove it).
