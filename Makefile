@@ -17,10 +17,14 @@ system: ## install the Debian packages (ffmpeg, cairo, pango, TeX, bubblewrap, p
 
 # The client is its own distribution (client/); the server's [render] extra brings manim.
 # Every install is locked by constraints.txt, as in the Dockerfile and CI.
-$(VENV)/.installed: setup.cfg pyproject.toml client/setup.cfg constraints.txt VERSION
+# Scene plugins (docs/plugins.md): pinned, without their declared dependencies, which contradict
+# manim 0.22 although the plugins work with it. PLUGINS=another-list.txt to change the set.
+PLUGINS ?= ops/plugins.txt
+$(VENV)/.installed: setup.cfg pyproject.toml client/setup.cfg constraints.txt VERSION $(PLUGINS)
 	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -c constraints.txt -e ./client -e '.[dev,render]'
+	@$(PY) -m pip install -q --no-deps -c constraints.txt -r $(PLUGINS)
 	@touch $@
 
 venv: $(VENV)/.installed ## create the virtualenv with the project, its client and dev tools

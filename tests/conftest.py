@@ -63,6 +63,9 @@ def _base_settings() -> Settings:
         webhook_retry_delays=(1.0, 2.0, 3.0),
         webhook_timeout_seconds=3.0,
         webhook_ca_bundle=str(ROOT / "test-artifacts" / f"webhook-ca-{SLOT}.pem"),
+        # Scene assets from tests/test_assets.py's local server, whose self-signed CA goes here.
+        asset_address_allowlist=("127.0.0.1/32",),
+        asset_ca_bundle=str(ROOT / "test-artifacts" / f"asset-ca-{SLOT}.pem"),
     )
 
 
