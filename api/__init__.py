@@ -9,6 +9,7 @@ import redis
 from flask import Flask, Response, g, request
 
 from farm import metrics
+from farm.captions import ensure_empty_captions
 from farm.config import Settings, load_settings
 from farm.db import open_pool
 from farm.logs import bind, configure_logging, unbind
@@ -25,10 +26,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    storage = S3Storage(settings)
+    with contextlib.suppress(Exception):  # S3 away at start: /readyz says so; `farm migrate` too
+        ensure_empty_captions(storage)
     app.extensions["farm"] = {
         "settings": settings,
         "pool": open_pool(settings, max_size=8),
-        "storage": S3Storage(settings),
+        "storage": storage,
         "redis": redis.Redis.from_url(settings.redis_url, socket_timeout=5),
         "publisher": Publisher(configure_celery(settings)),
     }
@@ -52,6 +56,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         if token is not None:
             with contextlib.suppress(ValueError):  # bound in another context: nothing to undo
                 unbind(token)
+
+    @app.after_request
+    def _limits(response: Response) -> Response:
+        """Every authenticated answer shows the caller's request budget (IETF RateLimit draft
+        names); a refusal says when to retry."""
+        quota = g.get("quota")
+        if quota is not None:
+            response.headers["RateLimit-Limit"] = str(quota.limit)
+            response.headers["RateLimit-Remaining"] = str(quota.remaining)
+        if response.status_code in (429, 503) and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = "1" if response.status_code == 429 else "5"
+        return response
 
     @app.after_request
     def _count(response: Response) -> Response:
