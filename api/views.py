@@ -14,7 +14,7 @@ from psycopg import Connection
 from api.schemas import JobListQuerySchema, RenderRequestSchema, json_problem
 from farm import credits, jobs, keys, metrics, users
 from farm.config import Settings
-from farm.errors import FarmError
+from farm.errors import FarmError, InvalidField
 from farm.ratelimit import RateLimiter
 from farm.storage import S3Storage
 from workers.publish import Publisher
@@ -72,7 +72,7 @@ def _json_body() -> dict[str, Any]:
         raise FarmError("body: must be a JSON object")
     problem = json_problem(body, "body")
     if problem:
-        raise FarmError(problem.removeprefix("body."))
+        raise InvalidField(problem.removeprefix("body."))
     return body
 
 
