@@ -1,4 +1,5 @@
-"""gunicorn settings for ``farm api``: JSON logs, and a dead worker's metric files dropped.
+"""gunicorn settings for ``farm api``: JSON logs, gunicorn's own error answers in the API's
+JSON error shape, and a dead worker's metric files dropped.
 
 ``farm api`` passes ``--config python:api.gunicorn_conf``. gunicorn's own lines (boot, worker
 exits) go to the root handler; each request gets one access line with method, path, status,
