@@ -94,8 +94,15 @@ def test_metadata_at_the_caps_is_accepted(client: Any, api_key: Key) -> None:
         (b'{"code": "x", "className": "A", "fps": -1e400}', "fps"),
         (b'{"code": "x", "className": "A", "metadata": "\\ud800"}', "metadata"),
         (b'{"code": "\\u0000", "className": "A"}', "code"),
-        (b'{"code": "x", "className": "A", "metadata": ' + b"[" * 960 + b"]" * 960 + b"}", "body"),
-        (b'{"code": "x", "className": "A", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}", "body"),
+        # 960 levels: past the depth cap, or (deep in a call stack) past the parser's recursion
+        (
+            b'{"code": "x", "className": "A", "metadata": ' + b"[" * 960 + b"]" * 960 + b"}",
+            "body|metadata",
+        ),
+        (
+            b'{"code": "x", "className": "A", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "body",
+        ),
         (b'{"code": "x", "className": "A", "metadata": ' + b"1" * 5000 + b"}", "body"),
         (b'{"code": "\xff", "className": "A"}', "body"),
     ],
@@ -111,7 +118,7 @@ def test_values_postgres_cannot_store_are_400(
     # Then the answer is a 400 naming where, never a 500
     assert response.status_code == 400, response.get_json()
     message = response.get_json()["message"]
-    assert message.startswith(field) or (field == "metadata" and "metadata" in message), message
+    assert message.startswith(tuple(field.split("|"))), message
 
 
 def test_nul_in_job_id_or_cursor_is_not_found(client: Any, api_key: Key) -> None:

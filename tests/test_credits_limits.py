@@ -158,7 +158,10 @@ def test_platform_errors_and_cancels_are_refunded_in_full(pool: Any, make_key: A
         job = jobs.cancel_job(conn, canceled, key.user_id)
     assert job["error_kind"] == "canceled" and job["credits_cost"] == 0
     for job_id in (platform, canceled):
-        assert ledger(pool, key.user_id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1))]
+        assert ledger(pool, key.user_id, job_id) == [
+            ("reserve", Decimal(-1)),
+            ("refund", Decimal(1)),
+        ]
     assert balance(pool, key.user_id) == Decimal(100)
 
 
@@ -503,7 +506,10 @@ def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> N
         # Then each key has its own user, owning its job and credits
         with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
             owners = conn.execute("SELECT id, user_id FROM api_keys ORDER BY id").fetchall()
-            assert [o["user_id"] for o in owners] == ["usr_00000000000000a1", "usr_00000000000000b2"]
+            assert [o["user_id"] for o in owners] == [
+                "usr_00000000000000a1",
+                "usr_00000000000000b2",
+            ]
             job = conn.execute("SELECT user_id FROM jobs WHERE id = 'job_old'").fetchone()
             assert job["user_id"] == "usr_00000000000000a1"
             for owner in owners:

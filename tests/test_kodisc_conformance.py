@@ -360,6 +360,13 @@ def test_errors_are_json_with_an_error_field(base_url: str, make_key: Any) -> No
         (400, client.session.post(f"{api}/render", data=b"{oops")),
         (400, client.session.post(f"{api}/render", data=b'{"code":"x","className":"A","fps":NaN}')),
         (400, client.render(**{**valid, "metadata": {"a": "\u0000"}})),
+        (400, client.session.post(f"{api}/render", data=_deep_metadata(960))),
+        (400, client.session.post(f"{api}/render", data=_deep_metadata(50_000))),
+        (
+            400,
+            client.session.post(f"{api}/render", data=b'{"code":"x","className":"A","fps":1e400}'),
+        ),
+        (404, client.session.get(f"{api}/render?cursor=%00")),
         (413, client.session.post(f"{api}/render", data=b"#" * (400 * 1024))),
         # 404: unknown job, a NUL byte in the id
         (404, client.job("clx9f0a1b0000abcd1234efgh")),
@@ -381,6 +388,10 @@ def test_errors_are_json_with_an_error_field(base_url: str, make_key: Any) -> No
     lower = requests.get(f"{api}/me", headers={"Authorization": f"bearer {key.key}"})
     assert lower.status_code == 200
     assert client.render(**valid, futureOption={"x": 1}).status_code == 202
+
+
+def _deep_metadata(levels: int) -> bytes:
+    return b'{"code": "x", "className": "A", "metadata": ' + b"[" * levels + b"]" * levels + b"}"
 
 
 def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
