@@ -283,6 +283,7 @@ def finish_job(
     _lock_job(conn, job_id)
     row = conn.execute(
         "UPDATE jobs SET status = %s, error = %s, error_kind = %s, completed_at = now(),"
+        " held_limit = NULL,"
         " duration_ms = GREATEST(0, (extract(epoch FROM now() - COALESCE(started_at, created_at))"
         " * 1000)::integer)"
         " WHERE id = %s AND status IN ('queued', 'running')"
@@ -616,10 +617,12 @@ def release_held(conn: Conn) -> list[Requeue]:
 
 
 def oldest_queued_age(conn: Conn) -> dict[str, float]:
-    """Seconds the oldest unstarted job of each quality has waited (the autoscaling signal)."""
+    """Seconds the oldest unstarted job of each quality has waited (the autoscaling signal).
+
+    Held jobs (their user is at their concurrency limit) don't count: more workers can't help."""
     rows = conn.execute(
         "SELECT quality, extract(epoch FROM now() - min(created_at))::float AS age FROM jobs"
-        " WHERE status = 'queued' GROUP BY quality"
+        " WHERE status = 'queued' AND held_limit IS NULL GROUP BY quality"
     ).fetchall()
     return {r["quality"]: r["age"] for r in rows}
 
