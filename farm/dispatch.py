@@ -15,7 +15,9 @@ it) and lets the farm share render slots between tenants:
 A tenant submitting 200 jobs therefore delays another tenant's single job by at most the time
 it takes one render slot to free up, which is about one chunk's render time.
 
-Owner: ``jobs.owner``, filled at insert by the ``farm_job_owner`` trigger (the API key today).
+Owner: ``jobs.owner``, filled at insert by the ``farm_job_owner`` trigger (the job's user).
+Held jobs (their user at their own concurrency limit, ``farm.jobs.release_held``) wait here
+until released.
 This module imports no Celery: it is handed a ``publish(job_id, kind, idx, quality)``.
 """
 
@@ -54,7 +56,7 @@ SELECT j.owner, j.quality,
            AS oldest_wait
 FROM steps s JOIN jobs j ON j.id = s.job_id
 WHERE s.kind IN ('plan', 'chunk') AND s.status IN ('pending', 'running')
-  AND j.status IN ('queued', 'running')
+  AND j.status IN ('queued', 'running') AND j.held_limit IS NULL
 GROUP BY j.owner, j.quality
 """
 
@@ -67,7 +69,7 @@ SELECT job_id, kind, idx, quality, owner, waited FROM (
                AS rank
     FROM steps s JOIN jobs j ON j.id = s.job_id
     WHERE s.status = 'pending' AND s.published_at IS NULL AND s.kind IN ('plan', 'chunk')
-      AND j.status IN ('queued', 'running')
+      AND j.status IN ('queued', 'running') AND j.held_limit IS NULL
 ) ranked WHERE rank <= %s
 ORDER BY owner, rank
 """

@@ -3,14 +3,15 @@
 -- whose published_at is NULL. A notify on every step status change wakes it at once.
 
 ALTER TABLE jobs ADD COLUMN owner text;
-UPDATE jobs SET owner = key_id WHERE owner IS NULL;
+UPDATE jobs SET owner = user_id WHERE owner IS NULL;
 
--- The owner notion in one place: today the API key; when jobs carry a user, a later migration
--- replaces this function (COALESCE(NEW.user_id::text, NEW.key_id)) and nothing else changes.
+-- The owner notion in one place: the job's user (all their keys share one fair share). To
+-- share by something else (an organisation, a plan), replace this function; nothing else
+-- changes.
 CREATE FUNCTION farm_job_owner() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.owner IS NULL THEN
-        NEW.owner := NEW.key_id;
+        NEW.owner := NEW.user_id;
     END IF;
     RETURN NEW;
 END $$;

@@ -216,7 +216,7 @@ def main() -> int:
     bed = NetBed(
         slot=int(os.environ.get("FARM_TEST_SLOT", "0")),
         overrides={
-            "FARM_MAX_RUNNING_JOBS_PER_KEY": str(args.max_unfinished),
+            "FARM_MAX_ACTIVE_JOBS_PER_USER": str(args.max_unfinished),
             "FARM_RATE_LIMIT_PER_SECOND": "100",
             "FARM_RATE_LIMIT_BURST": "200",
         },

@@ -91,7 +91,7 @@ class Farm:
     def key(self, credits: int = 10_000, name: str = "multihost") -> dict[str, str]:
         with psycopg.connect(self.bed.database_url, row_factory=dict_row) as conn:
             new = keys.create_key(conn, name, Decimal(credits), None)
-        return {"Authorization": f"Bearer {new.key}", "id": new.api_key.id}
+        return {"Authorization": f"Bearer {new.key}", "owner": new.api_key.user_id}
 
     def post(self, headers: dict[str, str], code: str, cls: str, **fields: Any) -> str:
         body = {"code": code, "className": cls, "quality": "low", "fps": 5, **fields}

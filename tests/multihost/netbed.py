@@ -141,7 +141,7 @@ class NetBed:
             "FARM_PARALLELISM": "2",
             "FARM_RATE_LIMIT_PER_SECOND": "1000",
             "FARM_RATE_LIMIT_BURST": "1000",
-            "FARM_MAX_RUNNING_JOBS_PER_KEY": "500",
+            "FARM_MAX_ACTIVE_JOBS_PER_USER": "500",
             "FARM_DISPATCH_QUEUE_DEPTH": "1",
             "FARM_DISPATCH_INTERVAL_SECONDS": "0.5",
         }

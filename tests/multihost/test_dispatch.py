@@ -35,14 +35,21 @@ def conn(settings: Settings) -> Iterator[psycopg.Connection[dict[str, Any]]]:
 
 
 def _owner(conn: Any, name: str) -> str:
-    return keys.create_key(conn, name, Decimal(10_000), None).api_key.id
+    """A new user (the dispatcher's owner) with one key; returns the user id."""
+    key = keys.create_key(conn, name, Decimal(10_000), None).api_key
+    _KEYS[key.user_id] = key.id
+    return key.user_id
+
+
+_KEYS: dict[str, str] = {}
 
 
 def _submit(conn: Any, owner: str, n: int) -> list[str]:
     out = []
     for i in range(n):
         request = jobs.JobRequest(f"{SCENE}# {owner} {i}\n", "S", quality="low")
-        out.append(jobs.submit_job(conn, owner, request, manim_version="0.22.0").job_id)
+        submitted = jobs.submit_job(conn, _KEYS[owner], request, manim_version="0.22.0")
+        out.append(submitted.job_id)
     return out
 
 

@@ -84,4 +84,4 @@ def test_a_flood_delays_another_owners_job_by_about_one_chunk(bed: NetBed, farm:
     # slots freeing at staggered times that is about one chunk time in all (plus slack).
     assert delay <= 1.5 * chunk + 3, (delay, chunk)
     # The per-owner gauges saw the flood waiting (owner labels are the busiest owners)
-    assert f'farm_owner_waiting_steps{{owner="{flood["id"]}"}}' in metrics
+    assert f'farm_owner_waiting_steps{{owner="{flood["owner"]}"}}' in metrics
