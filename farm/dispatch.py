@@ -10,7 +10,10 @@ it) and lets the farm share render slots between tenants:
 * each round hands the next free place to the owner with the fewest steps in flight (queued or
   running), ties going to the owner served longest ago: a round robin that a flood cannot
   starve. Within one owner, older jobs go first;
-* an owner never has more than ``dispatch_owner_max_slots`` steps in flight (0: no cap).
+* an owner never has more than ``dispatch_owner_max_slots`` steps in flight (0: no cap);
+* each message carries a priority from its owner's load when it was sent (Redis serves 0
+  first, then 3, 6, 9): a message for an owner with nothing in flight overtakes a flood's
+  message already waiting on the queue, so the next free slot goes to the fair choice.
 
 A tenant submitting 200 jobs therefore delays another tenant's single job by at most the time
 it takes one render slot to free up, which is about one chunk's render time.
@@ -27,9 +30,9 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -40,7 +43,13 @@ from farm.keys import Conn
 
 log = logging.getLogger("farm.dispatch")
 
-Publish = Callable[[str, str, int, str], None]
+
+class Publish(Protocol):
+    def __call__(
+        self, job_id: str, kind: str, idx: int, quality: str, priority: int | None = None
+    ) -> None: ...
+
+
 # pg_try_advisory_xact_lock key: one dispatcher round at a time across schedulers.
 DISPATCH_LOCK = 727275
 CHANNEL = "farm_dispatch"
@@ -98,6 +107,7 @@ class Pick:
     quality: str
     owner: str
     waited: float  # seconds since the job was submitted
+    priority: int = 0  # 0 first; from the owner's steps in flight when it was picked
 
 
 @dataclass
@@ -144,7 +154,7 @@ class Dispatcher:
             ([p.job_id for p in picks], [p.kind for p in picks], [p.idx for p in picks]),
         )
         for pick in picks:
-            self.publish(pick.job_id, pick.kind, pick.idx, pick.quality)
+            self.publish(pick.job_id, pick.kind, pick.idx, pick.quality, priority=pick.priority)
             metrics.DISPATCHED.labels(kind=pick.kind).inc()
             if pick.kind == "plan":
                 metrics.DISPATCH_WAIT.labels(quality=pick.quality).observe(pick.waited)
@@ -193,13 +203,33 @@ class Dispatcher:
             # Fewest in flight; then served longest ago; then the oldest job (FIFO among equals).
             *_, owner, row = min(candidates, key=lambda c: c[:4])
             backlog[owner].remove(row)
+            priority = _priority(in_flight[owner])
             in_flight[owner] += 1
             free[row["quality"]] -= 1
             self._turn += 1
             self._served[owner] = self._turn
             picks.append(
-                Pick(row["job_id"], row["kind"], row["idx"], row["quality"], owner, row["waited"])
+                Pick(
+                    row["job_id"],
+                    row["kind"],
+                    row["idx"],
+                    row["quality"],
+                    owner,
+                    row["waited"],
+                    priority,
+                )
             )
+
+
+def _priority(in_flight: int) -> int:
+    """Redis priority (kombu's steps 0, 3, 6, 9; 0 served first) for an owner's next step."""
+    if in_flight == 0:
+        return 0
+    if in_flight <= 2:
+        return 3
+    if in_flight <= 5:
+        return 6
+    return 9
 
 
 def _export(loads: dict[str, OwnerLoad], top: int) -> None:

@@ -21,14 +21,18 @@ from farm.storage import S3Storage, Storage
 class Publisher(Protocol):
     """Sends work to the queues; called only after the transaction that recorded it committed."""
 
-    def step(self, job_id: str, kind: str, idx: int, quality: str) -> None: ...
+    def step(
+        self, job_id: str, kind: str, idx: int, quality: str, priority: int | None = None
+    ) -> None: ...
     def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None: ...
 
 
 class NoPublisher:
     """The publisher of a process that sends no work (``farm keys``, ``farm migrate``)."""
 
-    def step(self, job_id: str, kind: str, idx: int, quality: str) -> None:
+    def step(
+        self, job_id: str, kind: str, idx: int, quality: str, priority: int | None = None
+    ) -> None:
         raise RuntimeError("this process publishes no work")
 
     def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:

@@ -11,10 +11,17 @@ class Publisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def step(self, job_id: str, kind: str, idx: int, quality: str) -> None:
-        """Send ``(job_id, idx)``: the task re-reads everything else from PostgreSQL."""
+    def step(
+        self, job_id: str, kind: str, idx: int, quality: str, priority: int | None = None
+    ) -> None:
+        """Send ``(job_id, idx)``: the task re-reads everything else from PostgreSQL.
+
+        ``priority`` (Redis: 0 is served first, then 3, 6, 9) lets the fair dispatcher put a
+        waiting tenant's step ahead of a flood's already queued ones."""
         args = [job_id] if kind in ("plan", "stitch") else [job_id, idx]
-        self.app.send_task(TASKS[kind], args=args, queue=queue_for(kind, quality))
+        self.app.send_task(
+            TASKS[kind], args=args, queue=queue_for(kind, quality), priority=priority
+        )
 
     def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:
         self.app.send_task(

@@ -57,7 +57,9 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
         with log_context(**fields):
             log.info("requeued %s %s of %s", item.kind, item.idx, item.job_id)
     for queue in ALL_QUEUES:
-        metrics.QUEUE_DEPTH.labels(queue=queue).set(client.llen(queue))
+        # The dispatcher's priorities 3, 6 and 9 live in their own Redis lists (kombu's scheme).
+        lists = (queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+        metrics.QUEUE_DEPTH.labels(queue=queue).set(sum(client.llen(k) for k in lists))
     for quality in QUALITIES:
         metrics.QUEUE_OLDEST_JOB_AGE.labels(quality=quality).set(ages.get(quality, 0.0))
     for queue, n in queue_consumers(client).items():

@@ -56,9 +56,13 @@ def _submit(conn: Any, owner: str, n: int) -> list[str]:
 class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, int, str]] = []
+        self.priorities: list[int | None] = []
 
-    def __call__(self, job_id: str, kind: str, idx: int, quality: str) -> None:
+    def __call__(
+        self, job_id: str, kind: str, idx: int, quality: str, priority: int | None = None
+    ) -> None:
         self.sent.append((job_id, kind, idx, quality))
+        self.priorities.append(priority)
 
 
 def _round(dispatcher: Dispatcher, conn: Any) -> list[Any]:
@@ -89,12 +93,23 @@ def test_a_flood_does_not_starve_a_single_job(conn: Any) -> None:
     second = _round(dispatcher, conn)
     assert [(p.job_id, p.kind) for p in second] == [(single_job, "plan")]
     assert publish.sent[-1] == (single_job, "plan", 0, "low")
+    # It goes out at the top priority; the flood's next ones queue behind it
+    assert publish.priorities[-1] == 0
     # Nothing is published twice, nothing beyond the queue depth
     assert _round(dispatcher, conn) == []
     published = conn.execute(
         "SELECT count(*) AS n FROM steps WHERE published_at IS NOT NULL"
     ).fetchone()
     assert published["n"] == 2
+    # Steps of an owner with work in flight go out at a lower priority (served later)
+    conn.execute("UPDATE steps SET status = 'done' WHERE status = 'running'")
+    _claim_all(conn, [single_job])
+    conn.execute(
+        "UPDATE steps SET status = 'running' WHERE job_id = ANY(%s) AND published_at IS NULL",
+        (flood_jobs[1:4],),
+    )
+    later = _round(dispatcher, conn)
+    assert [p.owner for p in later] == [flood] and later[0].priority == 6
 
 
 def test_round_robin_and_owner_cap(conn: Any) -> None:
