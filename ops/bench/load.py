@@ -43,7 +43,7 @@ from manim import *
 
 class Tiny(Scene):
     def construct(self):
-        self.play(FadeIn(Dot()), run_time=0.2)
+        self.play(FadeIn(Dot()), run_time=1)
 # {tag}
 """
 
@@ -211,6 +211,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--api-workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--unique", type=int, default=40, help="submits that really render")
     parser.add_argument("--max-unfinished", type=int, default=3, help="per user")
     parser.add_argument("--wait", type=float, default=900.0, help="for every job to end")
@@ -219,11 +220,13 @@ def main() -> int:
         print("ops/bench/load.py needs root (it builds network namespaces)", file=sys.stderr)
         return 2
     import psycopg
+    import psycopg.rows
 
     from farm.keys import create_key
 
     bed = NetBed(
         slot=int(os.environ.get("FARM_TEST_SLOT", "0")),
+        api_workers=args.api_workers,
         overrides={
             "FARM_MAX_ACTIVE_JOBS_PER_USER": str(args.max_unfinished),
             "FARM_RATE_LIMIT_PER_SECOND": "100",
@@ -234,7 +237,7 @@ def main() -> int:
     with bed.running():
         from decimal import Decimal
 
-        with psycopg.connect(bed.database_url) as conn:
+        with psycopg.connect(bed.database_url, row_factory=psycopg.rows.dict_row) as conn:
             keys = [
                 create_key(conn, f"load-{i}", Decimal(100_000), None).key for i in range(args.users)
             ]

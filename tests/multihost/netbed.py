@@ -78,6 +78,7 @@ class NetBed:
     slot: int = int(os.environ.get("FARM_TEST_SLOT", "0"))
     workers: int = 2
     worker_concurrency: int = 1
+    api_workers: int = 2
     overrides: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path("/nonexistent"))
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -344,7 +345,7 @@ class NetBed:
             return False
 
     def start_farm(self) -> None:
-        self.spawn("api", "api", [FARM, "api", "--workers", "2"])
+        self.spawn("api", "api", [FARM, "api", "--workers", str(self.api_workers)])
         self.spawn("scheduler", "api", [FARM, "scheduler"])
         for host in self.worker_hosts:
             self.spawn(host, host, [FARM, "worker", "--queues", ALL_WORKER_QUEUES,
