@@ -71,7 +71,9 @@ def bed() -> Iterator[NetBed]:
         pytest.skip(reason)
     keep = ROOT / "test-artifacts" / f"multihost-{SLOT}"
     os.environ["FARM_NETBED_KEEP_LOGS"] = str(keep)
-    with NetBed(slot=SLOT, workers=2).running() as running:
+    # The runner enters the bed's client host per test (``healthy``), not for the session:
+    # other tests of the session use the machine's own services.
+    with NetBed(slot=SLOT, workers=2).running(client=False) as running:
         yield running
 
 
@@ -208,11 +210,20 @@ def farm(bed: NetBed) -> Farm:
 
 @pytest.fixture(autouse=True)
 def healthy(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Undo every fault after each test, even a failed one."""
-    yield
+    """Run the test from the bed's client host; undo every fault after it, even a failed one."""
     if "bed" not in request.fixturenames:
+        yield
         return
     bed: NetBed = request.getfixturevalue("bed")
+    bed.enter()
+    try:
+        yield
+        _repair(bed)
+    finally:
+        bed.leave()
+
+
+def _repair(bed: NetBed) -> None:
     for host in bed.hosts:
         bed.mend(host)
         for service in SERVICES:

@@ -3,13 +3,16 @@
 Hosts (one network namespace each, ``fm<slot>-<host>``), all on links this module creates, in
 10.77.<slot>.0/24 and nowhere else:
 
-    root (the test runner, the farm's clients)   10.77.S.1
-    svc  PostgreSQL .2:5432, Redis .3:6379, S3 (SeaweedFS) .4:8333  (fresh instances)
+    client (the farm's clients: the test runner's sockets)   10.77.S.1
+    svc  PostgreSQL .2:5432, Redis .3:6379, S3 (SeaweedFS) .4:8533  (fresh instances)
     api  ``farm api`` on .5:8000 and ``farm scheduler``
     w1.. ``farm worker`` on .11, .12, ...
 
 Each host has one veth ``eth0`` plugged into a bridge in the ``fm<slot>-sw`` namespace (the
-switch). A worker gets only what a real node gets: ``FARM_*`` settings naming the services'
+switch). The machine's own network namespace is not on the switch: nothing in the bed can reach
+the machine's services. The test runner talks to the bed from the ``client`` host by moving
+its own thread there (``enter``/``leave``, setns(2)); sockets keep the namespace they were
+made in. A worker gets only what a real node gets: ``FARM_*`` settings naming the services'
 addresses, its own HOME and TMPDIR; it shares no directory with the API or the services.
 
 Faults: ``cut(host)`` unplugs a host from the switch (its sockets see silence, as with a
@@ -25,6 +28,7 @@ anything a crashed run left behind (only names with this slot's prefix).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -41,8 +45,24 @@ ROOT = Path(__file__).resolve().parents[2]
 FARM = str(Path(sys.prefix) / "bin" / "farm")
 WEED = str(Path(sys.prefix) / "bin" / "weed")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-SERVICES = {"postgres": (2, 5432), "redis": (3, 6379), "s3": (4, 8333), "api": (5, 8000)}
+# S3 and SeaweedFS's side ports differ from the machine's own instance (ops/dev/s3.sh): weed
+# also names unix sockets in /tmp after its ports, and /tmp is shared across namespaces.
+SERVICES = {"postgres": (2, 5432), "redis": (3, 6379), "s3": (4, 8533), "api": (5, 8000)}
 ALL_WORKER_QUEUES = "render.low,stitch,webhooks"
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -82,6 +102,7 @@ class NetBed:
     overrides: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path("/nonexistent"))
     procs: dict[str, Proc] = field(default_factory=dict)
+    _home_ns: list[int] = field(default_factory=list)
 
     # --- names and addresses -------------------------------------------------------------
 
@@ -109,6 +130,7 @@ class NetBed:
     def hosts(self) -> dict[str, list[int]]:
         """host -> last octets of its addresses."""
         return {
+            "client": [1],
             "svc": [SERVICES[s][0] for s in ("postgres", "redis", "s3")],
             "api": [SERVICES["api"][0]],
             **{h: [11 + i] for i, h in enumerate(self.worker_hosts)},
@@ -180,12 +202,28 @@ class NetBed:
             for last in octets:
                 sh("ip", "-n", ns, "addr", "add", f"{self.ip(last)}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        # The test runner's own port on the switch.
-        root_if = f"{self.prefix}-root"
-        sh("ip", "link", "add", root_if, "type", "veth", "peer", "name", "root", "netns", sw)
-        sh("ip", "-n", sw, "link", "set", "root", "master", "br0", "up")
-        sh("ip", "addr", "add", f"{self.ip(1)}/24", "dev", root_if)
-        sh("ip", "link", "set", root_if, "up")
+
+    def enter(self) -> None:
+        """Move the calling thread into the client host (sockets it opens live there)."""
+        self._home_ns.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+        _setns(f"/var/run/netns/{self.ns('client')}")
+
+    def leave(self) -> None:
+        """Back to the namespace ``enter`` left."""
+        fd = self._home_ns.pop()
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def as_client(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
 
     def cut(self, host: str) -> None:
         """Unplug the host from the switch: no packet in or out, no error either."""
@@ -300,17 +338,22 @@ class NetBed:
 
     def start_s3(self) -> None:
         data = self.workdir / "svc" / "s3"
-        data.mkdir(parents=True)
+        (data / "tmp").mkdir(parents=True)
         addr = self.addr("s3")
+        weed = [WEED, "mini", f"-dir={data}", f"-ip={addr}", f"-ip.bind={addr}",
+                f"-s3.port={self.port('s3')}", f"-s3.config={ROOT / 'ops/dev/s3.json'}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.port=9633",
+                "-volume.port=9640", "-filer.port=9188", "-admin.port=23946", "-admin.ui=false",
+                "-webdav=false", "-master.telemetry=false"]  # fmt: skip
+        # Its own /tmp (a private mount namespace): weed puts unix sockets there, named only by
+        # port, which the machine's own SeaweedFS would otherwise share.
+        private_tmp = 'mount --bind "$0" /tmp && exec "$@"'
         self.spawn(
             "s3",
             "svc",
-            [WEED, "mini", f"-dir={data}", f"-ip={addr}", f"-ip.bind={addr}",
-             f"-s3.port={self.port('s3')}", f"-s3.config={ROOT / 'ops/dev/s3.json'}",
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.port=9433", "-volume.port=9440",
-             "-filer.port=8988", "-admin.port=23746", "-admin.ui=false", "-webdav=false",
-             "-master.telemetry=false"],
-            env={"PATH": "/usr/bin:/bin", "HOME": str(data)},
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", private_tmp,
+             str(data / "tmp"), *weed],
+            env={"PATH": "/usr/bin:/bin", "HOME": str(data), "TMPDIR": str(data / "tmp")},
         )  # fmt: skip
 
     def reachable(self, service: str, timeout: float = 0.5) -> bool:
@@ -377,28 +420,32 @@ class NetBed:
         (self.workdir / "logs").mkdir()
         try:
             self.up_network()
-            self.start_postgres()
-            self.start_redis()
-            self.start_s3()
-            for service in ("postgres", "redis", "s3"):
-                self.wait_service(service)
-            migrate = subprocess.run(
-                [FARM, "migrate", "--create-database"],
-                env=self.host_env("root"),
-                capture_output=True,
-                text=True,
-                cwd=str(ROOT),
-            )
-            if migrate.returncode:
-                raise RuntimeError(f"farm migrate failed: {migrate.stdout}{migrate.stderr}")
-            self.wait_until(self.s3_ready, 60, "the S3 bucket")
-            self.start_farm()
-            self.wait_until(self.api_ready, 60, "the API's /readyz")
-            self.wait_until(self.workers_ready, 90, "the workers' heartbeats")
+            with self.as_client():
+                self._start_all()
         except BaseException:
             self.down()
             raise
         return self
+
+    def _start_all(self) -> None:
+        self.start_postgres()
+        self.start_redis()
+        self.start_s3()
+        for service in ("postgres", "redis", "s3"):
+            self.wait_service(service)
+        migrate = subprocess.run(
+            [FARM, "migrate", "--create-database"],
+            env=self.host_env("client"),
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+        )
+        if migrate.returncode:
+            raise RuntimeError(f"farm migrate failed: {migrate.stdout}{migrate.stderr}")
+        self.wait_until(self.s3_ready, 60, "the S3 bucket")
+        self.start_farm()
+        self.wait_until(self.api_ready, 60, "the API's /readyz")
+        self.wait_until(self.workers_ready, 90, "the workers' heartbeats")
 
     def down(self) -> None:
         """Stop every process, delete every namespace and link, remove the temp dirs."""
@@ -412,10 +459,12 @@ class NetBed:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[NetBed]:
+    def running(self, client: bool = True) -> Iterator[NetBed]:
+        """The bed, up; with ``client``, the calling thread in its client host meanwhile."""
         self.up()
         try:
-            yield self
+            with self.as_client() if client else contextlib.nullcontext():
+                yield self
         finally:
             self.down()
 

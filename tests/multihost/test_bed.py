@@ -16,10 +16,14 @@ pytestmark = pytest.mark.slow
 
 def _connects(bed: NetBed, host: str, service: str) -> bool:
     """Can ``host`` open a TCP connection to ``service``? (asked from inside its namespace)"""
+    return _reaches(bed, host, bed.addr(service), bed.port(service))
+
+
+def _reaches(bed: NetBed, host: str, addr: str, port: int) -> bool:
     probe = (
         "import socket,sys\n"
         "try:\n"
-        f"    socket.create_connection(('{bed.addr(service)}', {bed.port(service)}), 1).close()\n"
+        f"    socket.create_connection(('{addr}', {port}), 1).close()\n"
         "except OSError:\n"
         "    sys.exit(1)\n"
     )
@@ -66,3 +70,7 @@ def test_faults_cut_what_they_name(bed: NetBed) -> None:
     # The runner reaches only the bed's addresses through its link
     with pytest.raises(OSError):
         socket.create_connection((bed.addr("postgres"), 1), 1)
+    # The bed cannot reach the machine's own services (the machine is not on its switch)
+    for addr, port in (("127.0.0.1", 5432), ("127.0.0.1", 6379), ("127.0.0.1", 8333)):
+        assert not _reaches(bed, host, addr, port)
+    assert not _reaches(bed, host, "10.77.0.1", 22)
