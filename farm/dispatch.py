@@ -13,7 +13,8 @@ it) and lets the farm share render slots between tenants:
 * an owner never has more than ``dispatch_owner_max_slots`` steps in flight (0: no cap);
 * each message carries a priority from its owner's load when it was sent (Redis serves 0
   first, then 3, 6, 9): a message for an owner with nothing in flight overtakes a flood's
-  message already waiting on the queue, so the next free slot goes to the fair choice.
+  message already waiting on the queue, so the next free slot goes to the fair choice. Such
+  an owner's next step goes out even when the queue is full (one message per idle owner).
 
 A tenant submitting 200 jobs therefore delays another tenant's single job by at most the time
 it takes one render slot to free up, which is about one chunk's render time.
@@ -194,7 +195,10 @@ class Dispatcher:
             for owner, rows in backlog.items():
                 if cap and in_flight[owner] >= cap:
                     continue
-                head = next((r for r in rows if free[r["quality"]] > 0), None)
+                # An owner with nothing in flight always gets one message, even on a full
+                # queue: it goes out at priority 0 and is served before what fills the queue.
+                idle = in_flight[owner] == 0
+                head = next((r for r in rows if idle or free[r["quality"]] > 0), None)
                 if head is not None:
                     served = self._served.get(owner, -1)
                     candidates.append((in_flight[owner], served, -head["waited"], owner, head))

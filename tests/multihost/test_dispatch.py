@@ -85,28 +85,27 @@ def test_a_flood_does_not_starve_a_single_job(conn: Any) -> None:
     (single_job,) = _submit(conn, single, 1)
     publish = Recorder()
     dispatcher = Dispatcher(Policy(queue_depth=1), publish)
-    # The queue holds one message; the flood's oldest job got it before the single one arrived
+    # The queue holds one message; the flood's oldest job got it, then the single job's plan
+    # goes out too although the queue is full: its owner has nothing in flight
     first = _round(dispatcher, conn)
-    assert [p.owner for p in first] == [flood]
-    _claim_all(conn, flood_jobs)
-    # As soon as a place frees, it goes to the owner with nothing in flight
-    second = _round(dispatcher, conn)
-    assert [(p.job_id, p.kind) for p in second] == [(single_job, "plan")]
+    assert [(p.owner, p.priority) for p in first] == [(flood, 0), (single, 0)]
     assert publish.sent[-1] == (single_job, "plan", 0, "low")
-    # It goes out at the top priority; the flood's next ones queue behind it
-    assert publish.priorities[-1] == 0
-    # Nothing is published twice, nothing beyond the queue depth
+    # Nothing is published twice, nothing more while the queue is full
     assert _round(dispatcher, conn) == []
+    # Workers take both; the next place goes to the flood, at a lower priority
+    _claim_all(conn, [*flood_jobs, single_job])
+    second = _round(dispatcher, conn)
+    assert [(p.owner, p.priority) for p in second] == [(flood, 3)]
     published = conn.execute(
         "SELECT count(*) AS n FROM steps WHERE published_at IS NOT NULL"
     ).fetchone()
-    assert published["n"] == 2
-    # Steps of an owner with work in flight go out at a lower priority (served later)
-    conn.execute("UPDATE steps SET status = 'done' WHERE status = 'running'")
-    _claim_all(conn, [single_job])
+    assert published["n"] == 3
+    # Steps of an owner with more work in flight go out at a lower priority still
+    conn.execute("UPDATE steps SET status = 'done' WHERE status IN ('running', 'pending')"
+                 " AND published_at IS NOT NULL")  # fmt: skip
     conn.execute(
         "UPDATE steps SET status = 'running' WHERE job_id = ANY(%s) AND published_at IS NULL",
-        (flood_jobs[1:4],),
+        (flood_jobs[4:7],),
     )
     later = _round(dispatcher, conn)
     assert [p.owner for p in later] == [flood] and later[0].priority == 6
