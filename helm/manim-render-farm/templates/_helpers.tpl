@@ -303,7 +303,10 @@ checksum/secret: {{ include "farm.secretData" . | sha256sum }}
 {{- $c := $root.Values.config -}}
 {{- $where := printf "workers.%s" $name -}}
 {{- /* The sandbox: top-level workerSandbox, overridden by the pool's own fields. */ -}}
-{{- $sb := deepCopy $root.Values.workerSandbox -}}
+{{- $sb := omit (deepCopy $root.Values.workerSandbox) "gpuPools" -}}
+{{- if gt (int $pool.gpu) 0 -}}
+{{- include "farm.deepMerge" (dict "dst" $sb "src" (deepCopy ($root.Values.workerSandbox.gpuPools | default dict))) -}}
+{{- end -}}
 {{- include "farm.deepMerge" (dict "dst" $sb "src" (deepCopy ($pool.workerSandbox | default dict))) -}}
 {{- $bwrap := and $pool.sandbox (eq $sb.mode "bwrap") -}}
 {{- if and $bwrap (eq (toString $sb.procMount) "Unmasked") (ne (toString $sb.hostUsers) "false") -}}
