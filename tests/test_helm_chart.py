@@ -942,6 +942,11 @@ def test_gpu_pods_get_their_devices_from_the_device_plugin_only(chart: helm.Char
     # the image must not widen it (NVIDIA_VISIBLE_DEVICES=all exposes every GPU of the node).
     for deploy in workers(render(chart, EXTERNAL)).values():
         assert "NVIDIA_VISIBLE_DEVICES" not in env(deploy)
+
+
+def test_gpu_image_does_not_expose_every_gpu_of_the_node() -> None:
+    # Under the toolkit's legacy mode an image-wide NVIDIA_VISIBLE_DEVICES=all gives each pod
+    # every GPU of its node, whatever the device plugin allocated.
     dockerfiles = [REPO / "Dockerfile", *sorted((REPO / "ops" / "docker").glob("*Dockerfile"))]
     found = [p for p in dockerfiles if p.exists()]
     assert found
