@@ -1141,14 +1141,17 @@ def test_inconsistent_values_fail_the_render_with_a_message(
             {"autoscaling": {"keda": {"redis": {"address": "redis://redis:6379/0"}}}},
             "/autoscaling/keda/redis/address",
         ),
-        ({"workerSandbox": {"seccompProfile": {"type": "Localhost"}}}, "/workerSandbox/seccomp"),
+        (
+            {"workerSandbox": {"seccompProfile": {"type": "Localhost"}}},
+            "/workerSandbox/seccompProfile': missing property 'localhostProfile'",
+        ),
         (
             {
                 "workers": {
                     "render-low": {"workerSandbox": {"appArmorProfile": {"type": "Localhost"}}}
                 }
             },
-            "/workers/render-low",
+            "render-low/workerSandbox/appArmorProfile': missing property 'localhostProfile'",
         ),
         ({"secrets": {"existingSecret": "Farm_Credentials"}}, "/secrets/existingSecret"),
         ({"images": {"worker": {"digest": "latest"}}}, "/images/worker/digest"),
