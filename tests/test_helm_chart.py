@@ -904,6 +904,12 @@ def test_gpu_pool_shares_the_node_user_namespace_and_uses_the_gpu_runtime(
     assert "procMount" not in container(pools["render-fourk"])["securityContext"]
     for pool in ("render-low", "render-twok"):
         assert pools[pool]["spec"]["template"]["spec"]["hostUsers"] is False
+    # The GPU runtime is not a sandbox setting: a GPU pool without the sandbox still needs it.
+    bare = workers(
+        render(chart, merge(EXTERNAL, {"workers": {"render-fourk": {"sandbox": False}}}))
+    )
+    assert bare["render-fourk"]["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert "hostUsers" not in bare["render-fourk"]["spec"]["template"]["spec"]
 
 
 def test_sandbox_settings_are_per_pool(chart: helm.Chart) -> None:
