@@ -26,7 +26,9 @@ def call(method, path, key=None, body=None):
         data = json.dumps(body).encode()
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, data, timeout=30) as response:
-        return json.load(response) if response.headers.get_content_type() == "application/json" else {}
+        return (
+            json.load(response) if response.headers.get_content_type() == "application/json" else {}
+        )
 
 
 while True:
@@ -56,7 +58,12 @@ try:
         "    def construct(self):\n"
         f"        self.play(FadeIn(Text('{word}')), run_time=0.5)\n"
     )
-    job = call("POST", "/api/v2/render", key["key"], {"code": code, "className": "Smoke", "quality": quality})
+    job = call(
+        "POST",
+        "/api/v2/render",
+        key["key"],
+        {"code": code, "className": "Smoke", "quality": quality},
+    )
     job_id = job["jobId"]
     while job.get("status") not in ("completed", "failed"):
         if time.monotonic() > deadline:
