@@ -601,6 +601,7 @@ def test_every_keda_trigger_measures_running_work(chart: helm.Chart) -> None:
             (pg,) = _triggers(so, "postgresql")
             query = pg["metadata"]["query"]
             assert "s.status = 'pending'" in query and "s.status = 'running'" in query
+            assert "s.lease_until > now()" in query  # a lost worker's step is not running work
             concurrency = int(arg_after(container(deploy)["args"], "--concurrency"))
             expected = 8 if pool == "render-low" else concurrency  # keda-on.yaml sets 8
             assert pg["metadata"]["targetQueryValue"] == str(expected)
@@ -659,11 +660,18 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
                 (job_id, key, status, quality, job_id),
             )
 
-        def step(job_id: str, kind: str, idx: int, status: str, lease: str | None = None) -> None:
+        def step(
+            job_id: str,
+            kind: str,
+            idx: int,
+            status: str,
+            lease: str | None = None,
+            published: bool = True,
+        ) -> None:
             conn.execute(
-                "INSERT INTO steps (job_id, kind, idx, status, lease_until) VALUES"
-                " (%s, %s, %s, %s, now() + %s::interval)",
-                (job_id, kind, idx, status, lease),
+                "INSERT INTO steps (job_id, kind, idx, status, lease_until, published_at) VALUES"
+                " (%s, %s, %s, %s, now() + %s::interval, CASE WHEN %s THEN now() END)",
+                (job_id, kind, idx, status, lease, published),
             )
 
         # Given low work queued (a plan), running (a chunk under a live lease), lost (expired
@@ -679,6 +687,9 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
         step("keda-low-2", "stitch", 0, "pending")
         job("keda-low-3", "low", "failed")
         step("keda-low-3", "chunk", 0, "pending")
+        # A job held back by its owner's concurrency limit: its plan is not published yet.
+        job("keda-low-4", "low", "queued")
+        step("keda-low-4", "plan", 0, "pending", published=False)
         job("keda-medium-1", "medium", "running")
         step("keda-medium-1", "chunk", 0, "running", "30 seconds")
         counts = {name: conn.execute(sql).fetchone() for name, sql in query.items()}
