@@ -687,7 +687,7 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
         step("keda-low-2", "stitch", 0, "pending")
         job("keda-low-3", "low", "failed")
         step("keda-low-3", "chunk", 0, "pending")
-        # A job held back by its owner's concurrency limit: its plan is not published yet.
+        # A step waiting to be published (a dispatcher's outbox) is queued work too.
         job("keda-low-4", "low", "queued")
         step("keda-low-4", "plan", 0, "pending", published=False)
         job("keda-medium-1", "medium", "running")
@@ -696,7 +696,7 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
         conn.rollback()
     # Then each pool sees its queued + running steps, as one integer
     assert {name: list(row.values()) for name, row in counts.items()} == {
-        "render-low": [3],  # pending plan, live chunk, pending chunk
+        "render-low": [4],  # pending plans (published or not), live chunk, pending chunk
         "render-medium": [1],
         "stitch": [1],
     }
