@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg import Connection
 
 from api.schemas import JobListQuerySchema, RenderRequestSchema
-from farm import jobs, keys, metrics
+from farm import endings, jobs, keys, metrics
 from farm.config import Settings
 from farm.errors import FarmError
 from farm.ratelimit import RateLimiter
@@ -140,6 +140,7 @@ def submit() -> tuple[Response, int]:
             manim_version=MANIM_VERSION,
             idempotency_key=idempotency_key,
             max_running_jobs=_settings().max_running_jobs_per_key,
+            cache_scope=_settings().cache_scope,
         )
         job = jobs.get_job(conn, submitted.job_id)
     publisher: Publisher = _farm()["publisher"]
@@ -147,8 +148,9 @@ def submit() -> tuple[Response, int]:
         publisher.step(submitted.job_id, "plan", 0, job_request.quality)
     if submitted.created:
         metrics.JOBS_SUBMITTED.labels(quality=job_request.quality).inc()
-        if job["status"] == "completed":  # served from the cache: the webhook still fires
-            publisher.webhook(submitted.job_id, 1)
+        if job["status"] in jobs.TERMINAL:  # served from the cache: metrics and webhook fire
+            with _conn() as conn:
+                endings.job_ended(conn, submitted.job_id, lambda j: publisher.webhook(j, 1))
     return jsonify({"jobId": job["id"], "status": job["status"], "endpoint": "render"}), 202
 
 
@@ -183,7 +185,9 @@ def cancel_job(job_id: str) -> Response:
         before = jobs.get_job(conn, job_id, key.id)
         job = jobs.cancel_job(conn, job_id, key.id)
     if before["status"] not in jobs.TERMINAL and job["error_kind"] == "canceled":
-        _farm()["publisher"].webhook(job_id, 1)
+        publisher: Publisher = _farm()["publisher"]
+        with _conn() as conn:
+            endings.job_ended(conn, job_id, lambda j: publisher.webhook(j, 1))
     return jsonify(jobs.job_document(job, _storage().url_for))
 
 

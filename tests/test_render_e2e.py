@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Key, submit, wait_for
-from workers.stitch import probe
+from workers.media import probe
 
 SHAPES = """
 from manim import *

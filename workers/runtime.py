@@ -1,6 +1,7 @@
-"""What a worker process holds: settings, a DB pool, storage, the publisher, the sandbox.
+"""What a worker process holds: settings, a DB pool, storage, the publisher, the jail pool.
 
-Built once per process, after Celery forks its pool children (connections don't survive a fork).
+Built once per process, after Celery forks its pool children (connections don't survive a
+fork). The one place workers build their services.
 """
 
 from __future__ import annotations
@@ -9,20 +10,20 @@ from dataclasses import dataclass
 
 from farm.config import Settings, load_settings
 from farm.db import Pool, open_pool
-from farm.storage import S3Storage
+from farm.storage import S3Storage, Storage
 from workers.celery_app import app, configure
+from workers.jail.jail import sweep_stale
+from workers.jail.pool import JailPool
 from workers.publish import Publisher
-from workers.sandbox import Jails, Limits, Sandbox
 
 
 @dataclass
 class Runtime:
     settings: Settings
     pool: Pool
-    storage: S3Storage
+    storage: Storage
     publisher: Publisher
-    sandbox: Sandbox
-    jails: Jails
+    jails: JailPool
 
 
 _runtime: Runtime | None = None
@@ -41,14 +42,13 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         settings = _settings or load_settings()
         configure(settings)
-        sandbox = Sandbox(settings)
+        sweep_stale()  # jails a crashed worker left behind (only those whose owner is gone)
         _runtime = Runtime(
             settings=settings,
             pool=open_pool(settings, max_size=4),
             storage=S3Storage(settings),
             publisher=Publisher(app),
-            sandbox=sandbox,
-            jails=Jails(sandbox, Limits.from_settings(settings), warm=settings.warm_sandbox),
+            jails=JailPool(settings),
         )
         _runtime.jails.start()
     return _runtime

@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from farm import jobs, metrics, webhooks
+from farm import endings, jobs, metrics, webhooks
 from farm.config import Settings
 from farm.db import Pool, open_pool
 from farm.logs import log_context
@@ -38,7 +38,7 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
 
 def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Publisher) -> int:
     with pool.connection() as conn:
-        requeue = jobs.reap(
+        reaped = jobs.reap(
             conn,
             max_attempts=settings.max_attempts,
             requeue_after_seconds=settings.requeue_after_seconds,
@@ -46,9 +46,12 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
         ages = jobs.oldest_queued_age(conn)
         # Webhook tries whose message was lost, and first tries for jobs the reaper failed.
         due = webhooks.due_deliveries(conn, settings.webhook_retry_delays)
+    for job_id in reaped.ended:  # gave up (attempts spent): the end's metrics and webhook
+        with pool.connection() as conn:
+            endings.job_ended(conn, job_id, lambda j: publisher.webhook(j, 1))
     for job_id, attempt in due:
         publisher.webhook(job_id, attempt)
-    for item in requeue:
+    for item in reaped.requeue:
         publisher.step(item.job_id, item.kind, item.idx, item.quality)
         metrics.REAPER_REQUEUED.labels(kind=item.kind).inc()
         fields = {"job_id": item.job_id, **({"chunk": item.idx} if item.kind == "chunk" else {})}
@@ -60,7 +63,7 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
         metrics.QUEUE_OLDEST_JOB_AGE.labels(quality=quality).set(ages.get(quality, 0.0))
     for queue, n in queue_consumers(client).items():
         metrics.QUEUE_CONSUMERS.labels(queue=queue).set(n)
-    return len(requeue)
+    return len(reaped.requeue)
 
 
 def run_forever(settings: Settings) -> None:
