@@ -143,13 +143,16 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+RUNNER = "workers.jail.program.runner"
+
+
 def runner_subprocess(command: str, spec: dict[str, object], work: Path) -> dict[str, object]:
     """Run the jail program ``workers.jail.program.runner`` in a fresh process (no jail)."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = work / "spec.json", work / "result.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.jail.program.runner", command, str(spec_path), str(result_path)],
+        [sys.executable, "-m", RUNNER, command, str(spec_path), str(result_path)],
         capture_output=True,
         text=True,
         cwd=REPO,
