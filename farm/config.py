@@ -105,9 +105,38 @@ class Settings:
     # Extra CA certificates (PEM file) trusted for webhook receivers, on top of the system's:
     # on-premises receivers with a private CA, and the tests' self-signed receiver.
     webhook_ca_bundle: str = ""
-    rate_limit_per_second: float = 10.0
-    rate_limit_burst: int = 30
-    max_running_jobs_per_key: int = 8
+    # Scene assets (WebImage/WebSVG URLs), fetched by the worker on the scene's behalf.
+    asset_fetch: bool = True  # false: a scene that asks for a URL fails at once
+    # Hosts a scene may fetch from: empty = any public host; "example.com" or "*.example.com".
+    asset_allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    asset_denied_hosts: tuple[str, ...] = field(default_factory=tuple)  # wins over allowed
+    # CIDRs admitted although not public (on-premises asset servers; the tests' local server).
+    asset_address_allowlist: tuple[str, ...] = field(default_factory=tuple)
+    asset_allow_http: bool = False  # https only unless the operator says otherwise
+    asset_max_bytes: int = 20 * 1024 * 1024
+    asset_timeout_seconds: float = 15.0  # per URL, all redirects included
+    asset_max_redirects: int = 3
+    asset_max_per_job: int = 32
+    asset_content_types: tuple[str, ...] = (
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/svg+xml",
+        "application/xml",
+        "text/xml",
+    )
+    asset_cache_seconds: int = 24 * 3600  # an owner's cached copy is fetched again after this
+    asset_ca_bundle: str = ""  # extra CA certificates (PEM) trusted for asset hosts
+    # Requests per second per user (all their keys together), with bursts: far above what
+    # polling a few jobs every few seconds needs.
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 200
+    # Unfinished jobs of one user that render at once; more are accepted and wait queued.
+    # A user's own limit (``farm users update --max-active-jobs``) overrides it.
+    max_active_jobs_per_user: int = 8
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests build their settings this way)."""

@@ -48,3 +48,13 @@ def result_captions(job_id: str, attempt: int) -> str:
 def result_log(job_id: str, attempt: int) -> str:
     """The job's render log: every owning step's log, in order."""
     return f"jobs/{job_id}/result-a{attempt}/render.log"
+
+
+def asset_manifest(job_id: str) -> str:
+    """The URLs a job's plan fetched, in order (JSON), for its chunks."""
+    return f"jobs/{job_id}/assets.json"
+
+
+def asset_cache(owner: str, digest: str) -> str:
+    """An owner's cached copy of a fetched URL (``digest`` names it); ``.json`` beside it."""
+    return f"assets/{owner}/{digest}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, replace
 
+from farm import assets
 from workers.jail.jail import RunResult
 from workers.jail.limits import MB, Limits
 from workers.jail.outputs import OutputError
@@ -122,8 +123,8 @@ def of_run(run: RunResult, limits: Limits) -> Outcome | None:
 
 def of_exception(exc: BaseException) -> Outcome:
     """An exception a step raised: refused output is the scene's, anything else the farm's."""
-    if isinstance(exc, OutputError | MediaError):
+    if isinstance(exc, OutputError | MediaError | assets.AssetError):
         return SceneFault(str(exc))
-    if isinstance(exc, Canceled):
+    if isinstance(exc, Canceled | assets.Interrupted):
         return Stopped("job canceled or lease lost")
     return PlatformFault(f"platform error ({type(exc).__name__})")

@@ -1,7 +1,6 @@
-"""What a worker process holds: settings, a DB pool, storage, the publisher, the jail pool.
-
-Built once per process, after Celery forks its pool children (connections don't survive a
-fork). The one place workers build their services.
+"""What a worker process holds: the farm's services (``farm.services.build_services``) and its
+jail pool. Built once per process, after Celery forks its pool children (connections don't
+survive a fork).
 """
 
 from __future__ import annotations
@@ -9,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from farm.config import Settings, load_settings
-from farm.db import Pool, open_pool
-from farm.storage import S3Storage, Storage
+from farm.db import Pool
+from farm.services import Publisher as FarmPublisher
+from farm.services import Services, build_services
+from farm.storage import Storage
 from workers.celery_app import app, configure
 from workers.jail.jail import sweep_stale
 from workers.jail.pool import JailPool
@@ -19,11 +20,24 @@ from workers.publish import Publisher
 
 @dataclass
 class Runtime:
-    settings: Settings
-    pool: Pool
-    storage: Storage
-    publisher: Publisher
+    services: Services
     jails: JailPool
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def pool(self) -> Pool:
+        return self.services.pool
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def publisher(self) -> FarmPublisher:
+        return self.services.publisher
 
 
 _runtime: Runtime | None = None
@@ -44,10 +58,7 @@ def get_runtime() -> Runtime:
         configure(settings)
         sweep_stale()  # jails a crashed worker left behind (only those whose owner is gone)
         _runtime = Runtime(
-            settings=settings,
-            pool=open_pool(settings, max_size=4),
-            storage=S3Storage(settings),
-            publisher=Publisher(app),
+            services=build_services(settings, Publisher(app), pool_size=4),
             jails=JailPool(settings),
         )
         _runtime.jails.start()

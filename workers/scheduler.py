@@ -13,9 +13,11 @@ import redis
 
 from farm import endings, jobs, metrics, webhooks
 from farm.config import Settings
-from farm.db import Pool, open_pool
+from farm.db import Pool
 from farm.logs import log_context
 from farm.presets import QUALITIES
+from farm.services import Publisher as FarmPublisher
+from farm.services import build_services
 from workers.celery_app import app, configure
 from workers.publish import Publisher
 from workers.routing import ALL_QUEUES
@@ -36,7 +38,7 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Publisher) -> int:
+def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: FarmPublisher) -> int:
     with pool.connection() as conn:
         reaped = jobs.reap(
             conn,
@@ -68,9 +70,8 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
 
 def run_forever(settings: Settings) -> None:
     configure(settings)
-    pool = open_pool(settings, max_size=2)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    publisher = Publisher(app)
+    services = build_services(settings, Publisher(app), pool_size=2)
+    pool, client, publisher = services.pool, services.redis, services.publisher
     metrics.start_metrics_server(settings.scheduler_metrics_port, environ={})
     log.info("scheduler running; metrics on :%s/metrics", settings.scheduler_metrics_port)
     while True:

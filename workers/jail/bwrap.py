@@ -18,6 +18,7 @@ from pathlib import Path
 from workers.jail.limits import Limits
 
 SANDBOX_ROOT = "/work"
+ASSETS_ROOT = "/assets"  # the job's fetched assets, read-only (jail/program/assets_shim.py)
 RUNNER_ROOT = "/opt/farm-runner"
 VENV_ROOT = "/opt/farm-venv"
 PROGRAM_DIR = Path(__file__).resolve().parent / "program"
@@ -115,7 +116,14 @@ def program_argv(program: str, mode: str, root: str, python: str) -> list[str]:
 
 
 def command(
-    program: str, mode: str, scratch: Path, limits: Limits, *, jailed: bool, gpu: bool
+    program: str,
+    mode: str,
+    scratch: Path,
+    limits: Limits,
+    *,
+    jailed: bool,
+    gpu: bool,
+    assets: Path | None = None,
 ) -> list[str]:
     """The argv that runs ``program`` for ``scratch``: in bwrap, or bare when ``jailed`` is off."""
     if not jailed:
@@ -134,6 +142,7 @@ def command(
         "--cap-drop",
         "ALL",
         *_binds(gpu),
+        *(["--ro-bind", str(assets), ASSETS_ROOT] if assets is not None else []),
         "--size",
         tmpfs,
         "--tmpfs",

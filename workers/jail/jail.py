@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.assets import MISSES_FILE
 from farm.config import Settings
 from workers.jail import bwrap, cgroup, outputs, watchdog
 from workers.jail.limits import Limits
@@ -74,6 +75,8 @@ class Jail:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         self.scratch = self.dir / "scratch"
         self.host = self.dir / "host"  # the worker's own copies; the jail never sees them
+        # The job's fetched assets (the worker fills it before ``run``; read-only to the jail).
+        self.assets = self.dir / "assets"
         self.cgroup: cgroup.JobCgroup | None = None
         self.proc: watchdog.Popen | None = None
         self._ready_fd: int | None = None
@@ -95,6 +98,7 @@ class Jail:
         # The jail's uid must traverse (not list) the jail's directory to reach its bind source.
         os.chmod(self.dir, 0o711)
         self.host.mkdir(mode=0o700)
+        self.assets.mkdir(mode=0o755)
         for path in (self.scratch, self.scratch / "out", self.scratch / "in"):
             path.mkdir(mode=0o700)
             if os.getuid() == 0:
@@ -112,7 +116,11 @@ class Jail:
 
     def _write_spec(self, spec: dict[str, Any]) -> None:
         path = self.scratch / "spec.json"
-        path.write_text(json.dumps({**spec, "out_dir": self._jail_path("out")}))
+        place = {"out_dir": self._jail_path("out")}
+        if self.program == "runner":
+            place["assets_dir"] = bwrap.ASSETS_ROOT if self.jailed else str(self.assets)
+            place["assets_missing"] = self._jail_path(MISSES_FILE)
+        path.write_text(json.dumps({**spec, **place}))
         os.chmod(path, 0o444)
 
     def _preexec(self) -> Callable[[], None]:
@@ -149,7 +157,13 @@ class Jail:
 
     def _spawn(self, mode: str, stdin: int) -> watchdog.Popen:
         argv = bwrap.command(
-            self.program, mode, self.scratch, self.limits, jailed=self.jailed, gpu=self.gpu
+            self.program,
+            mode,
+            self.scratch,
+            self.limits,
+            jailed=self.jailed,
+            gpu=self.gpu,
+            assets=self.assets if self.program == "runner" else None,
         )
         env: dict[str, str] = {}
         cwd = None

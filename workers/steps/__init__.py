@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.jail.jail import RunResult
+from farm import assets
+from workers.jail.jail import Jail, RunResult
 from workers.lifecycle import Step
 
 
@@ -21,6 +22,27 @@ def scene_spec(job: dict[str, Any], renderer: str, inflight_encoders: int) -> di
         "portrait": job["aspect_ratio"] == "9:16",
         "renderer": renderer,
     }
+
+
+def provide_assets(
+    step: Step, job: dict[str, Any], urls: list[str], jail: Jail, any_age: bool = False
+) -> None:
+    """Put the job's URLs into the jail's assets directory (the owner's cache, else fetched)."""
+    assets.provide(
+        urls,
+        owner=str(job.get("user_id") or job["key_id"]),
+        storage=step.rt.storage,
+        policy=assets.Policy.from_settings(step.rt.settings),
+        directory=jail.assets,
+        max_age=None if any_age else -1,
+        keep_going=step.keep_going,
+    )
+
+
+def asked_urls(step: Step, jail: Jail) -> list[str]:
+    """The URLs the scene asked for that were not in its assets (read after the run)."""
+    policy = assets.Policy.from_settings(step.rt.settings)
+    return assets.read_misses(jail.scratch / assets.MISSES_FILE, policy)
 
 
 def store_log(step: Step, run: RunResult) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
-from farm import jobs, metrics
+from farm import assets, jobs, metrics
 from farm.planner import plan_chunks, skip_weight
 from workers import outcomes
 from workers.jail import outputs
@@ -13,9 +14,13 @@ from workers.jail.jail import RunResult
 from workers.jail.limits import Limits
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
-from workers.steps import scene_spec, store_log
+from workers.steps import asked_urls, provide_assets, scene_spec, store_log
 
 log = logging.getLogger("farm.worker")
+
+# Plan passes that may fetch the URLs the previous pass asked for: a scene whose URLs depend on
+# what earlier ones returned needs more than one.
+ASSET_ROUNDS = 3
 
 
 def _opengl_scene_error(run: RunResult, limits: Limits, renderer: str) -> bool:
@@ -33,15 +38,29 @@ def plan(step: Step) -> Outcome:
     limits = rt.jails.limits.with_(wall_seconds=settings.plan_timeout_seconds)
     started = time.perf_counter()
 
+    fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
+
     def plan_with(renderer: str) -> RunResult:
-        with rt.jails.take() as jail:
-            return jail.run(
-                "plan",
-                scene_spec(job, renderer, settings.max_inflight_encoders),
-                step.keep_going,
-                settings.heartbeat_seconds,
-                wall_seconds=limits.wall_seconds,
-            )
+        new: list[str] = []
+        for _ in range(ASSET_ROUNDS + 1):
+            with rt.jails.take() as jail:
+                provide_assets(step, job, fetched, jail)
+                run = jail.run(
+                    "plan",
+                    scene_spec(job, renderer, settings.max_inflight_encoders),
+                    step.keep_going,
+                    settings.heartbeat_seconds,
+                    wall_seconds=limits.wall_seconds,
+                )
+                asked = asked_urls(step, jail)
+            new = [url for url in asked if url not in fetched]
+            if not new or run.stopped is not None:
+                return run
+            log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
+            fetched.extend(new)
+        raise assets.AssetRefused(
+            new[0], f"the scene still asked for new URLs after {ASSET_ROUNDS} rounds of fetching"
+        )
 
     run = plan_with(renderer)
     if _opengl_scene_error(run, limits, renderer):
@@ -76,6 +95,9 @@ def plan(step: Step) -> Outcome:
         skip_weight=skip_weight(planned_in, sum(frames), job["width"], job["height"]),
     )
     planned = [sum(frames[c.first : c.last]) for c in chunks]
+    if fetched:  # the chunks get the same assets
+        manifest = json.dumps(fetched).encode()
+        rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
     with step.conn() as conn:
         indices = jobs.record_plan(conn, claim, chunks, planned, log_key)
     if not indices:  # this attempt lost the step: what it wrote must not stay

@@ -6,17 +6,26 @@ import json
 import logging
 import time
 
-from farm import jobs, metrics, objects
+from farm import assets, jobs, metrics, objects
 from workers import media, outcomes
 from workers.jail import outputs
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
 from workers.routing import queue_for
-from workers.steps import scene_spec, store_log
+from workers.steps import asked_urls, provide_assets, scene_spec, store_log
 
 log = logging.getLogger("farm.worker")
 
 CAPTIONS_BYTES = 10 * 2**20
+
+
+def _planned_urls(step: Step, job_id: str) -> list[str]:
+    """The URLs the job's plan fetched (its chunks get the same)."""
+    try:
+        raw = step.rt.storage.get_bytes(assets.manifest_key(job_id))
+    except FileNotFoundError:
+        return []
+    return [str(url) for url in json.loads(raw)]
 
 
 def render(step: Step) -> Outcome:
@@ -34,12 +43,20 @@ def render(step: Step) -> Outcome:
     if planned is not None:
         max_frames = min(max_frames, planned)
     limits = rt.jails.limits
+    urls = _planned_urls(step, claim.job_id)
     metrics.CHUNKS_IN_FLIGHT.inc()
     started = time.perf_counter()
     written: list[str] = []
     try:
         with rt.jails.take() as jail:
+            # Any age: every chunk must see the bytes the plan saw.
+            provide_assets(step, job, urls, jail, any_age=True)
             run = jail.run("render", spec, step.keep_going, settings.heartbeat_seconds)
+            asked = asked_urls(step, jail)
+            if asked:
+                raise assets.AssetRefused(
+                    asked[0], "the scene asked for it while rendering but not while planning"
+                )
             failed = outcomes.of_run(run, limits)
             if isinstance(failed, outcomes.Stopped):
                 return failed

@@ -71,6 +71,10 @@ class RenderSpec:
     upto_animation: int | None = None
     renderer: str = "cairo"
     max_inflight_encoders: int | None = None
+    # The worker-fetched assets the scene's web requests are answered from (read-only), and
+    # where the URLs it asked for that are not there are recorded (assets_shim.py).
+    assets_dir: str | None = None
+    assets_missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,11 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
     _validate(spec)
     from manim import tempconfig
 
-    from . import manim_patch
+    from . import assets_shim, manim_patch
 
     manim_patch.apply_exact_skipping()
+    if spec.assets_dir is not None:
+        assets_shim.install(spec.assets_dir, spec.assets_missing)
     out_dir = Path(spec.out_dir).resolve()
     with tempconfig({}), _user_source_registered(spec.code):
         _configure(spec, out_dir, plan=plan)
