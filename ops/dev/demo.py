@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import requests
-
 from workers.media import probe
 
 
