@@ -32,6 +32,11 @@ REQUEUE_AFTER = 15
 REDO = 40
 
 _RECEIVED = re.compile(r"Task farm\.\w+\[([0-9a-f-]+)\] received")
+_ATTEMPT_KEY = re.compile(
+    r"logs/(?P<log_kind>plan|chunk|stitch)-(?P<log_idx>\d+)-a(?P<log_a>\d+)\.log$"
+    r"|chunks/(?P<chunk>\d{4})-a(?P<chunk_a>\d+)\."
+    r"|result-a(?P<result_a>\d+)/"
+)
 _ENDED = re.compile(r"Task farm\.\w+\[([0-9a-f-]+)\] (succeeded|raised|retry|ignored|INTERNAL)")
 
 
@@ -63,7 +68,26 @@ class Completed:
         bound = job_cost("low", int((owned + LEASE + REAPER + 5) * 1000))
         assert Decimal(str(self.job["creditsCost"])) <= bound, (self.job["creditsCost"], owned)
 
+    def orphans(self) -> list[str]:
+        """Objects an attempt that does not own its step wrote (farm/objects.py's keys)."""
+        owning = {(s["kind"], s["idx"]): s["attempt"] for s in self.farm.steps(self.job_id)}
+        found = []
+        for key in self.farm.objects(self.job_id):
+            m = _ATTEMPT_KEY.search(key)
+            if m is None:
+                continue
+            if m["log_kind"]:
+                step, attempt = (m["log_kind"], int(m["log_idx"])), int(m["log_a"])
+            elif m["chunk"]:
+                step, attempt = ("chunk", int(m["chunk"])), int(m["chunk_a"])
+            else:
+                step, attempt = ("stitch", 0), int(m["result_a"])
+            if owning.get(step) != attempt:
+                found.append(key)
+        return found
+
     def unchanged(self) -> None:
+        assert self.orphans() == []  # every lost attempt deleted what it wrote
         job = self.farm.get(self.key, self.job_id)
         for field in ("status", "creditsCost", "durationMs", "completedAt", "progress"):
             assert job[field] == self.job[field], (field, job[field], self.job[field])
