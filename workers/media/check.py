@@ -99,8 +99,11 @@ def _info(report: dict[str, Any], max_frames: int) -> VideoInfo:
         raise MediaError("the video has no frame rate")
     duration = outputs._number(report.get("duration"), 0.0, 10.0 * 24 * 3600)
     return VideoInfo(
-        ints["width"], ints["height"], Fraction(ints["fps_num"], ints["fps_den"]),
-        ints["frames"], duration,
+        ints["width"],
+        ints["height"],
+        Fraction(ints["fps_num"], ints["fps_den"]),
+        ints["frames"],
+        duration,
     )
 
 
@@ -138,7 +141,9 @@ def check_chunk(
         spec: dict[str, Any] = {"video": jail.put("chunk.mp4", video)}
         if captions is not None:
             spec["captions"] = jail.put("chunk.srt", captions)
-        report = run_media(jail, "probe", spec, "chunk video", keep_going, settings.heartbeat_seconds)
+        report = run_media(
+            jail, "probe", spec, "chunk video", keep_going, settings.heartbeat_seconds
+        )
     info = _info(report, 10**9)
     if (info.width, info.height) != (width, height) or info.fps != fps:
         raise MediaError(

@@ -30,7 +30,9 @@ def stitch(
             "video": f"{names[0].rsplit('/in/', 1)[0]}/out/video.mp4",
             "thumb": f"{names[0].rsplit('/in/', 1)[0]}/out/thumb.jpg",
         }
-        report = run_media(jail, "stitch", spec, "job video", keep_going, settings.heartbeat_seconds)
+        report = run_media(
+            jail, "stitch", spec, "job video", keep_going, settings.heartbeat_seconds
+        )
         video = jail.copy_out("video.mp4", max_bytes, "job video")
         thumb = jail.copy_out("thumb.jpg", THUMB_BYTES, "thumbnail")
         if video is None or thumb is None:
