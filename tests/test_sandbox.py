@@ -510,7 +510,7 @@ def test_forged_plans_are_refused(report: bytes) -> None:
 
 def test_render_report_frames_within_the_plan() -> None:
     forged = {"ok": True, "frames": 10**6, "animations": 1, "video": True, "captions": False}
-    with pytest.raises(outputs.OutputError, match="out of bounds"):
+    with pytest.raises(outputs.OutputError, match="rendered 1000000 frames where its plan had 100"):
         outputs.parse_render(forged, 100)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Task
 
-from farm import endings, jobs, metrics
+from farm import endings, jobs, metrics, objects
 from farm.jobs import Claim
 from farm.logs import log_context
 from workers import outcomes
@@ -146,6 +146,9 @@ def settle(rt: Runtime, claim: Claim, outcome: Outcome) -> None:
 
 
 def job_ended(rt: Runtime, job_id: str) -> None:
-    """Metrics and the webhook of a job's one terminal transition (after it committed)."""
+    """Metrics and the webhook of a job's one terminal transition (after it committed); a
+    failed job's chunk objects are deleted (a chunk still in flight deletes its own)."""
     with rt.pool.connection() as conn:
-        endings.job_ended(conn, job_id, lambda j: rt.publisher.webhook(j, 1))
+        job = endings.job_ended(conn, job_id, lambda j: rt.publisher.webhook(j, 1))
+    if job["status"] == "failed":
+        rt.storage.delete_prefix(objects.chunks_prefix(job_id))

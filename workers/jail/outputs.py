@@ -220,8 +220,14 @@ def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
     video, captions = report.get("video"), report.get("captions")
     if not isinstance(video, bool) or not isinstance(captions, bool):
         raise OutputError("the render left an unreadable report")
+    frames = _int(report.get("frames"), 0, 2**31)
+    if frames > max_frames:
+        raise OutputError(
+            f"the chunk rendered {frames} frames where its plan had {max_frames}"
+            " (the scene is longer when drawn than when planned)"
+        )
     return {
-        "frames": _int(report.get("frames"), 0, max_frames),
+        "frames": frames,
         "animations": _int(report.get("animations"), 0, MAX_ANIMATIONS),
         "video": video,
         "captions": captions,
