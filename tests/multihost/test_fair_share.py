@@ -22,17 +22,28 @@ class One(Scene):
 """
 
 
-def _timed(farm: Farm, key: dict[str, str]) -> float:
+def _timed(farm: Farm, key: dict[str, str]) -> tuple[float, float]:
+    """(seconds to completion, seconds its steps waited for a render slot)."""
     started = time.monotonic()
     job_id = farm.post(key, uncached(ONE_CHUNK), "One")
     job = farm.wait(key, job_id, timeout=120)
     assert job["status"] == "completed", job["error"]
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    with farm.db() as conn:
+        created = conn.execute("SELECT created_at FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    steps = {(s["kind"], s["idx"]): s for s in farm.steps(job_id)}
+    plan, chunk, stitch = steps[("plan", 0)], steps[("chunk", 0)], steps[("stitch", 0)]
+    waited = (
+        (plan["started_at"] - created["created_at"])
+        + (chunk["started_at"] - plan["finished_at"])
+        + (stitch["started_at"] - chunk["finished_at"])
+    ).total_seconds()
+    return took, waited
 
 
 def test_a_flood_delays_another_owners_job_by_about_one_chunk(bed: NetBed, farm: Farm) -> None:
     flood, single = farm.key(name="flood"), farm.key(name="single")
-    idle = _timed(farm, single)  # the single job on an idle farm
+    idle, idle_wait = _timed(farm, single)  # the single job on an idle farm
     flood_ids = [farm.post(flood, uncached(SLOW.format(sleep=2)), "Slow") for _ in range(200)]
     try:
         # Both workers busy with the flood's chunks
@@ -49,7 +60,7 @@ def test_a_flood_delays_another_owners_job_by_about_one_chunk(bed: NetBed, farm:
             60,
             "the flood to occupy the workers",
         )
-        loaded = _timed(farm, single)
+        loaded, loaded_wait = _timed(farm, single)
         metrics = requests.get(f"http://{bed.addr('api')}:9102/metrics", timeout=5).text
         with farm.db() as conn:
             chunk_seconds = [
@@ -72,16 +83,18 @@ def test_a_flood_delays_another_owners_job_by_about_one_chunk(bed: NetBed, farm:
                 timeout=30,
             )
     chunk = statistics.median(chunk_seconds)
-    delay = loaded - idle
+    delay = loaded_wait - idle_wait
     print(
-        f"\nfair share: single job idle {idle:.1f} s, under a 200-job flood {loaded:.1f} s"
-        f" (delay {delay:.1f} s); flood chunk render {chunk:.1f} s; flood jobs done meanwhile"
+        f"\nfair share: single job idle {idle:.1f} s (its steps waited {idle_wait:.1f} s for a"
+        f" slot), under a 200-job flood {loaded:.1f} s (waited {loaded_wait:.1f} s: delay"
+        f" {delay:.1f} s); flood chunk render {chunk:.1f} s; flood jobs done meanwhile"
         f" {flood_done}"
     )
     # The single job waited for the flood's running chunks to end, not for the flood
     assert flood_done < 20
-    # Bound: one chunk of the flood per step the single job has to wait a slot for; with two
-    # slots freeing at staggered times that is about one chunk time in all (plus slack).
-    assert delay <= 1.5 * chunk + 3, (delay, chunk)
+    # Bound: its plan waits for the first of the two busy slots to free (at most one chunk);
+    # its chunk and stitch then go out at priority 0 and start as soon as a slot frees. The
+    # time its own steps take under a CPU-saturated machine is not queueing and not counted.
+    assert delay <= 1.5 * chunk + 2, (delay, chunk)
     # The per-owner gauges saw the flood waiting (owner labels are the busiest owners)
     assert f'farm_owner_waiting_steps{{owner="{flood["owner"]}"}}' in metrics
