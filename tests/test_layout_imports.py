@@ -7,6 +7,8 @@ functions and behind ``if TYPE_CHECKING``.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,37 @@ def test_the_client_imports_nothing_of_the_server() -> None:
         if module.split(".")[0] in server
     ]
     assert bad == []
+
+
+def test_every_package_registers_its_own_commands() -> None:
+    # The `farm` entry points (setup.cfg, client/setup.cfg) as installed by `make venv`
+    code = (
+        "import sys\n"
+        "from farm.cli import build_parser\n"
+        "sub = build_parser()._subparsers._group_actions[0].choices\n"
+        "print(' '.join(sorted(sub)))\n"
+        "heavy = ('flask', 'celery', 'prometheus_client', 'manim', 'gunicorn')\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    commands, loaded = [*run.stdout.splitlines(), "", ""][:2]
+    assert set(commands.split()) >= {
+        *("api", "migrate", "keys", "worker", "scheduler", "webhooks"),
+        *("render", "status", "logs", "cancel", "jobs"),
+    }
+    # Registering them loads no framework: prometheus_client in particular must wait until
+    # `farm api`/`farm worker` have set PROMETHEUS_MULTIPROC_DIR.
+    assert loaded == ""
+
+
+def test_the_api_image_needs_no_manim() -> None:
+    # What the API image runs (`farm api|scheduler|migrate`) imports without the [render] extra
+    code = (
+        "import sys\n"
+        "for name in ('manim', 'ffmpeg', 'cairo', 'numpy', 'PIL'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "import api.app, api.server, farm.commands, workers.commands, workers.scheduler\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
