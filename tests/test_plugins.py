@@ -41,10 +41,13 @@ def test_every_plugin_is_pinned_and_installed_at_its_pin() -> None:
         assert metadata.version(name) == version, f"{name}: installed {metadata.version(name)}"
 
 
-def test_make_venv_installs_the_list_without_dependency_pins() -> None:
+def test_the_venv_and_the_image_install_the_list_without_dependency_pins() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "PLUGINS ?= ops/plugins.txt" in makefile
     assert "pip install -q --no-deps -c constraints.txt -r $(PLUGINS)" in makefile
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG PLUGINS=ops/plugins.txt" in dockerfile
+    assert 'pip install --no-cache-dir --no-deps -c constraints.txt -r "$PLUGINS"' in dockerfile
 
 
 def test_kodisc_plugin_runs_on_a_pillow_its_metadata_refuses() -> None:
