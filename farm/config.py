@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -163,6 +164,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"FARM_SANDBOX must be bwrap or none, not {settings.sandbox!r}")
     if settings.renderer not in {"cairo", "opengl"}:
         raise SettingsError(f"FARM_RENDERER must be cairo or opengl, not {settings.renderer!r}")
+    for cidr in settings.asset_address_allowlist:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"FARM_ASSET_ADDRESS_ALLOWLIST: {cidr!r} is not a CIDR") from None
     if settings.heartbeat_seconds * 2 > settings.lease_seconds:
         raise SettingsError("FARM_LEASE_SECONDS must be at least twice FARM_HEARTBEAT_SECONDS")
     return settings

@@ -30,7 +30,7 @@ from PIL import Image
 
 from farm import assets, netguard
 from farm.assets import AssetFailed, AssetRefused, Policy
-from farm.config import load_settings
+from farm.config import SettingsError, load_settings
 from tests.conftest import submit, unique, wait_for
 from tests.support import download
 
@@ -371,6 +371,8 @@ def test_policy_comes_from_settings() -> None:
     assert ipaddress.ip_address("10.9.9.9") in p.address_allowlist[0]
     with pytest.raises(AssetRefused, match="FARM_ASSET_FETCH"):
         assets.check_url("https://upload.wikimedia.org/a.png", p)
+    with pytest.raises(SettingsError, match="FARM_ASSET_ADDRESS_ALLOWLIST"):
+        load_settings({"FARM_ASSET_ADDRESS_ALLOWLIST": "10.0.0.0/8,intranet"})
 
 
 # --- the per-owner cache in S3 ---------------------------------------------------------------
@@ -597,7 +599,7 @@ def test_a_webimage_scene_renders_through_the_farm(
     # When the farm renders it in chunks (the jail has no network)
     job = wait_for(client, api_key, submit(client, api_key, code, "Gallery", fps=10), timeout=180)
     # Then it completes, and the photo is in the picture
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", job.get("error")
     width, frames, frame = last_frame(download(job["result"]["video"], tmp_path / "g.mp4"))
     assert frames == 15
     height = len(frame) // (width * 3)

@@ -195,6 +195,6 @@ def test_a_kodisc_scene_renders_through_the_farm(
     code = CARD + f"# {unique()}\n"
     job = wait_for(client, api_key, submit(client, api_key, code, "CardTrick", fps=10))
     # Then it completes with a downloadable video
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", job.get("error")
     video = download(job["result"]["video"], tmp_path / "card.mp4")
     assert video.stat().st_size > 1000
