@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Key, submit, wait_for
 from tests.support import download
-from workers.stitch import probe
+from workers.media import probe
 
 SHAPES = """
 from manim import *

@@ -181,8 +181,11 @@ class Tiny(Scene):
 
 
 def sandbox_cost(settings: Settings, repeats: int = 3) -> dict[str, float]:
-    """Seconds to render a tiny low-quality chunk: no sandbox, a cold jail, a warm jail."""
-    from workers.sandbox import Limits, Sandbox, WarmJail
+    """Seconds for a tiny low-quality chunk: no sandbox, a cold jail, a warm jail (as workers
+    render), and the media jail that checks each chunk's video before it is uploaded."""
+    from workers import media
+    from workers.jail.jail import Jail
+    from workers.jail.limits import Limits
 
     spec = {
         "code": TINY,
@@ -195,25 +198,32 @@ def sandbox_cost(settings: Settings, repeats: int = 3) -> dict[str, float]:
     }
     limits = Limits.from_settings(settings, wall_seconds=60)
     out: dict[str, float] = {}
+    checks: list[float] = []
     for name, kind in (("no sandbox", "none"), ("cold jail", "bwrap"), ("warm jail", "warm")):
-        sandbox = Sandbox(settings.with_(sandbox="none" if kind == "none" else "bwrap"))
+        jail_settings = settings.with_(sandbox="none" if kind == "none" else "bwrap")
         times = []
         for _ in range(repeats):
-            if kind == "warm":
-                jail = WarmJail(sandbox, limits)
-                time.sleep(2)  # warmed while the worker idles
+            jail = Jail(jail_settings, limits, warm=kind == "warm")
+            try:
+                if kind == "warm":
+                    time.sleep(2)  # warmed while the worker idles
                 started = time.perf_counter()
-                run = jail.run("render", spec, limits)
+                run = jail.run("render", spec)
                 times.append(time.perf_counter() - started)
-                jail.close()
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
+                if not run.ok:
+                    raise SystemExit(f"sandbox cost run failed ({name}): {run.log[-500:]}")
+                if kind == "warm":
+                    video = jail.copy_out("video.mp4", 2**30, "chunk video")
+                    assert video is not None
                     started = time.perf_counter()
-                    run = sandbox.run("render", spec, Path(tmp) / "scratch", limits)
-                    times.append(time.perf_counter() - started)
-            if not run.ok:
-                raise SystemExit(f"sandbox cost run failed ({name}): {run.log[-500:]}")
+                    media.check_chunk(
+                        settings, video, None, width=854, height=480, fps=15, max_frames=10**6
+                    )
+                    checks.append(time.perf_counter() - started)
+            finally:
+                jail.close()
         out[name] = sorted(times)[len(times) // 2]
+    out["chunk media check"] = sorted(checks)[len(checks) // 2]
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from workers.stitch import probe
+from workers.media import probe
 
 
 def main() -> int:
