@@ -650,14 +650,14 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
     }
     with pool.connection() as conn:
         # Everything below is rolled back at the end.
-        key = keys.create_key(conn, "keda-query").api_key.id
+        api_key = keys.create_key(conn, "keda-query").api_key
 
-        def job(job_id: str, quality: str, status: str) -> None:
+        def job(job_id: str, quality: str, status: str, held: int | None = None) -> None:
             conn.execute(
-                "INSERT INTO jobs (id, key_id, status, code, class_name, quality, aspect_ratio,"
-                " fps, width, height, cache_key) VALUES (%s, %s, %s, '', 'S', %s, '16:9', 15,"
-                " 854, 480, %s)",
-                (job_id, key, status, quality, job_id),
+                "INSERT INTO jobs (id, key_id, user_id, status, code, class_name, quality,"
+                " aspect_ratio, fps, width, height, cache_key, held_limit) VALUES (%s, %s, %s,"
+                " %s, '', 'S', %s, '16:9', 15, 854, 480, %s, %s)",
+                (job_id, api_key.id, api_key.user_id, status, quality, job_id, held),
             )
 
         def step(
@@ -690,6 +690,9 @@ def test_keda_steps_query_runs_on_the_migrated_schema(chart: helm.Chart, pool: A
         # A step waiting to be published (a dispatcher's outbox) is queued work too.
         job("keda-low-4", "low", "queued")
         step("keda-low-4", "plan", 0, "pending", published=False)
+        # A job held over its user's limit is not work any pool can take yet.
+        job("keda-low-5", "low", "queued", held=1)
+        step("keda-low-5", "plan", 0, "pending", published=False)
         job("keda-medium-1", "medium", "running")
         step("keda-medium-1", "chunk", 0, "running", "30 seconds")
         counts = {name: conn.execute(sql).fetchone() for name, sql in query.items()}

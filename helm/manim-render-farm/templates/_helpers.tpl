@@ -396,10 +396,10 @@ checksum/secret: {{ include "farm.secretData" . | sha256sum }}
 {{- end -}}
 
 {{/* The query KEDA polls: steps queued (pending, published to Celery or not yet) or running
-     under a live lease, of jobs still in progress. tests/test_helm_chart.py runs it against the
-     migrated schema. */}}
+     under a live lease, of jobs still in progress and not held over their user's limit.
+     tests/test_helm_chart.py runs it against the migrated schema. */}}
 {{- define "farm.stepsQuery" -}}
-SELECT count(*) FROM steps s JOIN jobs j ON j.id = s.job_id WHERE j.status IN ('queued', 'running') AND (s.status = 'pending' OR (s.status = 'running' AND s.lease_until > now())) AND ({{ include "farm.stepsCondition" . }})
+SELECT count(*) FROM steps s JOIN jobs j ON j.id = s.job_id WHERE j.status IN ('queued', 'running') AND j.held_limit IS NULL AND (s.status = 'pending' OR (s.status = 'running' AND s.lease_until > now())) AND ({{ include "farm.stepsCondition" . }})
 {{- end -}}
 
 {{/* KEDA's view of Redis (for queues without a steps row): as JSON {address, db, tls, password}.
