@@ -240,3 +240,47 @@ def test_every_terminal_path_counts_the_job(client: Any, make_key: Any, pool: An
     ).get_json()
     assert third["status"] == "completed"
     assert count("farm_jobs_completed_total") == completed_before + 1
+
+
+def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
+    settings: Any, make_key: Any, pool: Any
+) -> None:
+    """The lifecycle heartbeats every step (the stitch included) while its body runs, so the
+    reaper never hands a slow step to a second worker; an exception is classified and the
+    step given back."""
+    from farm import jobs
+    from farm.services import build_services
+    from tests.support import RecordingPublisher
+    from workers import lifecycle, outcomes
+    from workers.jail.pool import JailPool
+    from workers.runtime import Runtime
+
+    key = make_key()
+    with pool.connection() as conn:
+        request = jobs.JobRequest(code=uncached(QUICK), class_name="Quick", quality="low")
+        job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
+    publisher = RecordingPublisher()
+    rt = Runtime(build_services(settings, publisher, pool_size=2), JailPool(settings))
+    reaped: list[Any] = []
+
+    def slow_body(step: lifecycle.Step) -> outcomes.Outcome:
+        # Twice the lease, reaping all along: the heartbeat keeps the step this attempt's
+        deadline = time.monotonic() + 2 * settings.lease_seconds
+        while time.monotonic() < deadline:
+            with pool.connection() as conn:
+                reaped.extend(jobs.reap(conn, max_attempts=3, requeue_after_seconds=300).requeue)
+            time.sleep(0.5)
+        assert step.keep_going()
+        raise OSError("the object store went away")
+
+    try:
+        lifecycle.run_step(rt, "plan", job_id, 0, slow_body)
+    finally:
+        rt.services.close()
+    assert not [r for r in reaped if r.job_id == job_id]
+    steps = _steps(pool, job_id)
+    assert (steps[0]["status"], steps[0]["attempt"]) == ("pending", 1)  # released for a retry
+    assert ("step", job_id, "plan", 0, "low") in publisher.sent
+    with pool.connection() as conn:
+        job = jobs.get_job(conn, job_id)
+    assert job["status"] == "running" and job["error"] is None
