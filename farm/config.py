@@ -79,6 +79,10 @@ class Settings:
     plan_timeout_seconds: int = 120
     max_scene_seconds: int = 600  # longest video a job may produce
     max_output_mb: int = 2048
+    # The jail's /proc: "fresh" (its own procfs, the default) or "none" (no procfs mounted: for
+    # pods whose /proc is masked, such as GPU pools in the host user namespace, where bwrap
+    # may not mount one; NVIDIA's /proc/driver/nvidia is bound read-only when present).
+    jail_proc: str = "fresh"
     # Wall clock of the media jail that checks a chunk's video, and of the stitch's.
     media_timeout_seconds: int = 120
     stitch_timeout_seconds: int = 600
@@ -168,6 +172,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.sandbox not in {"bwrap", "none"}:
         raise SettingsError(f"FARM_SANDBOX must be bwrap or none, not {settings.sandbox!r}")
+    if settings.jail_proc not in {"fresh", "none"}:
+        raise SettingsError(f"FARM_JAIL_PROC must be fresh or none, not {settings.jail_proc!r}")
     if settings.cache_scope not in {"owner", "global"}:
         raise SettingsError(
             f"FARM_CACHE_SCOPE must be owner or global, not {settings.cache_scope!r}"

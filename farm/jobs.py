@@ -235,7 +235,7 @@ def _complete_from_cache(conn: Conn, job_id: str, cache_key: str, scope: str = "
             hit["log_key"] if hit["same_owner"] else None,
             hit["renderer"],
             hit["chunks_total"],
-            hit["chunks_total"],
+            hit["chunks_total"] or 0,
             job_id,
         ),
     )

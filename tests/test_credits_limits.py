@@ -304,7 +304,7 @@ def test_jobs_over_the_users_concurrency_wait_queued(
     def reap() -> list[tuple[str, str]]:
         with pool.connection() as conn:
             done = jobs.reap(conn, max_attempts=2, requeue_after_seconds=30)
-        return [(r.job_id, r.kind) for r in done if r.job_id == held_id]
+        return [(r.job_id, r.kind) for r in done.requeue if r.job_id == held_id]
 
     assert reap() == []
     with pool.connection() as conn:

@@ -383,7 +383,9 @@ def test_a_jail_that_cannot_start_is_the_platforms_fault(
 
     binds = bwrap._binds
     # A bind whose source is missing: bwrap refuses to set the jail up.
-    monkeypatch.setattr(bwrap, "_binds", lambda gpu: [*binds(gpu), "--ro-bind", "/nope", "/x"])
+    monkeypatch.setattr(
+        bwrap, "_binds", lambda gpu, proc: [*binds(gpu, proc), "--ro-bind", "/nope", "/x"]
+    )
     with Jail(SETTINGS, pool.limits) as jail:
         run = jail.run("render", _spec("pass"))
         assert not run.started
@@ -623,3 +625,59 @@ def test_limits_follow_the_settings() -> None:
     assert limits.memory_bytes == 512 * 2**20 and limits.processes == 48
     assert limits.tmpfs_bytes == 32 * 2**20 and limits.scratch_bytes == 192 * 2**20
     assert not Limits.from_settings(SETTINGS, renderer="opengl").address_space
+
+
+def test_gpu_jails_bind_every_gpu_device_and_can_run_without_a_procfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.jail import bwrap
+
+    # A pod given GPUs 0 and 3 (MIG capabilities, UVM, render node): all of them are bound.
+    dev = tmp_path / "dev"
+    for name in ("nvidia0", "nvidia3", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
+        (dev / name).parent.mkdir(exist_ok=True)
+        (dev / name).touch()
+    (dev / "nvidia-caps").mkdir()
+    patterns = tuple(p.replace("/dev/", f"{dev}/") for p in bwrap.GPU_DEVICE_PATTERNS)
+    monkeypatch.setattr(bwrap, "GPU_DEVICE_PATTERNS", patterns)
+    expected = {str(dev / n) for n in ("nvidia0", "nvidia3", "nvidiactl", "nvidia-uvm")}
+    expected |= {str(dev / "nvidia-uvm-tools"), str(dev / "nvidia-caps")}
+    assert set(bwrap.gpu_devices()) == expected
+    limits = Limits.from_settings(SETTINGS)
+    fresh = bwrap.command("runner", "serve", tmp_path, limits, jailed=True, gpu=True)
+    assert fresh[fresh.index("--proc") + 1] == "/proc"
+    bare = bwrap.command("runner", "serve", tmp_path, limits, jailed=True, gpu=True, proc="none")
+    assert "--proc" not in bare
+    assert bare[bare.index("--dir") + 1] == "/proc"
+    assert bare[bare.index("--ro-bind-try") : bare.index("--ro-bind-try") + 3] == [
+        "--ro-bind-try",
+        "/proc/driver/nvidia",
+        "/proc/driver/nvidia",
+    ]
+    # Every device node the host (pod) has, not only /dev/nvidia0
+    binds = {fresh[i + 1] for i, word in enumerate(fresh) if word == "--dev-bind-try"}
+    assert binds == expected
+    media_jail = bwrap.command("media", "probe", tmp_path, limits, jailed=True, gpu=False)
+    assert "--dev-bind-try" not in media_jail
+
+
+def test_a_jail_without_procfs_still_renders(pool: JailPool) -> None:
+    settings = SETTINGS.with_(jail_proc="none")
+    with Jail(settings, pool.limits, warm=True) as jail:
+        run = jail.run("render", _spec("print('proc', sorted(os.listdir('/proc')))"))
+    assert run.ok, run.log
+    assert "proc []" in run.log
+
+
+def test_opengl_jails_have_no_address_space_limit(pool: JailPool) -> None:
+    # EGL reserves address space in bulk: memory is held by the cgroup (or the pod's), not by
+    # RLIMIT_AS, for OpenGL renders.
+    limits = Limits.from_settings(SETTINGS, renderer="opengl")
+    assert not limits.address_space
+    with Jail(SETTINGS, limits, warm=True) as jail:
+        run = jail.run(
+            "render",
+            _spec("print([l for l in open('/proc/self/limits') if 'address space' in l])"),
+        )
+    assert run.ok, run.log
+    assert "Max address space         unlimited" in run.log
