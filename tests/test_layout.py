@@ -120,5 +120,6 @@ def test_every_s3_key_is_built_in_farm_objects() -> None:
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.JoinedStr) and node.values:
                     first = node.values[0]
-                    if isinstance(first, ast.Constant) and str(first.value).startswith(("jobs/", "assets/")):
+                    text = str(first.value) if isinstance(first, ast.Constant) else ""
+                    if text.startswith(("jobs/", "assets/")):
                         raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} builds a key")
