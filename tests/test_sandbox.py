@@ -555,7 +555,7 @@ def test_a_playlist_or_text_posing_as_a_chunk_is_refused(tmp_path: Path, kind: s
     with pytest.raises(media.MediaError) as info:
         _check(fake)
     assert str(info.value) == "the chunk video is not a plain MP4 video"
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 30  # a manifest once made ffprobe spin for 101 s
 
 
 def test_truncated_wrong_size_and_wrong_fps_chunks_are_refused(
