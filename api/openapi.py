@@ -49,8 +49,8 @@ cover it); completion settles the real cost, drawing on the month's free allowan
 paid credits. Requests are rate limited per user (429 with `Retry-After`; every authenticated
 answer carries `RateLimit-Limit` and `RateLimit-Remaining`). A user's jobs beyond their
 concurrency limit are accepted and wait `queued`; `GET /api/v2/me` shows the limits.
-`Idempotency-Key` makes a retried submit return the same job (409 when the key is reused with a
-different body).
+`Idempotency-Key` makes a retried submit return the same job, through any of the user's keys (409
+when the key is reused with a different body).
 
 ## Extensions to Kodisc's API
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from farm.storage import Storage
 
-# Kodisc links a captions.vtt for every completed render, cues or not. A scene without
-# subcaptions gets this one shared, cue-less file (``farm migrate`` and the API write it).
+# Kodisc links a captions.vtt for every completed render, cues or not. The stitch writes each
+# job its own (cue-less without subcaptions); jobs that completed before it did link this
+# shared, cue-less file (``farm migrate`` and the API write it).
 EMPTY_CAPTIONS_KEY = "static/captions-empty.vtt"
 EMPTY_WEBVTT = "WEBVTT\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -78,6 +79,10 @@ class Settings:
     plan_timeout_seconds: int = 120
     max_scene_seconds: int = 600  # longest video a job may produce
     max_output_mb: int = 2048
+    # The jail's /proc: "fresh" (its own procfs, the default) or "none" (no procfs mounted: for
+    # pods whose /proc is masked, such as GPU pools in the host user namespace, where bwrap
+    # may not mount one; NVIDIA's /proc/driver/nvidia is bound read-only when present).
+    jail_proc: str = "fresh"
     # Wall clock of the media jail that checks a chunk's video, and of the stitch's.
     media_timeout_seconds: int = 120
     stitch_timeout_seconds: int = 600
@@ -172,12 +177,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.sandbox not in {"bwrap", "none"}:
         raise SettingsError(f"FARM_SANDBOX must be bwrap or none, not {settings.sandbox!r}")
+    if settings.jail_proc not in {"fresh", "none"}:
+        raise SettingsError(f"FARM_JAIL_PROC must be fresh or none, not {settings.jail_proc!r}")
     if settings.cache_scope not in {"owner", "global"}:
         raise SettingsError(
             f"FARM_CACHE_SCOPE must be owner or global, not {settings.cache_scope!r}"
         )
     if settings.renderer not in {"cairo", "opengl"}:
         raise SettingsError(f"FARM_RENDERER must be cairo or opengl, not {settings.renderer!r}")
+    for cidr in settings.asset_address_allowlist:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"FARM_ASSET_ADDRESS_ALLOWLIST: {cidr!r} is not a CIDR") from None
     if settings.heartbeat_seconds * 2 > settings.lease_seconds:
         raise SettingsError("FARM_LEASE_SECONDS must be at least twice FARM_HEARTBEAT_SECONDS")
     return settings

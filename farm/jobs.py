@@ -133,9 +133,9 @@ def submit_job(
     conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
     if idempotency_key is not None:
         row = conn.execute(
-            "SELECT job_id, body_hash FROM idempotency_keys WHERE key_id = %s"
+            "SELECT job_id, body_hash FROM idempotency_keys WHERE user_id = %s"
             " AND idempotency_key = %s AND created_at > now() - interval '24 hours'",
-            (key_id, idempotency_key),
+            (user_id, idempotency_key),
         ).fetchone()
         if row is not None:
             if row["body_hash"] != request.body_hash():
@@ -187,10 +187,11 @@ def submit_job(
     )
     if idempotency_key is not None:
         conn.execute(
-            "INSERT INTO idempotency_keys (key_id, idempotency_key, body_hash, job_id)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (key_id, idempotency_key) DO UPDATE"
-            " SET body_hash = EXCLUDED.body_hash, job_id = EXCLUDED.job_id, created_at = now()",
-            (key_id, idempotency_key, request.body_hash(), job_id),
+            "INSERT INTO idempotency_keys (user_id, key_id, idempotency_key, body_hash, job_id)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, idempotency_key) DO UPDATE"
+            " SET key_id = EXCLUDED.key_id, body_hash = EXCLUDED.body_hash,"
+            " job_id = EXCLUDED.job_id, created_at = now()",
+            (user_id, key_id, idempotency_key, request.body_hash(), job_id),
         )
     if _complete_from_cache(conn, job_id, request.cache_key(manim_version), cache_scope):
         return Submitted(job_id, created=True, publish_plan=False)
@@ -235,7 +236,7 @@ def _complete_from_cache(conn: Conn, job_id: str, cache_key: str, scope: str = "
             hit["log_key"] if hit["same_owner"] else None,
             hit["renderer"],
             hit["chunks_total"],
-            hit["chunks_total"],
+            hit["chunks_total"] or 0,
             job_id,
         ),
     )

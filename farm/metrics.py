@@ -12,10 +12,15 @@ this module.
 
 Who exports what:
 
-* API (gunicorn workers, multiprocess): ``HTTP_*``, ``JOBS_SUBMITTED``, ``HTTP_CLIENT_ERRORS``.
+* API (gunicorn workers, multiprocess): ``HTTP_*``, ``JOBS_SUBMITTED``, ``HTTP_CLIENT_ERRORS``,
+  and the job-end metrics of the jobs it ends (cancels, cache hits).
 * Workers (Celery prefork, multiprocess): chunk/stitch/job/webhook/credit metrics.
-* Scheduler (exactly one process): ``QUEUE_*`` and ``REAPER_REQUEUED``. Workers must not
-  set these gauges, or every replica would report its own copy of the queue state.
+* Scheduler (exactly one process): ``QUEUE_*``, ``REAPER_REQUEUED``, and the job-end metrics of
+  the jobs the reaper gives up on. Workers must not set the queue gauges, or every replica would
+  report its own copy of the queue state.
+
+The job-end metrics (``JOBS_COMPLETED``, ``JOBS_FAILED``, ``CREDITS_SETTLED``, ``JOB_DURATION``)
+are counted by ``farm.endings.job_ended``, which every path that ends a job calls once.
 """
 
 from __future__ import annotations

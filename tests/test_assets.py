@@ -30,7 +30,7 @@ from PIL import Image
 
 from farm import assets, netguard
 from farm.assets import AssetFailed, AssetRefused, Policy
-from farm.config import load_settings
+from farm.config import SettingsError, load_settings
 from tests.conftest import submit, unique, wait_for
 from tests.support import download
 
@@ -371,6 +371,8 @@ def test_policy_comes_from_settings() -> None:
     assert ipaddress.ip_address("10.9.9.9") in p.address_allowlist[0]
     with pytest.raises(AssetRefused, match="FARM_ASSET_FETCH"):
         assets.check_url("https://upload.wikimedia.org/a.png", p)
+    with pytest.raises(SettingsError, match="FARM_ASSET_ADDRESS_ALLOWLIST"):
+        load_settings({"FARM_ASSET_ADDRESS_ALLOWLIST": "10.0.0.0/8,intranet"})
 
 
 # --- the per-owner cache in S3 ---------------------------------------------------------------
@@ -481,6 +483,15 @@ try:
     urllib.request.urlopen(missing + "?u")
 except urllib.error.URLError as exc:
     out["urllib_miss"] = str(exc.reason)
+# The plan's discovery pass: misses are recorded and answered with stand-ins
+assets_shim.install(sys.argv[2], sys.argv[3], placeholders=True)
+from PIL import Image
+import io
+stand_in = requests.get(missing.replace("dog", "cow"))
+size = Image.open(io.BytesIO(stand_in.content)).size
+out["png_stand_in"] = [stand_in.headers["content-type"], size]
+svg = urllib.request.urlopen(missing.replace("dog.png", "logo.SVG"))
+out["svg_stand_in"] = [svg.headers["content-type"], svg.read().startswith(b"<?xml")]
 print(json.dumps(out))
 """
 
@@ -505,7 +516,10 @@ def test_the_shim_answers_requests_and_urllib_and_records_misses(tmp_path: Path)
     assert out["session"] == size and out["urllib"] == size
     assert out["requests_miss"].startswith(f"{missing} is not available inside the render sandbox")
     assert "is not available" in out["urllib_miss"]
-    assert assets.read_misses(misses, Policy()) == [missing, missing + "?u"]
+    assert out["png_stand_in"] == ["image/png", [2, 2]]
+    assert out["svg_stand_in"] == ["image/svg+xml", True]
+    stand_ins = [missing.replace("dog", "cow"), missing.replace("dog.png", "logo.SVG")]
+    assert assets.read_misses(misses, Policy()) == [missing, missing + "?u", *stand_ins]
 
 
 def test_shim_and_host_agree_on_names() -> None:
@@ -535,8 +549,10 @@ from manim_kodisc import *
 
 class Gallery(Scene):
     def construct(self):
+        thumbs = Group(*[WebImage("{thumb}" + str(i)) for i in range(4)])
+        thumbs.arrange(DOWN).set(height=6).to_edge(LEFT)
         photo = WebImage("{png}").set(height=4)
-        self.play(FadeIn(photo), run_time=0.5)
+        self.play(FadeIn(photo), FadeIn(thumbs), run_time=0.5)
         logo = WebSVG("{svg}").set(height=2).to_edge(RIGHT)
         self.play(FadeIn(logo), run_time=0.5)
         self.wait(0.5)
@@ -593,20 +609,24 @@ def test_a_webimage_scene_renders_through_the_farm(
     tag = unique()
     png = farm_site.route(f"/{tag}/photo.png", png_bytes((220, 30, 30), 64), "image/png")
     svg = farm_site.route(f"/{tag}/logo.svg", SVG, "image/svg+xml")
-    code = WEB_SCENE.format(png=png, svg=svg, tag=tag)
+    for i in range(4):
+        thumb = farm_site.route(f"/{tag}/thumb?n={i}", png_bytes((30, 30, 220), 16), "image/png")
+    code = WEB_SCENE.format(png=png, svg=svg, thumb=thumb[:-1], tag=tag)
     # When the farm renders it in chunks (the jail has no network)
     job = wait_for(client, api_key, submit(client, api_key, code, "Gallery", fps=10), timeout=180)
     # Then it completes, and the photo is in the picture
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", job.get("error")
     width, frames, frame = last_frame(download(job["result"]["video"], tmp_path / "g.mp4"))
     assert frames == 15
     height = len(frame) // (width * 3)
     center = ((height // 2) * width + width // 2) * 3
     r, g, b = frame[center : center + 3]
     assert r > 150 and g < 90 and b < 90, (r, g, b)
-    # The worker fetched each URL once; the re-planned pass and the chunks used the cache
+    # The worker fetched each of the 6 URLs once (one discovery pass found them all, more than
+    # the 3 fetch rounds a plan may take); the second plan pass and the chunks used the cache
     assert farm_site.hits[f"/{tag}/photo.png"] == 1
     assert farm_site.hits[f"/{tag}/logo.svg"] == 1
+    assert [farm_site.hits[f"/{tag}/thumb?n={i}"] for i in range(4)] == [1, 1, 1, 1]
 
 
 def test_a_scene_asking_for_a_loopback_url_fails_naming_url_and_rule(

@@ -172,8 +172,25 @@ def test_sdk_error_types(api_url: str, farm_client: sdk.Client, make_key: Any) -
     with pytest.raises(sdk.InsufficientCreditsError) as poor:
         sdk.Client(api_url, make_key(credits=0).key).submit(ok_scene("x"), "Tiny")
     assert poor.value.status == 402
-    me = farm_client.me()
-    assert me.key_id and me.credits is not None
+
+
+def test_sdk_me_reads_the_user_key_credits_and_limits(api_url: str, make_key: Any) -> None:
+    # Given a user with 40 paid credits and a second key of theirs
+    first = make_key(credits=40)
+    second = make_key(credits=0, user_id=first.user_id)
+    # When the second key asks who it is
+    me = sdk.Client(api_url, second.key).me()
+    # Then it sees the user, its own key and the user's balance split paid/free
+    assert me.user_id == first.user_id and me.key_id == second.id
+    assert me.key_prefix is not None and second.key.startswith(me.key_prefix)
+    assert me.credits == sdk.Credits(paid=40.0, free=0.0, total=40.0)
+    assert me.name == "test" and me.created_at is not None and me.created_at.endswith("Z")
+    # And the farm's limits, typed
+    assert me.limits is not None
+    assert me.limits.max_active_jobs is not None and me.limits.max_active_jobs > 0
+    assert me.limits.requests_per_second is not None and me.limits.requests_per_second > 0
+    assert (me.limits.active_jobs, me.limits.held_jobs, me.limits.free_allowance) == (0, 0, 0.0)
+    assert me.raw["userId"] == first.user_id
 
 
 def test_openapi_lists_the_job_list(api_url: str) -> None:
@@ -435,6 +452,23 @@ def test_wait_times_out() -> None:
             c.wait("abc123", timeout=0.5, poll_interval=0.1)
     assert time.monotonic() - started < 3
     assert info.value.job is not None and info.value.job.status == "queued"
+
+
+def test_me_reads_kodiscs_answer_and_an_old_farms() -> None:
+    # Kodisc's documented /me: no limits, name or createdAt
+    kodisc = {
+        "userId": "usr_abc",
+        "keyId": "key_xyz",
+        "keyPrefix": "kdsc_live_a1b2",
+        "credits": {"paid": 1840, "free": 200, "total": 2040},
+    }
+    with Scripted([(200, {}, kodisc), (200, {}, {"keyId": "key_1", "credits": 7.5})]) as s:
+        c, _ = _client(s.url)
+        me = c.me()
+        old = c.me()  # a farm from before users: credits was one number
+    assert me == sdk.Account("usr_abc", "key_xyz", "kdsc_live_a1b2", sdk.Credits(1840, 200, 2040))
+    assert me.limits is None and me.name is None and me.raw == kodisc
+    assert old.user_id is None and old.credits == sdk.Credits(None, None, 7.5)
 
 
 def test_cli_status_against_a_kodisc_shaped_server() -> None:

@@ -20,7 +20,7 @@ from api.app import get_services
 from farm import credits, db, jobs, keys, users
 from farm.config import Settings
 from farm.presets import PRESETS
-from tests.conftest import FARM, Key, unique, wait_for
+from tests.conftest import FARM, SLOT, Key, unique, wait_for
 from tests.support import RecordingPublisher
 
 SCENE = """
@@ -121,7 +121,8 @@ def test_completed_job_reserves_then_settles_its_real_cost(pool: Any, make_key: 
     assert balance(pool, key.user_id) == 100 - PRESETS["low"].min_credits
     job = finish(pool, job_id, "completed")
     cost = jobs.job_cost("low", job["duration_ms"])
-    assert cost == Decimal("1.00")  # 10 s at 0.1 credits/s
+    # 10 s at 0.1 credits/s, plus the test's own time between its UPDATE and finish_job
+    assert Decimal("1.00") <= cost <= Decimal("1.05")
     assert job["credits_cost"] == cost
     assert ledger(pool, key.user_id, job_id) == [
         ("reserve", Decimal(-1)),
@@ -354,15 +355,35 @@ def test_idempotent_replay_returns_the_same_job_and_charges_once(
     other = client.post("/api/v2/render", headers=headers, json=body())
     assert other.status_code == 409 and other.get_json()["error"] == "conflict"
     assert balance(pool, key.user_id) == 9
-    # Another key may use the same Idempotency-Key independently
-    second_key = make_key(credits=10)
+    # Another key of the same user replays the same job (Kodisc scopes everything per user)
+    staging = make_key(credits=0, user_id=key.user_id)
+    replay = client.post(
+        "/api/v2/render",
+        headers={**staging.headers, "Idempotency-Key": headers["Idempotency-Key"]},
+        json=payload,
+    )
+    assert replay.status_code == 202 and replay.get_json()["jobId"] == first.get_json()["jobId"]
+    conflict = client.post(
+        "/api/v2/render",
+        headers={**staging.headers, "Idempotency-Key": headers["Idempotency-Key"]},
+        json=body(),
+    )
+    assert conflict.status_code == 409
+    assert balance(pool, key.user_id) == 9
+    assert sum(1 for s in publisher.sent if s[:2] == ("step", first.get_json()["jobId"])) == 1
+    # Another user's identical Idempotency-Key is independent
+    stranger = make_key(credits=10)
     response = client.post(
         "/api/v2/render",
-        headers={**second_key.headers, "Idempotency-Key": headers["Idempotency-Key"]},
+        headers={**stranger.headers, "Idempotency-Key": headers["Idempotency-Key"]},
         json=payload,
     )
     assert response.status_code == 202
     assert response.get_json()["jobId"] != first.get_json()["jobId"]
+    assert balance(pool, stranger.user_id) == 9 and balance(pool, key.user_id) == 9
+    with pool.connection() as conn:
+        theirs = jobs.get_job(conn, response.get_json()["jobId"], stranger.user_id)
+    assert theirs["user_id"] == stranger.user_id
 
 
 def test_openapi_documents_the_limits(client: Any) -> None:
@@ -519,6 +540,59 @@ def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> N
                     Decimal(7), Decimal(0)
                 )
             assert keys.get_key(conn, "key_00000000000000b2").user_id == "usr_00000000000000b2"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_migration_scopes_idempotency_keys_to_the_user(settings: Settings) -> None:
+    # Given a database before 0012 where two keys of one user used the same Idempotency-Key
+    # (the second later), and a stranger used it too
+    import psycopg
+
+    name = f"farm_test_{SLOT + 100}_idem_{unique()}"
+    admin = psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres")
+    url = psycopg.conninfo.make_conninfo(settings.database_url, dbname=name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations (number integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for number, file, sql in db.migrations():
+                if number < 12:
+                    conn.execute(sql.encode())
+                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (number, file))
+            conn.execute("INSERT INTO users (id, name) VALUES ('usr_a', 'a'), ('usr_b', 'b')")
+            for key_id, user_id in (("key_a1", "usr_a"), ("key_a2", "usr_a"), ("key_b", "usr_b")):
+                conn.execute(
+                    "INSERT INTO api_keys (id, name, prefix, key_hash, webhook_secret, user_id)"
+                    " VALUES (%s, 'k', 'farm_live_x', %s, 's', %s)",
+                    (key_id, key_id.encode(), user_id),
+                )
+                conn.execute(
+                    "INSERT INTO jobs (id, key_id, user_id, code, class_name, quality,"
+                    " aspect_ratio, fps, width, height, cache_key)"
+                    " VALUES (%s, %s, %s, 'x', 'A', 'low', '16:9', 15, 854, 480, 'c')",
+                    ("job_" + key_id, key_id, user_id),
+                )
+            for key_id, age in (("key_a1", 60), ("key_a2", 10), ("key_b", 90)):
+                conn.execute(
+                    "INSERT INTO idempotency_keys (key_id, idempotency_key, body_hash, job_id,"
+                    " created_at) VALUES (%s, 'order-1', 'h', %s,"
+                    " now() - make_interval(secs => %s))",
+                    (key_id, "job_" + key_id, age),
+                )
+        # When 0012 runs
+        assert "0012_idempotency_per_user.sql" in db.migrate(url)
+        # Then the user holds the newest use of the Idempotency-Key; the stranger keeps theirs
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT user_id, key_id, job_id FROM idempotency_keys ORDER BY user_id"
+            ).fetchall()
+        assert rows == [("usr_a", "key_a2", "job_key_a2"), ("usr_b", "key_b", "job_key_b")]
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

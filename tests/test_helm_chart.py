@@ -918,6 +918,12 @@ def test_gpu_pool_shares_the_node_user_namespace_and_uses_the_gpu_runtime(
     assert "procMount" not in container(pools["render-fourk"])["securityContext"]
     for pool in ("render-low", "render-twok"):
         assert pools[pool]["spec"]["template"]["spec"]["hostUsers"] is False
+    # Without an Unmasked /proc, bwrap cannot mount a fresh procfs: that pool's jails run
+    # without one (FARM_JAIL_PROC=none); pools with their own user namespace keep a fresh one.
+    env = {e["name"]: e.get("value") for e in container(pools["render-fourk"]).get("env", [])}
+    assert env.get("FARM_JAIL_PROC") == "none"
+    low_env = {e["name"] for e in container(pools["render-low"]).get("env", [])}
+    assert "FARM_JAIL_PROC" not in low_env
     # The GPU runtime is not a sandbox setting: a GPU pool without the sandbox still needs it.
     bare = workers(
         render(chart, merge(EXTERNAL, {"workers": {"render-fourk": {"sandbox": False}}}))

@@ -18,13 +18,15 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import hypothesis
 import pytest
 import requests
 import schemathesis
 
-from farm import keys, users
+from farm import jobs, keys, users
+from farm.captions import EMPTY_CAPTIONS_KEY
 from tests.conftest import SLOT, Key, Process, unique
 from tests.test_webhooks import Receiver, receiver  # noqa: F401  (the HTTPS receiver fixture)
 
@@ -227,6 +229,10 @@ def test_queued_running_completed_and_signed_webhooks(
     captions = requests.get(done["result"]["captions"], timeout=30)
     assert captions.status_code == 200 and captions.text.startswith("WEBVTT")
     assert "-->" not in captions.text
+    # And it is the job's own captions.vtt (Kodisc links one per job), not a shared file
+    own = urlsplit(done["result"]["captions"]).path
+    assert f"/jobs/{hello}/" in own and own.endswith("/captions.vtt")
+    assert urlsplit(client.job(slow).json()["result"]["captions"]).path != own
     # And each job's terminal event arrived once, signed as Kodisc documents
     hits = receiver.wait_hits(path, 2)
     by_job = {}
@@ -252,6 +258,27 @@ def test_queued_running_completed_and_signed_webhooks(
     assert by_job[slow]["metadata"] == {"projectId": "proj_42"}
     time.sleep(1)
     assert len(receiver.hits(path)) == 2  # exactly once per terminal transition
+
+
+def test_a_job_completed_before_per_job_captions_links_the_shared_empty_file(
+    base_url: str, pool: Any, make_key: Any
+) -> None:
+    # Given a job that completed before every stitch wrote captions (captions_key NULL)
+    key = make_key()
+    with pool.connection() as conn:
+        request = jobs.JobRequest(code=HELLO.format(tag=unique()), class_name="HelloKodisc")
+        job_id = jobs.submit_job(conn, key.id, request, manim_version="old").job_id
+        conn.execute(
+            "UPDATE jobs SET video_key = 'old/video.mp4', thumbnail_key = 'old/thumb.jpg',"
+            " started_at = now() WHERE id = %s",
+            (job_id,),
+        )
+        assert jobs.finish_job(conn, job_id, "completed")
+    # Then its result still links a cue-less WebVTT file: the shared one
+    doc = KodiscClient(base_url, key.key).job(job_id).json()
+    assert urlsplit(doc["result"]["captions"]).path.endswith("/" + EMPTY_CAPTIONS_KEY)
+    captions = requests.get(doc["result"]["captions"], timeout=30)
+    assert captions.status_code == 200 and captions.text == "WEBVTT\n"
 
 
 def test_failed_job_and_its_webhook(

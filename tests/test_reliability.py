@@ -155,3 +155,132 @@ def test_stitch_worker_dies_holding_the_message(
         stitcher.kill()
         if worker.proc is None or worker.proc.poll() is not None:
             worker.start()
+
+
+def test_a_lost_attempt_leaves_no_trace_and_is_not_billed(pool: Any, make_key: Any) -> None:
+    """A zombie chunk attempt (its worker stalled past its lease) records nothing, and the
+    job is billed for the time its owning attempts ran, not for the stall."""
+    from farm import jobs
+    from farm.planner import ChunkPlan
+
+    key = make_key(credits=100)
+    with pool.connection() as conn:
+        request = jobs.JobRequest(code=uncached(QUICK), class_name="Quick", quality="low")
+        job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
+        plan = jobs.claim_step(conn, job_id, "plan", 0, lease_seconds=30)
+        assert plan is not None
+        assert jobs.record_plan(conn, plan, [ChunkPlan(0, 2, 0.8)], [12], "plan.log") == [0]
+        zombie = jobs.claim_step(conn, job_id, "chunk", 0, lease_seconds=30)
+        assert zombie is not None
+        # The worker stalls; its lease runs out; the reaper gives the chunk to attempt 2
+        conn.execute(
+            "UPDATE steps SET lease_until = now() - interval '1 second' WHERE job_id = %s"
+            " AND kind = 'chunk'",
+            (job_id,),
+        )
+        reaped = jobs.reap(conn, max_attempts=3, requeue_after_seconds=30)
+        assert [(r.job_id, r.kind) for r in reaped.requeue] == [(job_id, "chunk")]
+        owner = jobs.claim_step(conn, job_id, "chunk", 0, lease_seconds=30)
+        assert owner is not None and owner.attempt == 2
+        # The zombie wakes up and tries to record: nothing of it is kept
+        assert jobs.record_chunk(conn, zombie, "z.mp4", None, 12, "z.log") is None
+        assert jobs.record_chunk(conn, owner, "o.mp4", None, 12, "o.log") is True
+        row = conn.execute(
+            "SELECT output_key, log_key FROM steps WHERE job_id = %s AND kind = 'chunk'",
+            (job_id,),
+        ).fetchone()
+        assert (row["output_key"], row["log_key"]) == ("o.mp4", "o.log")
+        # Time on the job's clock: plan 0-2 s, the lost attempt 2-42 s, the owner 42-47 s;
+        # the job ends at 48 s
+        conn.execute(
+            "UPDATE jobs SET started_at = now() - interval '48 seconds' WHERE id = %s", (job_id,)
+        )
+        for kind, start, end in (("plan", 48, 46), ("chunk", 6, 1)):
+            conn.execute(
+                "UPDATE steps SET started_at = now() - make_interval(secs => %s),"
+                " finished_at = now() - make_interval(secs => %s) WHERE job_id = %s AND kind = %s",
+                (start, end, job_id, kind),
+            )
+        assert jobs.finish_job(conn, job_id, "completed")
+        job = jobs.get_job(conn, job_id)
+    # Billed: plan 2 s + owning chunk 5 s, not the 48 s the job took
+    assert job["duration_ms"] >= 48_000
+    assert 6_900 <= job["billed_ms"] <= 7_500
+    assert job["credits_cost"] == jobs.job_cost("low", job["billed_ms"])
+
+
+def test_every_terminal_path_counts_the_job(client: Any, make_key: Any, pool: Any) -> None:
+    """API cancels and cache hits reach the job-end metrics too (farm.endings.job_ended)."""
+    from prometheus_client import REGISTRY
+
+    from farm import jobs
+
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"quality": "low", **labels}) or 0.0
+
+    key = make_key()
+    code = uncached(QUICK)
+    canceled_before = count("farm_jobs_failed_total", kind="canceled")
+    first = submit(client, key, code, "Quick")
+    response = client.delete(f"/api/v2/render/{first}", headers=key.headers)
+    assert response.get_json()["error"] == "canceled"
+    assert count("farm_jobs_failed_total", kind="canceled") == canceled_before + 1
+    # A completed identical job of the same owner: the next submit is a cache hit
+    second = submit(client, key, code, "Quick")
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE jobs SET video_key = 'v', thumbnail_key = 't' WHERE id = %s", (second,)
+        )
+        assert jobs.finish_job(conn, second, "completed")
+    completed_before = count("farm_jobs_completed_total")
+    third = client.post(
+        "/api/v2/render",
+        headers=key.headers,
+        json={"code": code, "className": "Quick", "quality": "low"},
+    ).get_json()
+    assert third["status"] == "completed"
+    assert count("farm_jobs_completed_total") == completed_before + 1
+
+
+def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
+    settings: Any, make_key: Any, pool: Any
+) -> None:
+    """The lifecycle heartbeats every step (the stitch included) while its body runs, so the
+    reaper never hands a slow step to a second worker; an exception is classified and the
+    step given back."""
+    from farm import jobs
+    from farm.services import build_services
+    from tests.support import RecordingPublisher
+    from workers import lifecycle, outcomes
+    from workers.jail.pool import JailPool
+    from workers.runtime import Runtime
+
+    key = make_key()
+    with pool.connection() as conn:
+        request = jobs.JobRequest(code=uncached(QUICK), class_name="Quick", quality="low")
+        job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
+    publisher = RecordingPublisher()
+    rt = Runtime(build_services(settings, publisher, pool_size=2), JailPool(settings))
+    reaped: list[Any] = []
+
+    def slow_body(step: lifecycle.Step) -> outcomes.Outcome:
+        # Twice the lease, reaping all along: the heartbeat keeps the step this attempt's
+        deadline = time.monotonic() + 2 * settings.lease_seconds
+        while time.monotonic() < deadline:
+            with pool.connection() as conn:
+                reaped.extend(jobs.reap(conn, max_attempts=3, requeue_after_seconds=300).requeue)
+            time.sleep(0.5)
+        assert step.keep_going()
+        raise OSError("the object store went away")
+
+    try:
+        lifecycle.run_step(rt, "plan", job_id, 0, slow_body)
+    finally:
+        rt.services.close()
+    assert not [r for r in reaped if r.job_id == job_id]
+    steps = _steps(pool, job_id)
+    assert (steps[0]["status"], steps[0]["attempt"]) == ("pending", 1)  # released for a retry
+    assert ("step", job_id, "plan", 0, "low") in publisher.sent
+    with pool.connection() as conn:
+        job = jobs.get_job(conn, job_id)
+    assert job["status"] == "running" and job["error"] is None

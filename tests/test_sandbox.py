@@ -207,7 +207,7 @@ with open('{where.rstrip("/")}/big.bin', 'wb') as f:
         assert "Read-only file system" in error
     else:
         assert "disk limit (256 MB, /tmp and /dev/shm included, 32 MB each)" in error
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60  # well under the 600 s wall clock
 
 
 def test_filling_the_scratch_disk_is_stopped(render: Any) -> None:
@@ -234,9 +234,9 @@ def test_sleep_forever_times_out(render: Any) -> None:
 
 
 def test_reading_stdin_gets_end_of_file_at_once(render: Any) -> None:
-    started = time.monotonic()
-    ran = render("print('stdin said', repr(sys.stdin.read()))", wall=10)
-    assert ran.run.stopped is None and time.monotonic() - started < 10
+    # Blocking on stdin would run into the wall clock; the jail's stdin is closed at once.
+    ran = render("print('stdin said', repr(sys.stdin.read()))", wall=60)
+    assert ran.run.stopped is None
     assert "stdin said ''" in ran.run.log
 
 
@@ -260,7 +260,7 @@ for i in range(10**6):
 
 
 def test_printing_forever_is_capped(render: Any) -> None:
-    ran = render("while True:\n    print('spam' * 1000)", wall=4)
+    ran = render("while True:\n    print('spam' * 1000)", wall=15)
     assert ran.run.stopped == "timeout"
     assert len(ran.run.log) <= 64 * 1024 + 200
     assert "[log truncated:" in ran.run.log
@@ -383,7 +383,9 @@ def test_a_jail_that_cannot_start_is_the_platforms_fault(
 
     binds = bwrap._binds
     # A bind whose source is missing: bwrap refuses to set the jail up.
-    monkeypatch.setattr(bwrap, "_binds", lambda gpu: [*binds(gpu), "--ro-bind", "/nope", "/x"])
+    monkeypatch.setattr(
+        bwrap, "_binds", lambda gpu, proc: [*binds(gpu, proc), "--ro-bind", "/nope", "/x"]
+    )
     with Jail(SETTINGS, pool.limits) as jail:
         run = jail.run("render", _spec("pass"))
         assert not run.started
@@ -553,7 +555,7 @@ def test_a_playlist_or_text_posing_as_a_chunk_is_refused(tmp_path: Path, kind: s
     with pytest.raises(media.MediaError) as info:
         _check(fake)
     assert str(info.value) == "the chunk video is not a plain MP4 video"
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 30  # a manifest once made ffprobe spin for 101 s
 
 
 def test_truncated_wrong_size_and_wrong_fps_chunks_are_refused(
@@ -623,3 +625,59 @@ def test_limits_follow_the_settings() -> None:
     assert limits.memory_bytes == 512 * 2**20 and limits.processes == 48
     assert limits.tmpfs_bytes == 32 * 2**20 and limits.scratch_bytes == 192 * 2**20
     assert not Limits.from_settings(SETTINGS, renderer="opengl").address_space
+
+
+def test_gpu_jails_bind_every_gpu_device_and_can_run_without_a_procfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.jail import bwrap
+
+    # A pod given GPUs 0 and 3 (MIG capabilities, UVM, render node): all of them are bound.
+    dev = tmp_path / "dev"
+    for name in ("nvidia0", "nvidia3", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
+        (dev / name).parent.mkdir(exist_ok=True)
+        (dev / name).touch()
+    (dev / "nvidia-caps").mkdir()
+    patterns = tuple(p.replace("/dev/", f"{dev}/") for p in bwrap.GPU_DEVICE_PATTERNS)
+    monkeypatch.setattr(bwrap, "GPU_DEVICE_PATTERNS", patterns)
+    expected = {str(dev / n) for n in ("nvidia0", "nvidia3", "nvidiactl", "nvidia-uvm")}
+    expected |= {str(dev / "nvidia-uvm-tools"), str(dev / "nvidia-caps")}
+    assert set(bwrap.gpu_devices()) == expected
+    limits = Limits.from_settings(SETTINGS)
+    fresh = bwrap.command("runner", "serve", tmp_path, limits, jailed=True, gpu=True)
+    assert fresh[fresh.index("--proc") + 1] == "/proc"
+    bare = bwrap.command("runner", "serve", tmp_path, limits, jailed=True, gpu=True, proc="none")
+    assert "--proc" not in bare
+    assert bare[bare.index("--dir") + 1] == "/proc"
+    assert bare[bare.index("--ro-bind-try") : bare.index("--ro-bind-try") + 3] == [
+        "--ro-bind-try",
+        "/proc/driver/nvidia",
+        "/proc/driver/nvidia",
+    ]
+    # Every device node the host (pod) has, not only /dev/nvidia0
+    binds = {fresh[i + 1] for i, word in enumerate(fresh) if word == "--dev-bind-try"}
+    assert binds == expected
+    media_jail = bwrap.command("media", "probe", tmp_path, limits, jailed=True, gpu=False)
+    assert "--dev-bind-try" not in media_jail
+
+
+def test_a_jail_without_procfs_still_renders(pool: JailPool) -> None:
+    settings = SETTINGS.with_(jail_proc="none")
+    with Jail(settings, pool.limits, warm=True) as jail:
+        run = jail.run("render", _spec("print('proc', sorted(os.listdir('/proc')))"))
+    assert run.ok, run.log
+    assert "proc []" in run.log
+
+
+def test_opengl_jails_have_no_address_space_limit(pool: JailPool) -> None:
+    # EGL reserves address space in bulk: memory is held by the cgroup (or the pod's), not by
+    # RLIMIT_AS, for OpenGL renders.
+    limits = Limits.from_settings(SETTINGS, renderer="opengl")
+    assert not limits.address_space
+    with Jail(SETTINGS, limits, warm=True) as jail:
+        run = jail.run(
+            "render",
+            _spec("print([l for l in open('/proc/self/limits') if 'address space' in l])"),
+        )
+    assert run.ok, run.log
+    assert "Max address space         unlimited" in run.log

@@ -13,13 +13,14 @@ import time
 
 import redis
 
-from farm import dispatch, endings, jobs, metrics, webhooks
+from farm import dispatch, endings, jobs, metrics, objects, webhooks
 from farm.config import Settings
 from farm.db import Pool
 from farm.logs import log_context
 from farm.presets import QUALITIES
 from farm.services import Publisher as FarmPublisher
 from farm.services import build_services
+from farm.storage import Storage
 from workers.celery_app import app, configure
 from workers.publish import Publisher
 from workers.routing import ALL_QUEUES
@@ -40,7 +41,13 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: FarmPublisher) -> int:
+def run_once(
+    settings: Settings,
+    pool: Pool,
+    client: redis.Redis,
+    publisher: FarmPublisher,
+    storage: Storage | None = None,
+) -> int:
     with pool.connection() as conn:
         reaped = jobs.reap(
             conn,
@@ -53,6 +60,8 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Far
     for job_id in reaped.ended:  # gave up (attempts spent): the end's metrics and webhook
         with pool.connection() as conn:
             endings.job_ended(conn, job_id, lambda j: publisher.webhook(j, 1))
+        if storage is not None:  # a failed job keeps no chunk objects
+            storage.delete_prefix(objects.chunks_prefix(job_id))
     for job_id, attempt in due:
         publisher.webhook(job_id, attempt)
     for item in reaped.requeue:
@@ -83,7 +92,7 @@ def run_forever(settings: Settings) -> None:
     ).start()
     while True:
         try:
-            run_once(settings, pool, client, publisher)
+            run_once(settings, pool, client, publisher, services.storage)
         except Exception:  # Redis or PostgreSQL away for a moment: try again next round
             log.exception("scheduler round failed")
         time.sleep(settings.reaper_interval_seconds)

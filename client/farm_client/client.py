@@ -216,11 +216,13 @@ class Progress:
 
 
 def _opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) else None
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _opt_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _opt_str(value: Any) -> str | None:
@@ -311,13 +313,79 @@ class Logs:
 
 
 @dataclass(frozen=True)
+class Credits:
+    """The user's balance: ``paid`` (granted, kept until spent) plus ``free`` (this month's
+    allowance, spent first) make ``total``. A server that sends one number fills ``total``."""
+
+    paid: float | None
+    free: float | None
+    total: float | None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Credits | None:
+        if isinstance(value, Mapping):
+            return cls(
+                _opt_float(value.get("paid")),
+                _opt_float(value.get("free")),
+                _opt_float(value.get("total")),
+            )
+        total = _opt_float(value)
+        return None if total is None else cls(None, None, total)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Farm extension (``/me.limits``): the user's request rate and concurrency. Jobs beyond
+    ``max_active_jobs`` wait queued (``held_jobs``); none is refused."""
+
+    requests_per_second: float | None = None
+    request_burst: int | None = None
+    max_active_jobs: int | None = None
+    active_jobs: int | None = None
+    held_jobs: int | None = None
+    free_allowance: float | None = None
+
+    @classmethod
+    def from_json(cls, value: Any) -> Limits | None:
+        if not isinstance(value, Mapping):
+            return None
+        return cls(
+            requests_per_second=_opt_float(value.get("requestsPerSecond")),
+            request_burst=_opt_int(value.get("requestBurst")),
+            max_active_jobs=_opt_int(value.get("maxActiveJobs")),
+            active_jobs=_opt_int(value.get("activeJobs")),
+            held_jobs=_opt_int(value.get("heldJobs")),
+            free_allowance=_opt_float(value.get("freeAllowance")),
+        )
+
+
+@dataclass(frozen=True)
 class Account:
+    """``GET /api/v2/me``: Kodisc's ``user_id``, ``key_id``, ``key_prefix`` and ``credits``;
+    the farm's ``name`` (of the key), ``created_at`` (of the key) and ``limits``. Anything the
+    server does not send is ``None``."""
+
+    user_id: str | None
     key_id: str | None
     key_prefix: str | None
-    name: str | None
-    credits: float | None
-    created_at: str | None
+    credits: Credits | None
+    name: str | None = None
+    created_at: str | None = None
+    limits: Limits | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Account:
+        return cls(
+            user_id=_opt_str(doc.get("userId")),
+            key_id=_opt_str(doc.get("keyId")),
+            key_prefix=_opt_str(doc.get("keyPrefix")),
+            credits=Credits.from_json(doc.get("credits")),
+            name=_opt_str(doc.get("name")),
+            created_at=_opt_str(doc.get("createdAt")),
+            limits=Limits.from_json(doc.get("limits")),
+            raw=dict(doc),
+        )
 
 
 @dataclass(frozen=True)
@@ -482,17 +550,8 @@ class Client:
             cursor = page.next_cursor
 
     def me(self) -> Account:
-        doc = self._request("GET", "/api/v2/me")
-        credits = doc.get("credits")
-        total = credits.get("total") if isinstance(credits, Mapping) else credits
-        return Account(
-            _opt_str(doc.get("keyId")),
-            _opt_str(doc.get("keyPrefix")),
-            _opt_str(doc.get("name")),
-            _opt_float(total),
-            _opt_str(doc.get("createdAt")),
-            dict(doc),
-        )
+        """The key's user, the key, the user's credits (paid, free, total) and limits."""
+        return Account.from_dict(self._request("GET", "/api/v2/me"))
 
     def wait(
         self,

@@ -69,7 +69,17 @@ def environment() -> dict[str, str]:
     }
 
 
-def _binds(gpu: bool) -> list[str]:
+def _proc(mode: str, gpu: bool) -> list[str]:
+    """A fresh procfs, or (``none``) an empty /proc with only NVIDIA's driver info bound."""
+    if mode == "fresh":
+        return ["--proc", "/proc"]
+    args = ["--dir", "/proc"]
+    if gpu:
+        args += ["--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+    return args
+
+
+def _binds(gpu: bool, proc: str = "fresh") -> list[str]:
     args: list[str] = []
     ro = [
         "/usr",
@@ -94,7 +104,7 @@ def _binds(gpu: bool) -> list[str]:
         elif os.path.isdir(f"/{name}"):
             args += ["--ro-bind", f"/{name}", f"/{name}"]
     args += ["--ro-bind", str(PROGRAM_DIR), f"{RUNNER_ROOT}/{PROGRAM_PACKAGE.replace('.', '/')}"]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += [*_proc(proc, gpu), "--dev", "/dev"]
     if gpu:
         for device in gpu_devices():
             args += ["--dev-bind-try", device, device]
@@ -124,6 +134,7 @@ def command(
     jailed: bool,
     gpu: bool,
     assets: Path | None = None,
+    proc: str = "fresh",
 ) -> list[str]:
     """The argv that runs ``program`` for ``scratch``: in bwrap, or bare when ``jailed`` is off."""
     if not jailed:
@@ -141,7 +152,7 @@ def command(
         "--disable-userns",
         "--cap-drop",
         "ALL",
-        *_binds(gpu),
+        *_binds(gpu, proc),
         *(["--ro-bind", str(assets), ASSETS_ROOT] if assets is not None else []),
         "--size",
         tmpfs,

@@ -164,6 +164,7 @@ class Jail:
             jailed=self.jailed,
             gpu=self.gpu,
             assets=self.assets if self.program == "runner" else None,
+            proc=self.settings.jail_proc,
         )
         env: dict[str, str] = {}
         cwd = None

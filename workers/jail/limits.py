@@ -60,7 +60,8 @@ class Limits:
             memory_bytes=max(1024 * MB, s.chunk_memory_mb * MB // 2),
             processes=32,
             file_bytes=video + MB,
-            disk_bytes=2 * video + 64 * MB,
+            # The inputs and the joined video in the scratch, plus the two tmpfs mounts.
+            disk_bytes=2 * video + 576 * MB,
             files=10_000,
             open_files=256,
             log_bytes=16 * 1024,

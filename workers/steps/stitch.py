@@ -64,11 +64,10 @@ def stitch(step: Step) -> Outcome:
         written.append(video_key)
         rt.storage.put_file(thumb_key, str(thumb), "image/jpeg")
         written.append(thumb_key)
-        captions_key = None
-        if cues:
-            captions_key = objects.result_captions(claim.job_id, claim.attempt)
-            rt.storage.put_bytes(captions_key, to_webvtt(cues).encode(), "text/vtt; charset=utf-8")
-            written.append(captions_key)
+        # Every job gets its own captions.vtt, cue-less when the scene has no subcaptions.
+        captions_key = objects.result_captions(claim.job_id, claim.attempt)
+        rt.storage.put_bytes(captions_key, to_webvtt(cues).encode(), "text/vtt; charset=utf-8")
+        written.append(captions_key)
         log_key = objects.result_log(claim.job_id, claim.attempt)
         rt.storage.put_bytes(log_key, "".join(logs).encode(), "text/plain; charset=utf-8")
         written.append(log_key)

@@ -361,6 +361,11 @@ checksum/secret: {{ include "farm.secretData" . | sha256sum }}
 {{- if ne $sb.mode $root.Values.workerSandbox.mode -}}
 {{- $env = append $env (dict "name" "FARM_SANDBOX" "value" $sb.mode) -}}
 {{- end -}}
+{{- if and $bwrap (ne ($sb.procMount | default "") "Unmasked") -}}
+{{- /* A masked /proc (GPU pools share the node's user namespace) cannot be mounted again: the
+     jail then runs without a procfs (workers/jail/bwrap.py, FARM_JAIL_PROC). */ -}}
+{{- $env = append $env (dict "name" "FARM_JAIL_PROC" "value" "none") -}}
+{{- end -}}
 {{- if $rendersScenes -}}
 {{- if ne (int $slotMem) (int $c.chunkMemoryMb) -}}
 {{- $env = append $env (dict "name" "FARM_CHUNK_MEMORY_MB" "value" (toString $slotMem)) -}}

@@ -9,12 +9,18 @@ The jail has no network. ``install(assets_dir, misses_file)`` makes ``requests``
 failure would); the worker then fetches the recorded URLs under the operator's policy and runs
 the scene again.
 
+In the plan's discovery pass (``placeholders=True``) a miss is recorded and answered with a
+small grey placeholder instead (an SVG when the URL's path ends in ``.svg``, else a PNG), so the
+scene runs on and every URL it asks for is found in one pass, not one pass per URL; the worker
+plans again with the real assets before anything is drawn. Chunks never get placeholders.
+
 This module is part of the jail's program: it imports only the standard library (``requests``
 is patched only if the scene's environment has it), never the farm.
 """
 
 from __future__ import annotations
 
+import base64
 import email.message
 import hashlib
 import io
@@ -23,6 +29,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import urllib.response
 from typing import Any
@@ -32,6 +39,15 @@ MISSES_FILE = "assets-missing.txt"  # in the jail's scratch; farm.assets.MISSES_
 _MAX_RECORDED = 1000
 
 _state: dict[str, Any] = {}
+
+# Discovery-pass stand-ins: a 2x2 grey PNG, and an SVG with one grey square.
+_PLACEHOLDER_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAFElEQVR42mNsaGj4z8DAwMDEAAUAJigCg249sA4AAAAASUVORK5CYII="
+)
+_PLACEHOLDER_SVG = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+    b'<rect width="10" height="10" fill="#808080"/></svg>'
+)
 
 __all__ = ["ASSETS_DIR", "MISSES_FILE", "AssetNotFetched", "install", "lookup"]
 
@@ -64,6 +80,10 @@ def lookup(url: str) -> tuple[bytes, str]:
     except (OSError, ValueError):
         pass
     _record(url)
+    if _state.get("placeholders"):
+        if urllib.parse.urlsplit(url).path.lower().endswith(".svg"):
+            return _PLACEHOLDER_SVG, "image/svg+xml"
+        return _PLACEHOLDER_PNG, "image/png"
     raise _state.get("requests_error", AssetNotFetched)(url)
 
 
@@ -195,9 +215,13 @@ def _patch_read_only_svgs() -> None:
     SVGMobject.generate_mobject = generate_mobject  # type: ignore[method-assign]
 
 
-def install(assets_dir: str = ASSETS_DIR, misses_file: str | None = MISSES_FILE) -> None:
-    """Answer the scene's web requests from ``assets_dir``; record misses in ``misses_file``."""
+def install(
+    assets_dir: str = ASSETS_DIR, misses_file: str | None = MISSES_FILE, placeholders: bool = False
+) -> None:
+    """Answer the scene's web requests from ``assets_dir``; record misses in ``misses_file``
+    (and, with ``placeholders``, answer them with a stand-in rather than an error)."""
     _state["dir"] = assets_dir
+    _state["placeholders"] = placeholders
     _state["misses"] = os.path.abspath(misses_file) if misses_file else None
     if not _state.get("installed"):
         _state["installed"] = True

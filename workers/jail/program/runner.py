@@ -148,7 +148,9 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
 
     manim_patch.apply_exact_skipping()
     if spec.assets_dir is not None:
-        assets_shim.install(spec.assets_dir, spec.assets_missing)
+        # Plan: stand-ins for missing URLs, so one pass finds them all (the worker fetches them
+        # and plans again); a chunk that asks for one the plan did not fails instead.
+        assets_shim.install(spec.assets_dir, spec.assets_missing, placeholders=plan)
     out_dir = Path(spec.out_dir).resolve()
     with tempconfig({}), _user_source_registered(spec.code):
         _configure(spec, out_dir, plan=plan)
