@@ -225,7 +225,8 @@ def test_a_scene_error_is_charged_end_to_end(
     job = wait_for(client, key, response.get_json()["jobId"])
     assert job["status"] == "failed" and "broken on purpose" in job["error"]
     cost = Decimal(str(job["creditsCost"]))
-    assert cost == jobs.job_cost("low", job["durationMs"])
+    # Charged for the time its attempt ran: more than nothing, never more than the wall time
+    assert Decimal(0) < cost <= jobs.job_cost("low", job["durationMs"])
     assert balance(pool, key.user_id) == Decimal(50) - cost
     assert [k for k, _ in ledger(pool, key.user_id, job["jobId"])][:2] == ["reserve", "refund"]
 

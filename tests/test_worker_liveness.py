@@ -102,7 +102,10 @@ def test_the_farm_worker_beats_from_its_consumer(
 ) -> None:
     # Given `farm worker` as the chart runs it, told where to beat
     beat = tmp_path / "alive"
-    env = {**farm_env, liveness.FILE_ENV: str(beat)}
+    # Its own metrics port: the session's worker, when another test started it, holds the
+    # suite's.
+    port = int(farm_env["FARM_WORKER_METRICS_PORT"]) + 5
+    env = {**farm_env, liveness.FILE_ENV: str(beat), "FARM_WORKER_METRICS_PORT": str(port)}
     worker = Process(
         ["worker", "--queues", "webhooks", "--concurrency", "1"], env, tmp_path / "worker.log"
     ).start()
