@@ -5,7 +5,6 @@ Kodisc-compatibility cases use a tiny scripted HTTP server instead."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import signal
