@@ -16,6 +16,15 @@ Subcaptions are assigned to the animation they were added during (or, for
 ``add_subcaption`` between plays, to the preceding animation; before the first
 play, to animation 0); a range's ``.srt`` holds exactly its own, with absolute
 scene times, so merging chunk ``.srt`` files reproduces the full render's.
+
+Sounds are assigned the same way and never enter a range's video: each
+``add_sound`` that plain manim would keep (it drops those made while the scene's own
+section skips) is decoded exactly as manim decodes it (gain applied), written under
+``sounds/`` with a name the runner picks, and listed with its absolute scene time, so
+the stitch can build the whole scene's one audio track (``workers.audio_mix``).
+
+Plays the scene itself skips (``next_section(skip_animations=True)``) render no frames,
+in a plan as in a render: their planned duration is 0.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import traceback
 import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +49,11 @@ USER_MODULE = "scene"
 USER_FILENAME = "scene.py"
 # manim modules whose failures are the farm's (encoding, writing files), not the scene's.
 _ENCODING_FILES = frozenset({"scene_file_writer.py", "video_segment_encoder.py"})
-# Random seed given to every scene, so chunks rendered in different processes agree.
+# Default random seed of every scene, so chunks rendered in different processes agree
+# (plain manim seeds nothing; the farm matches `manim --seed 0`). A job may choose another.
 SCENE_SEED = 0
+# Sound files a range hands back, under its out_dir.
+SOUNDS_DIR = "sounds"
 
 __all__ = [
     "RenderOutput",
@@ -68,6 +80,16 @@ class RenderSpec:
     upto_animation: int | None = None
     renderer: str = "cairo"
     max_inflight_encoders: int | None = None
+    seed: int = SCENE_SEED
+
+
+@dataclass(frozen=True)
+class Sound:
+    """One ``add_sound`` of the scene: a decoded WAV (gain applied) and where it plays."""
+
+    file: str  # relative to out_dir
+    time: float  # absolute scene time, seconds
+    gain_to_background: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,7 @@ class RenderOutput:
     srt: str | None
     frames: int
     animations: int
+    sounds: list[Sound] = field(default_factory=list)
 
 
 class SceneError(Exception):
@@ -90,8 +113,13 @@ def plan_scene(spec: RenderSpec) -> list[float]:
     A duration is the animation's length in the rendered video: whole frames / fps
     (a run time that is not a whole number of frames rounds up, as manim renders it).
     """
-    frames = _run(spec, plan=True).play_frames
-    return [n / spec.fps for n in frames]
+    run = _run(spec, plan=True)
+    if run.play_frames and all(run.play_scene_skipped):
+        raise SceneError(
+            "Every animation of the scene is in a section with skip_animations=True: "
+            "there is nothing to render"
+        )
+    return [n / spec.fps for n in run.play_frames]
 
 
 def render_scene(spec: RenderSpec) -> RenderOutput:
@@ -106,8 +134,10 @@ def render_scene(spec: RenderSpec) -> RenderOutput:
 class _RunResult:
     play_frames: list[int]
     play_rendered: list[bool]
+    play_scene_skipped: list[bool]
     video: Path | None
     srt: Path | None
+    sounds: list[Sound]
 
     def output(self) -> RenderOutput:
         rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
@@ -116,6 +146,7 @@ class _RunResult:
             srt=str(self.srt) if self.srt else None,
             frames=sum(rendered),
             animations=len(rendered),
+            sounds=self.sounds,
         )
 
 
@@ -186,7 +217,7 @@ def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
     config.write_all = False
     config.save_sections = False
     config.transparent = False
-    config.seed = SCENE_SEED
+    config.seed = spec.seed
     if spec.max_inflight_encoders is not None:
         config.max_inflight_encoders = spec.max_inflight_encoders
     if plan:
@@ -210,7 +241,12 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
     manager_class = _farm_manager_class()
     try:
         scene = scene_class()
-        manager = manager_class(scene, spec.from_animation or 0, spec.upto_animation)
+        manager = manager_class(
+            scene,
+            spec.from_animation or 0,
+            spec.upto_animation,
+            None if plan else Path(spec.out_dir).resolve(),
+        )
         manager.render()
     except (Exception, SystemExit) as exc:
         if isinstance(exc, SceneError):
@@ -219,36 +255,92 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
             raise
         raise SceneError(_user_traceback(exc)) from None
     if plan:
-        return _RunResult(manager.play_frames, manager.play_rendered, None, None)
+        return _RunResult(
+            manager.play_frames, manager.play_rendered, manager.play_scene_skipped, None, None, []
+        )
     file_writer = manager.file_writer
     movie = Path(file_writer.movie_file_path)
     video = movie if movie.is_file() else None
     srt_path = file_writer.output_plan.subcaption_file
     srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
-    return _RunResult(manager.play_frames, manager.play_rendered, video, srt)
+    return _RunResult(
+        manager.play_frames,
+        manager.play_rendered,
+        manager.play_scene_skipped,
+        video,
+        srt,
+        manager.sounds,
+    )
 
 
 def _farm_manager_class() -> type[Any]:
     """Build the Manager subclass lazily, so importing this module does not import manim."""
     from manim.manager import Manager
 
-    from workers.manim_patch import frames_of
+    from workers.manim_patch import frames_of, scene_skips
 
     class FarmManager(Manager[Any]):
-        """Records per-animation frame counts and which animation owns each subcaption."""
+        """Records per-animation frames, and which animation owns each subcaption and sound."""
 
-        def __init__(self, scene: Any, start: int, end: int | None) -> None:
+        def __init__(self, scene: Any, start: int, end: int | None, out_dir: Path | None) -> None:
             super().__init__(scene)
             self.range_start, self.range_end = start, end
+            self.out_dir = out_dir  # None: a plan, which records no sounds
             self.play_frames: list[int] = []
             self.play_rendered: list[bool] = []
+            self.play_scene_skipped: list[bool] = []
             self.subcaption_owners: list[int] = []
+            self.sounds: list[Sound] = []
+
+        def _owns(self, owner: int) -> bool:
+            return self.range_start <= owner and (self.range_end is None or owner < self.range_end)
 
         def play(self, *args: Any, **kwargs: Any) -> None:
             before = frames_of(self.renderer)
             super().play(*args, **kwargs)
             self.play_frames.append(frames_of(self.renderer) - before)
             self.play_rendered.append(not self.renderer.skip_animations)
+            self.play_scene_skipped.append(scene_skips(self.renderer))
+
+        def add_sound(
+            self,
+            sound_file: str,
+            time_offset: float = 0,
+            gain: float | None = None,
+            **kwargs: Any,
+        ) -> None:
+            # Why: plain manim drops a sound while it skips; of the farm's skips only the
+            # scene's own (its section's) are plain manim's, the range's are not.
+            if self.skip_animations and scene_skips(self.renderer):
+                return
+            # Owned like a subcaption; other ranges report the sound, not this one.
+            if self.out_dir is None or not self._owns(max(self.num_plays - 1, 0)):
+                return
+            writer = self.file_writer
+            captured: list[tuple[Any, float | None, float | None]] = []
+
+            def capture(
+                segment: Any, time: float | None = None, gain_to_background: float | None = None
+            ) -> None:
+                if time is not None and time < 0:
+                    raise ValueError("Adding sound at timestamp < 0")
+                captured.append((segment, time, gain_to_background))
+
+            # Why: manim's own add_sound finds, converts and applies the gain exactly as a
+            # plain render does; only the mixing into the track is left for the stitch.
+            writer.add_audio_segment = capture  # type: ignore[method-assign,assignment]
+            try:
+                writer.add_sound(sound_file, self.time + time_offset, gain, **kwargs)
+            finally:
+                del writer.add_audio_segment
+            for segment, time, to_background in captured:
+                relative = f"{SOUNDS_DIR}/{len(self.sounds):04d}.wav"
+                target = self.out_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                segment.export(str(target), format="wav")
+                self.sounds.append(
+                    Sound(relative, float(self.time if time is None else time), to_background)
+                )
 
         def add_subcaption(self, content: str, duration: float = 1, offset: float = 0) -> None:
             super().add_subcaption(content, duration, offset)
@@ -260,14 +352,15 @@ def _farm_manager_class() -> type[Any]:
             if self.num_plays == 0:
                 raise SceneError(
                     "The scene has no animations: construct() called neither "
-                    "self.play() nor self.wait()"
+                    "self.play() nor self.wait(). Plain manim saves such a still scene as "
+                    "a PNG image; the farm renders videos only: end construct() with "
+                    "self.wait() for a one-second video of the final frame"
                 )
-            start, end = self.range_start, self.range_end
             subs = self.file_writer.subcaptions
             self.file_writer.subcaptions = [
                 s
                 for s, owner in zip(subs, self.subcaption_owners, strict=True)
-                if start <= owner and (end is None or owner < end)
+                if self._owns(owner)
             ]
             super().post_construct()
 
