@@ -106,7 +106,7 @@ def mux(video: Path, audio: Path, out: Path) -> None:
 
 
 def with_audio(video: Path, sounds: Sequence[SoundAt], out: Path) -> bool:
-    """Write ``video`` plus the scene's mixed track to ``out``; False (nothing written) if silent."""
+    """Write ``video`` plus the scene's mixed track to ``out``; False (no file) if silent."""
     track = mix(sounds)
     if track is None:
         return False
