@@ -41,7 +41,9 @@ def mix(sounds: Sequence[SoundAt]) -> Any | None:
 
     track = AudioSegment.silent()
     for sound in sounds:
-        track = _add_segment(track, AudioSegment.from_file(str(sound.path)), sound)
+        with sound.path.open("rb") as wav:
+            segment = AudioSegment.from_file(wav, format="wav")
+        track = _add_segment(track, segment, sound)
     # manim adds an empty segment before export "so the sound file length matches the video".
     return _add_segment(track, AudioSegment.silent(0), None)
 
@@ -68,7 +70,7 @@ def encode_aac(track: Any, out: Path) -> Path:
     import av
 
     wav = out.with_suffix(".wav")
-    track.export(str(wav), format="wav", bitrate="312k")
+    track.export(str(wav), format="wav", bitrate="312k").close()
     with av.open(str(wav)) as source, av.open(str(out), "w") as target:
         stream = source.streams.audio[0]
         encoder = target.add_stream("aac")

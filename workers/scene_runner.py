@@ -337,7 +337,7 @@ def _farm_manager_class() -> type[Any]:
                 relative = f"{SOUNDS_DIR}/{len(self.sounds):04d}.wav"
                 target = self.out_dir / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                segment.export(str(target), format="wav")
+                segment.export(str(target), format="wav").close()
                 self.sounds.append(
                     Sound(relative, float(self.time if time is None else time), to_background)
                 )
