@@ -38,20 +38,22 @@ class JobRequest:
     metadata: Any = None
     # None: use the key's default webhook; "" : the client sent null and opted out.
     webhook_url: str | None = None
+    seed: int = 0  # the scene's random seed (manim's config.seed)
 
     def cache_key(self, manim_version: str) -> str:
         """Same code and settings under the same manim: the same video."""
         geometry = geometry_for(self.quality, self.aspect_ratio, self.fps)
-        material = json.dumps(
-            [
-                self.code,
-                self.class_name,
-                self.quality,
-                self.aspect_ratio,
-                geometry.fps,
-                manim_version,
-            ],
-        )
+        parts: list[Any] = [
+            self.code,
+            self.class_name,
+            self.quality,
+            self.aspect_ratio,
+            geometry.fps,
+            manim_version,
+        ]
+        if self.seed:  # seed 0 keeps the keys stored before seeds existed
+            parts.append(self.seed)
+        material = json.dumps(parts)
         return hashlib.sha256(material.encode()).hexdigest()
 
     def body_hash(self) -> str:
@@ -64,6 +66,7 @@ class JobRequest:
                 self.fps,
                 self.metadata,
                 self.webhook_url,
+                self.seed,
             ],
             sort_keys=True,
             default=str,
@@ -142,8 +145,8 @@ def submit_job(
         reserve,
         insert_job=lambda: conn.execute(
             "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps, width,"
-            " height, metadata, webhook_url, cache_key, credits_reserved)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " height, metadata, webhook_url, cache_key, credits_reserved, seed)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 job_id,
                 key_id,
@@ -158,6 +161,7 @@ def submit_job(
                 request.webhook_url,
                 request.cache_key(manim_version),
                 reserve,
+                request.seed,
             ),
         ),
     )

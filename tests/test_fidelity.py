@@ -171,3 +171,196 @@ def test_corpus_is_large_enough_and_well_formed() -> None:
     assert len(CORPUS) >= 40
     names = [corpus_meta(p)[0] for p in CORPUS]
     assert len(set(names)) == len(names)
+
+
+# --- dedicated tests: each failure of issue 12, split at the boundary that broke -------------
+
+
+def corpus_scene(stem: str) -> tuple[str, str, list[int]]:
+    path = CORPUS_DIR / f"{stem}.py"
+    class_name, bounds = corpus_meta(path)
+    return path.read_text(), class_name, bounds
+
+
+def chunk_results(
+    code: str, class_name: str, bounds: list[int], work: Path
+) -> list[dict[str, object]]:
+    edges: list[int | None] = [None, *bounds, None]
+    return [
+        _runner(
+            {
+                "code": code,
+                "class_name": class_name,
+                "width": S.WIDTH,
+                "height": S.HEIGHT,
+                "fps": S.FPS,
+                "portrait": False,
+                "out_dir": str(work / f"c{i}" / "out"),
+                "from_animation": start,
+                "upto_animation": end,
+            },
+            work / f"c{i}",
+        )
+        for i, (start, end) in enumerate(itertools.pairwise(edges))
+    ]
+
+
+@pytest.mark.slow
+def test_sounds_are_owned_by_one_chunk_with_absolute_times_and_chunks_are_silent(
+    tmp_path: Path,
+) -> None:
+    # Given a scene with a sound before the first play, one just before the play that starts
+    # the second chunk, and one after the last play, split at that play
+    code = """
+import math, struct, tempfile, wave
+from pathlib import Path
+from manim import *
+
+def beep():
+    path = Path(tempfile.mkdtemp()) / "b.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+        w.writeframes(b"".join(struct.pack("<h", (i % 40) * 500) for i in range(800)))
+    return str(path)
+
+class Boundaries(Scene):
+    def construct(self):
+        b = beep()
+        self.add_sound(b)
+        self.play(Create(Square()), run_time=0.4)
+        self.add_sound(b, time_offset=0.02)
+        self.play(FadeIn(Circle()), run_time=0.4)
+        self.add_sound(b)
+"""
+    results = chunk_results(code, "Boundaries", [1], tmp_path)
+    # Then each sound is reported once, by the chunk that owns it, at its absolute scene time
+    times = [[s["time"] for s in r["sounds"]] for r in results]  # type: ignore[attr-defined]
+    assert times == [[0.0, pytest.approx(6 / S.FPS + 0.02)], [pytest.approx(12 / S.FPS)]]
+    # And no chunk video carries audio: the stitch builds the one track
+    assert all(audio_md5s(Path(str(r["video"]))) is None for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stem",
+    [
+        "c21_sound_before_first_play",  # came back in every chunk
+        "c22_sound_at_boundary",  # landed in the previous chunk
+        "c23_sound_after_last_play",  # ran past the end of the video
+        "c24_sound_only_last_chunk",  # came back with no audio stream at all
+    ],
+)
+def test_sound_split_at_the_boundary_that_broke(stem: str, tmp_path: Path) -> None:
+    code, class_name, bounds = corpus_scene(stem)
+    plain, _ = S.plain_manim_render(code, class_name, tmp_path / "plain")
+    farm, _ = farm_render(code, class_name, bounds, tmp_path / "farm")
+    expected = audio_md5s(plain)
+    assert expected, "plain manim wrote an audio stream"
+    assert audio_md5s(farm) == expected
+    assert S.duration_s(farm) == S.duration_s(plain)
+
+
+@pytest.mark.slow
+def test_skipped_opening_section_is_planned_into_no_chunk_of_its_own(tmp_path: Path) -> None:
+    from farm.planner import plan_chunks
+
+    code, class_name, _ = corpus_scene("c26_section_skip_opening")
+    # Given the plan of a scene whose opening section skips its two plays
+    durations = plan_durations(code, class_name, tmp_path / "plan")
+    # Then the skipped plays take no time in the video
+    assert durations[:2] == [0.0, 0.0] and all(d > 0 for d in durations[2:])
+    # And however the planner splits it, every chunk renders frames
+    for parallelism in (2, 3):
+        chunks = plan_chunks(durations, S.FPS, parallelism=parallelism, min_chunk_seconds=0.1)
+        assert len(chunks) == parallelism
+        bounds = [c.first for c in chunks[1:]]
+        farm, _ = farm_render(code, class_name, bounds, tmp_path / f"farm{parallelism}")
+        plain, _ = S.plain_manim_render(code, class_name, tmp_path / "plain")
+        assert S.frame_md5s(farm) == S.frame_md5s(plain)
+
+
+@pytest.mark.slow
+def test_time_updater_after_a_skipped_section_matches_plain_unsplit_and_split(
+    tmp_path: Path,
+) -> None:
+    code, class_name, bounds = corpus_scene("c27_section_skip_updater")
+    plain, _ = S.plain_manim_render(code, class_name, tmp_path / "plain")
+    expected = S.frame_md5s(plain)
+    for split in ([], bounds):
+        farm, _ = farm_render(code, class_name, split, tmp_path / f"farm{len(split)}")
+        assert S.frame_md5s(farm) == expected, f"split at {split}"
+
+
+@pytest.mark.slow
+def test_chunk_of_images_and_zoom_renders(tmp_path: Path) -> None:
+    # ImageMobject and ZoomedScene failed only in chunks (Pillow 13); split mid-scene
+    code, class_name, bounds = corpus_scene("c06_zoomed")
+    plain, _ = S.plain_manim_render(code, class_name, tmp_path / "plain")
+    farm, _ = farm_render(code, class_name, bounds, tmp_path / "farm")
+    assert S.frame_md5s(farm) == S.frame_md5s(plain)
+
+
+def test_render_environment_is_the_pinned_one() -> None:
+    from importlib.metadata import version
+
+    pins = [
+        line.split("==")
+        for line in (S.REPO / "ops" / "render" / "pins.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert {name for name, _ in pins} >= {"manim", "pillow", "numpy", "pycairo", "manimpango"}
+    assert {name: version(name) for name, _ in pins} == dict(pins)
+    assert int(version("pillow").split(".")[0]) < 13  # 13 rejects manim 0.22's RGBA fromarray
+
+
+@pytest.mark.slow
+def test_a_job_seed_matches_manim_seed(tmp_path: Path) -> None:
+    code, class_name, bounds = corpus_scene("c17_random")
+    plain7, _ = S.plain_manim_render(code, class_name, tmp_path / "plain7", seed=7)
+    farm7, _ = farm_render(code, class_name, bounds, tmp_path / "farm7", seed=7)
+    farm0, _ = farm_render(code, class_name, bounds, tmp_path / "farm0")
+    assert S.frame_md5s(farm7) == S.frame_md5s(plain7)
+    assert S.frame_md5s(farm0) != S.frame_md5s(plain7)
+
+
+def test_still_scene_fails_with_a_message_that_says_why(tmp_path: Path) -> None:
+    code = "from manim import *\n\nclass Still(Scene):\n    def construct(self):\n"
+    code += "        self.add(Circle())\n"
+    result = S.runner_subprocess(
+        "plan",
+        {
+            "code": code,
+            "class_name": "Still",
+            "width": S.WIDTH,
+            "height": S.HEIGHT,
+            "fps": S.FPS,
+            "portrait": False,
+            "out_dir": str(tmp_path),
+        },
+        tmp_path,
+    )
+    assert result["ok"] is False and result["scene_error"] is True
+    assert "PNG" in str(result["error"]) and "self.wait()" in str(result["error"])
+
+
+def test_scene_skipping_every_play_fails_in_its_plan(tmp_path: Path) -> None:
+    code = (
+        "from manim import *\n\nclass AllSkipped(Scene):\n    def construct(self):\n"
+        "        self.next_section(skip_animations=True)\n"
+        "        self.play(Create(Circle()), run_time=0.3)\n"
+    )
+    result = S.runner_subprocess(
+        "plan",
+        {
+            "code": code,
+            "class_name": "AllSkipped",
+            "width": S.WIDTH,
+            "height": S.HEIGHT,
+            "fps": S.FPS,
+            "portrait": False,
+            "out_dir": str(tmp_path),
+        },
+        tmp_path,
+    )
+    assert result["scene_error"] is True
+    assert "skip_animations=True" in str(result["error"])

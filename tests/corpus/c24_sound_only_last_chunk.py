@@ -15,7 +15,9 @@ def tone(name, freq, seconds=0.15, rate=44100, channels=1):
         w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(rate)
-        one = [int(9000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(int(seconds * rate))]
+        one = [
+            int(9000 * math.sin(2 * math.pi * freq * i / rate)) for i in range(int(seconds * rate))
+        ]
         w.writeframes(b"".join(struct.pack("<h", v) * channels for v in one))
     return str(path)
 

@@ -14,7 +14,12 @@ def beep(freq):
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16000)
-        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * freq * i / 16000))) for i in range(2400)))
+        w.writeframes(
+            b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * freq * i / 16000)))
+                for i in range(2400)
+            )
+        )
     return str(path)
 
 

@@ -2,9 +2,8 @@
 import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from manim import *
+from PIL import Image, ImageDraw
 
 
 class ImageFile(Scene):

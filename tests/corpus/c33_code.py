@@ -1,12 +1,12 @@
 # corpus: CodeScene bounds=1
 from manim import *
 
-SOURCE = '''def fib(n):
+SOURCE = """def fib(n):
     a, b = 0, 1
     for _ in range(n):
         a, b = b, a + b
     return a
-'''
+"""
 
 
 class CodeScene(Scene):
