@@ -38,7 +38,9 @@ __all__ = [
     "check_manim_version",
     "farm_skips",
     "frames_of",
+    "on_play_start",
     "scene_skips",
+    "skip_plays",
 ]
 
 PINNED_MANIM_VERSION = "0.22.0"
@@ -46,6 +48,8 @@ PINNED_MANIM_VERSION = "0.22.0"
 _FRAMES_ATTR = "_farm_frames"
 _PLAY_START_ATTR = "_farm_play_start_time"
 _SCENE_SKIP_ATTR = "_farm_scene_skips"
+_SKIP_PLAYS_ATTR = "_farm_skip_plays"
+_PLAY_HOOK_ATTR = "_farm_play_hook"
 _applied = False
 
 
@@ -77,6 +81,19 @@ def farm_skips(renderer: CairoRenderer | OpenGLRenderer) -> bool:
     return bool(renderer.skip_animations) and not scene_skips(renderer)
 
 
+def skip_plays(renderer: object, indices: Iterable[int]) -> None:
+    """Also skip (and simulate) these plays inside the rendered range: rendered elsewhere."""
+    setattr(renderer, _SKIP_PLAYS_ATTR, frozenset(indices))
+
+
+def on_play_start(renderer: object, hook: Callable[[Scene], None] | None) -> None:
+    """Call ``hook(scene)`` at the start of every play, once its animations are compiled.
+
+    The scene's state then is what manim hashes to name the play's partial movie.
+    """
+    setattr(renderer, _PLAY_HOOK_ATTR, hook)
+
+
 def _count_frames(renderer: object, n: int) -> None:
     setattr(renderer, _FRAMES_ATTR, getattr(renderer, _FRAMES_ATTR, 0) + n)
 
@@ -104,6 +121,8 @@ def _patch_skipping_status(renderer_class: type[CairoRenderer] | type[OpenGLRend
     def update_skipping_status(self: Any) -> None:
         setattr(self, _SCENE_SKIP_ATTR, bool(self.file_writer.sections[-1].skip_animations))
         orig(self)
+        if self.num_plays in getattr(self, _SKIP_PLAYS_ATTR, ()):
+            self.skip_animations = True
 
     renderer_class.update_skipping_status = update_skipping_status  # type: ignore[method-assign]
 
@@ -149,6 +168,9 @@ def _patch_scene() -> None:
             if isinstance(renderer, CairoRenderer) and farm_skips(renderer):
                 renderer.time = start
             setattr(renderer, _PLAY_START_ATTR, None)
+        hook = getattr(renderer, _PLAY_HOOK_ATTR, None)
+        if hook is not None:
+            hook(self)
         orig_begin_animations(self)
 
     Scene.get_time_progression = get_time_progression  # type: ignore[method-assign]

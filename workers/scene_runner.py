@@ -52,6 +52,8 @@ _ENCODING_FILES = frozenset({"scene_file_writer.py", "video_segment_encoder.py"}
 # Default random seed of every scene, so chunks rendered in different processes agree
 # (plain manim seeds nothing; the farm matches `manim --seed 0`). A job may choose another.
 SCENE_SEED = 0
+# Attributes manim's cairo camera creates when it first draws (not scene state).
+_CAMERA_DRAW_CACHES = ("display_funcs", "background_colored_vmobject_displayer", "rotation_matrix")
 # Sound files a range hands back, under its out_dir.
 SOUNDS_DIR = "sounds"
 
@@ -81,6 +83,10 @@ class RenderSpec:
     renderer: str = "cairo"
     max_inflight_encoders: int | None = None
     seed: int = SCENE_SEED
+    # The animation cache: report manim's hash of each play in range (cairo only), and skip
+    # (simulating them) the plays of the range whose movies are cached already.
+    hash_plays: bool = False
+    skip_plays: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,16 @@ class Sound:
 
 
 @dataclass(frozen=True)
+class PlayMovie:
+    """One rendered play's own movie (manim's partial movie file), for the animation cache."""
+
+    index: int
+    file: str  # relative to out_dir
+    frames: int
+    hash: str | None
+
+
+@dataclass(frozen=True)
 class RenderOutput:
     """Files and counts of one rendered range; paths are under the spec's out_dir."""
 
@@ -101,6 +117,15 @@ class RenderOutput:
     frames: int
     animations: int
     sounds: list[Sound] = field(default_factory=list)
+    plays: list[PlayMovie] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Each play's duration in the video (0 for plays the scene skips) and, if asked, hash."""
+
+    durations: list[float]
+    hashes: list[str | None]
 
 
 class SceneError(Exception):
@@ -113,13 +138,21 @@ def plan_scene(spec: RenderSpec) -> list[float]:
     A duration is the animation's length in the rendered video: whole frames / fps
     (a run time that is not a whole number of frames rounds up, as manim renders it).
     """
+    return plan_scene_full(spec).durations
+
+
+def plan_scene_full(spec: RenderSpec) -> Plan:
+    """``plan_scene`` plus each play's manim hash when the spec asks for them."""
     run = _run(spec, plan=True)
     if run.play_frames and all(run.play_scene_skipped):
         raise SceneError(
             "Every animation of the scene is in a section with skip_animations=True: "
             "there is nothing to render"
         )
-    return [n / spec.fps for n in run.play_frames]
+    return Plan(
+        [n / spec.fps for n in run.play_frames],
+        [run.play_hashes.get(i) for i in range(len(run.play_frames))],
+    )
 
 
 def render_scene(spec: RenderSpec) -> RenderOutput:
@@ -135,9 +168,11 @@ class _RunResult:
     play_frames: list[int]
     play_rendered: list[bool]
     play_scene_skipped: list[bool]
-    video: Path | None
-    srt: Path | None
-    sounds: list[Sound]
+    play_hashes: dict[int, str]
+    video: Path | None = None
+    srt: Path | None = None
+    sounds: list[Sound] = field(default_factory=list)
+    plays: list[PlayMovie] = field(default_factory=list)
 
     def output(self) -> RenderOutput:
         rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
@@ -147,6 +182,7 @@ class _RunResult:
             frames=sum(rendered),
             animations=len(rendered),
             sounds=self.sounds,
+            plays=self.plays,
         )
 
 
@@ -241,12 +277,7 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
     manager_class = _farm_manager_class()
     try:
         scene = scene_class()
-        manager = manager_class(
-            scene,
-            spec.from_animation or 0,
-            spec.upto_animation,
-            None if plan else Path(spec.out_dir).resolve(),
-        )
+        manager = manager_class(scene, spec, plan)
         manager.render()
     except (Exception, SystemExit) as exc:
         if isinstance(exc, SceneError):
@@ -254,43 +285,85 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
         if not _is_scene_fault(exc):
             raise
         raise SceneError(_user_traceback(exc)) from None
-    if plan:
-        return _RunResult(
-            manager.play_frames, manager.play_rendered, manager.play_scene_skipped, None, None, []
-        )
-    file_writer = manager.file_writer
-    movie = Path(file_writer.movie_file_path)
-    video = movie if movie.is_file() else None
-    srt_path = file_writer.output_plan.subcaption_file
-    srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
-    return _RunResult(
+    run = _RunResult(
         manager.play_frames,
         manager.play_rendered,
         manager.play_scene_skipped,
-        video,
-        srt,
-        manager.sounds,
+        manager.play_hashes,
     )
+    if plan:
+        return run
+    file_writer = manager.file_writer
+    movie = Path(file_writer.movie_file_path)
+    run.video = movie if movie.is_file() else None
+    srt_path = file_writer.output_plan.subcaption_file
+    run.srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
+    run.sounds = manager.sounds
+    out_dir = Path(spec.out_dir).resolve()
+    for index, partial in enumerate(file_writer.partial_movie_files):
+        if partial is not None and manager.play_rendered[index]:
+            run.plays.append(
+                PlayMovie(
+                    index,
+                    str(Path(partial).resolve().relative_to(out_dir)),
+                    manager.play_frames[index],
+                    manager.play_hashes.get(index),
+                )
+            )
+    return run
 
 
 def _farm_manager_class() -> type[Any]:
     """Build the Manager subclass lazily, so importing this module does not import manim."""
     from manim.manager import Manager
 
-    from workers.manim_patch import frames_of, scene_skips
+    from workers.manim_patch import frames_of, on_play_start, scene_skips, skip_plays
 
     class FarmManager(Manager[Any]):
         """Records per-animation frames, and which animation owns each subcaption and sound."""
 
-        def __init__(self, scene: Any, start: int, end: int | None, out_dir: Path | None) -> None:
+        def __init__(self, scene: Any, spec: RenderSpec, plan: bool) -> None:
             super().__init__(scene)
-            self.range_start, self.range_end = start, end
-            self.out_dir = out_dir  # None: a plan, which records no sounds
+            self.range_start, self.range_end = spec.from_animation or 0, spec.upto_animation
+            # None: a plan, which records no sounds
+            self.out_dir = None if plan else Path(spec.out_dir).resolve()
             self.play_frames: list[int] = []
             self.play_rendered: list[bool] = []
             self.play_scene_skipped: list[bool] = []
+            self.play_hashes: dict[int, str] = {}
             self.subcaption_owners: list[int] = []
             self.sounds: list[Sound] = []
+            skip_plays(self.renderer, spec.skip_plays)
+            if spec.hash_plays and spec.renderer == "cairo":
+                on_play_start(self.renderer, self._hash_play)
+
+        def _hash_play(self, scene: Any) -> None:
+            """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""
+            index = self.num_plays
+            if scene_skips(self.renderer) or not self._owns(index):
+                return
+            from manim.utils.hashing import get_hash_from_play_call
+
+            camera = self.camera
+            # Why: the camera keeps caches it builds on its first draw; a plan (nothing drawn)
+            # and a render must hash the same state, so hash without them.
+            transient = {
+                k: camera.__dict__.pop(k) for k in _CAMERA_DRAW_CACHES if k in vars(camera)
+            }
+            try:
+                self.play_hashes[index] = get_hash_from_play_call(
+                    scene,
+                    camera,
+                    scene.animations,
+                    scene.mobjects,
+                    backend="cairo",
+                    # Why: a plan has no encoder (dry run); the farm's encoder settings are
+                    # fixed and go into the cache key with the size, fps and versions instead.
+                    encoder_fingerprint="farm",
+                    renderer_state=(),
+                )
+            finally:
+                camera.__dict__.update(transient)
 
         def _owns(self, owner: int) -> bool:
             return self.range_start <= owner and (self.range_end is None or owner < self.range_end)
@@ -451,6 +524,8 @@ def _format_exception_only(exc: BaseException) -> str:
 
 
 def _spec_from_json(data: dict[str, Any]) -> RenderSpec:
+    if "skip_plays" in data:
+        data = {**data, "skip_plays": tuple(int(i) for i in data["skip_plays"])}
     return RenderSpec(**data)
 
 
@@ -488,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
         if command == "plan":
-            result = {"ok": True, "durations": plan_scene(spec)}
+            result = {"ok": True, **asdict(plan_scene_full(spec))}
         else:
             result = {"ok": True, **asdict(render_scene(spec))}
         code = 0
