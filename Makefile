@@ -15,13 +15,19 @@ help: ## show this help
 system: ## install the Debian packages (ffmpeg, cairo, pango, TeX, bubblewrap, prometheus, chromium)
 	@bash ops/dev/install-system.sh
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# The client is its own distribution (client/); the server's [render] extra brings manim.
+# Every install is locked by constraints.txt, as in the Dockerfile and CI.
+# Scene plugins (docs/plugins.md): pinned, without their declared dependencies, which contradict
+# manim 0.22 although the plugins work with it. PLUGINS=another-list.txt to change the set.
+PLUGINS ?= ops/plugins.txt
+$(VENV)/.installed: setup.cfg pyproject.toml client/setup.cfg constraints.txt VERSION $(PLUGINS)
 	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -c constraints.txt -e ./client -e '.[dev,render]'
+	@$(PY) -m pip install -q --no-deps -c constraints.txt -r $(PLUGINS)
 	@touch $@
 
-venv: $(VENV)/.installed ## create the virtualenv with the project and its dev tools
+venv: $(VENV)/.installed ## create the virtualenv with the project, its client and dev tools
 
 services: system venv ## start PostgreSQL, Redis and the local S3 (SeaweedFS) if they are down
 	@bash ops/dev/services.sh
@@ -36,10 +42,13 @@ down: ## stop what `make demo` started (and nothing else)
 test: services ## run the test suite against real services and renders
 	@$(VENV)/bin/pytest
 
+test-fast: services ## the tests that render nothing (no worker, no sandbox, not slow)
+	@$(VENV)/bin/pytest -m "not slow and not render"
+
 lint: venv ## ruff and mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy farm api workers
+	@$(VENV)/bin/mypy farm api workers client/farm_client
 
 bench: services ## farm vs plain manim on the benchmark scene, as ratios
 	@$(PY) ops/bench/run.py

@@ -1,6 +1,7 @@
 """gunicorn settings for ``farm api``: JSON logs, and a dead worker's metric files dropped.
 
-``farm api`` passes ``--config python:api.gunicorn_conf``. gunicorn's own lines (boot, worker
+``api.server`` applies every gunicorn setting this module names, and ``logconfig_dict`` built
+from the process's settings by ``logging_config``. gunicorn's own lines (boot, worker
 exits) go to the root handler; each request gets one access line with method, path, status,
 duration and, for ``/api/v2/render/<jobId>...`` paths, the job id.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from farm import metrics
-from farm.config import Settings, load_settings
+from farm.config import Settings
 from farm.logs import TEXT_FORMAT, JsonFormatter
 
 # gunicorn 23+ opens a control socket at ~/.gunicorn/gunicorn.ctl by default; several
@@ -89,10 +90,6 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
     }
-
-
-# Read once when gunicorn loads this file (the master, before forking workers).
-logconfig_dict = logging_config(load_settings())
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -4,54 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg import Connection
 
+from api.app import get_services
 from api.schemas import JobListQuerySchema, RenderRequestSchema
 from farm import jobs, keys, metrics
 from farm.config import Settings
 from farm.errors import FarmError
+from farm.presets import MANIM_VERSION
 from farm.ratelimit import RateLimiter
-from farm.storage import S3Storage
-from workers.publish import Publisher
+from farm.storage import Storage
 
 bp = Blueprint("v2", __name__)
-# Part of the result cache key; read from package metadata, importing manim would cost the API
-# a second and a few hundred MB per process.
-MANIM_VERSION = version("manim")
 _render_request = RenderRequestSchema()
 _list_query = JobListQuerySchema()
 LOG_VIEW_BYTES = 256 * 1024
 
 
-def _farm() -> dict[str, Any]:
-    return current_app.extensions["farm"]  # type: ignore[no-any-return]
-
-
 def _settings() -> Settings:
-    return _farm()["settings"]  # type: ignore[no-any-return]
+    return get_services().settings
 
 
-def _storage() -> S3Storage:
-    return _farm()["storage"]  # type: ignore[no-any-return]
+def _storage() -> Storage:
+    return get_services().storage
 
 
 @contextmanager
 def _conn() -> Iterator[Connection[dict[str, Any]]]:
     """One connection per request, committed when the view returns, rolled back on error."""
-    with _farm()["pool"].connection() as conn:
+    with get_services().pool.connection() as conn:
         yield conn
 
 
 def _authenticate(conn: Connection[dict[str, Any]]) -> keys.ApiKey:
     key = keys.authenticate(conn, request.headers.get("Authorization"))
-    settings = _settings()
-    RateLimiter(_farm()["redis"], settings.rate_limit_per_second, settings.rate_limit_burst).check(
-        key.id
-    )
+    services = get_services()
+    limits = services.settings
+    RateLimiter(services.redis, limits.rate_limit_per_second, limits.rate_limit_burst).check(key.id)
     return key
 
 
@@ -83,7 +75,7 @@ def readyz() -> tuple[Response, int]:
     except Exception as exc:  # readiness reports, it does not raise
         checks["postgres"] = f"error: {exc.__class__.__name__}"
     try:
-        _farm()["redis"].ping()
+        get_services().redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {exc.__class__.__name__}"
@@ -143,7 +135,7 @@ def submit() -> tuple[Response, int]:
             max_running_jobs=_settings().max_running_jobs_per_key,
         )
         job = jobs.get_job(conn, submitted.job_id)
-    publisher: Publisher = _farm()["publisher"]
+    publisher = get_services().publisher
     if submitted.publish_plan:
         publisher.step(submitted.job_id, "plan", 0, job_request.quality)
     if submitted.created:
@@ -184,7 +176,7 @@ def cancel_job(job_id: str) -> Response:
         before = jobs.get_job(conn, job_id, key.id)
         job = jobs.cancel_job(conn, job_id, key.id)
     if before["status"] not in jobs.TERMINAL and job["error_kind"] == "canceled":
-        _farm()["publisher"].webhook(job_id, 1)
+        get_services().publisher.webhook(job_id, 1)
     return jsonify(jobs.job_document(job, _storage().url_for))
 
 

@@ -1,5 +1,5 @@
-"""gunicorn entry point: ``gunicorn api.wsgi:app``."""
+"""WSGI entry point for other servers: ``gunicorn api.wsgi:app`` (``farm api`` does not use it)."""
 
-from api import create_app
+from api.app import create_app
 
 app = create_app()

@@ -99,6 +99,31 @@ class Settings:
     # Extra CA certificates (PEM file) trusted for webhook receivers, on top of the system's:
     # on-premises receivers with a private CA, and the tests' self-signed receiver.
     webhook_ca_bundle: str = ""
+    # Scene assets (WebImage/WebSVG URLs), fetched by the worker on the scene's behalf.
+    asset_fetch: bool = True  # false: a scene that asks for a URL fails at once
+    # Hosts a scene may fetch from: empty = any public host; "example.com" or "*.example.com".
+    asset_allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    asset_denied_hosts: tuple[str, ...] = field(default_factory=tuple)  # wins over allowed
+    # CIDRs admitted although not public (on-premises asset servers; the tests' local server).
+    asset_address_allowlist: tuple[str, ...] = field(default_factory=tuple)
+    asset_allow_http: bool = False  # https only unless the operator says otherwise
+    asset_max_bytes: int = 20 * 1024 * 1024
+    asset_timeout_seconds: float = 15.0  # per URL, all redirects included
+    asset_max_redirects: int = 3
+    asset_max_per_job: int = 32
+    asset_content_types: tuple[str, ...] = (
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "image/tiff",
+        "image/svg+xml",
+        "application/xml",
+        "text/xml",
+    )
+    asset_cache_seconds: int = 24 * 3600  # an owner's cached copy is fetched again after this
+    asset_ca_bundle: str = ""  # extra CA certificates (PEM) trusted for asset hosts
     rate_limit_per_second: float = 10.0
     rate_limit_burst: int = 30
     max_running_jobs_per_key: int = 8

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 QUALITIES = ("low", "medium", "high", "twok", "fourk")
 ASPECT_RATIOS = ("16:9", "9:16")
 MAX_FPS = 120
+# The manim the workers run (setup.cfg's [render] extra pins it; workers check it at start).
+# Part of the result cache key. A constant, not package metadata: the API image has no manim.
+MANIM_VERSION = "0.22.0"
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import urllib3
 
 from farm.jobs import TERMINAL, job_document
 from farm.keys import Conn
+
+# The SSRF guard lives in farm.netguard (scene assets use it too).
+from farm.netguard import Refused, parse_allowlist, pick_address, pinned_pool, target
+from farm.netguard import forbidden as forbidden  # re-exported: callers know it from here
 
 SERIES_STRIDE = 1000
 SIGNATURE_HEADER = "farm-signature"
@@ -33,10 +33,6 @@ EVENT_HEADER = "farm-event"
 USER_AGENT = "manim-render-farm-webhooks/1"
 # What an in-flight try's row says until its result is recorded (a crash leaves it so).
 SENDING = "sending"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 # --- signing --------------------------------------------------------------------------------
 
@@ -251,64 +247,6 @@ class Outcome:
         return self.kind not in ("success", "refused")
 
 
-class Refused(Exception):
-    """The URL or the address it resolves to may not receive webhooks."""
-
-
-def parse_allowlist(cidrs: Sequence[str]) -> list[IPNetwork]:
-    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
-
-
-def forbidden(ip: IPAddress, allowlist: Sequence[IPNetwork]) -> str | None:
-    """Why ``ip`` may not receive a webhook, or None. The operator's allowlist wins."""
-    if any(ip in net for net in allowlist):
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return forbidden(ip.ipv4_mapped, allowlist)
-    for name in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
-        if getattr(ip, f"is_{name}"):
-            return name.replace("_", "-")
-    if not ip.is_global:
-        return "not globally routable"
-    return None
-
-
-def _addresses(host: str, port: int) -> list[IPAddress]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: list[IPAddress] = []
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if ip not in seen:
-            seen.append(ip)
-    return seen
-
-
-def pick_address(host: str, port: int, allowlist: Sequence[IPNetwork]) -> IPAddress:
-    """Resolve ``host`` once and return the first permitted address; raise ``Refused`` if none.
-
-    The connection then goes to exactly this address, so DNS cannot change between check and use.
-    """
-    reasons = []
-    for ip in _addresses(host, port):
-        reason = forbidden(ip, allowlist)
-        if reason is None:
-            return ip
-        reasons.append(f"{ip} ({reason})")
-    raise Refused(f"refused: {host} resolves only to forbidden addresses: {', '.join(reasons)}")
-
-
-def ssl_context(ca_bundle: str = "") -> ssl.SSLContext:
-    """The system's trust store, plus the operator's extra CA bundle when one is set."""
-    context = ssl.create_default_context()
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    return context
-
-
 def send(
     url: str,
     body: bytes,
@@ -328,14 +266,9 @@ def send(
         return Outcome(status, int((time.monotonic() - started) * 1000), error, kind)
 
     try:
-        parts = urlsplit(url)
-        if parts.scheme != "https":
-            raise Refused("refused: only https URLs receive webhooks")
-        host = parts.hostname
-        if not host:
-            raise Refused("refused: the URL has no host")
-        port = parts.port or 443
-        ip = pick_address(host, port, parse_allowlist(allowlist))
+        where = target(url)
+        allow = parse_allowlist(allowlist)
+        ip = pick_address(where.host, where.port, allow)
     except Refused as exc:
         return done(0, str(exc), "refused")
     except ValueError as exc:  # a malformed URL or port
@@ -343,29 +276,13 @@ def send(
     except OSError as exc:  # DNS failure: maybe transient, so retried
         return done(0, f"could not resolve the URL's host: {exc}", "connect_error")
 
-    host_header = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
-    if parts.port is not None:
-        host_header += f":{parts.port}"
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    pool = urllib3.HTTPSConnectionPool(
-        host=str(ip),
-        port=port,
-        maxsize=1,
-        retries=False,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        ssl_context=ssl_context(ca_bundle),
-        cert_reqs="CERT_REQUIRED",
-        server_hostname=host,
-        assert_hostname=host,
-    )
+    pool = pinned_pool(where, ip, allowlist=allow, timeout=timeout, ca_bundle=ca_bundle)
     try:
         response = pool.urlopen(
             "POST",
-            path,
+            where.path,
             body=body,
-            headers={**request_headers, "host": host_header},
+            headers={**request_headers, "host": where.host_header},
             redirect=False,
             retries=False,
             preload_content=False,
@@ -375,6 +292,8 @@ def send(
         response.release_conn()
     except urllib3.exceptions.TimeoutError:
         return done(0, f"timed out: no response within {timeout:g} s", "timeout")
+    except Refused as exc:  # the connected address was forbidden after all
+        return done(0, str(exc), "refused")
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         return done(0, f"connection failed: {exc}", "connect_error")
     finally:

@@ -25,6 +25,7 @@ import redis
 from farm import db, keys
 from farm.config import Settings, load_settings
 from farm.storage import S3Storage
+from tests.support import wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 FARM = str(Path(sys.prefix) / "bin" / "farm")
@@ -62,6 +63,9 @@ def _base_settings() -> Settings:
         webhook_retry_delays=(1.0, 2.0, 3.0),
         webhook_timeout_seconds=3.0,
         webhook_ca_bundle=str(ROOT / "test-artifacts" / f"webhook-ca-{SLOT}.pem"),
+        # Scene assets from tests/test_assets.py's local server, whose self-signed CA goes here.
+        asset_address_allowlist=("127.0.0.1/32",),
+        asset_ca_bundle=str(ROOT / "test-artifacts" / f"asset-ca-{SLOT}.pem"),
     )
 
 
@@ -122,7 +126,7 @@ def storage(settings: Settings) -> S3Storage:
 
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> Any:
-    from api import create_app
+    from api.app import create_app
 
     return create_app(settings)
 
@@ -267,15 +271,21 @@ def farm_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 @pytest.fixture(scope="session")
-def worker(farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
-    """One worker on every queue with two render slots, and the scheduler (reaper)."""
+def worker(settings: Settings, farm_env: dict[str, str], artifacts: Path) -> Iterator[Process]:
+    """One worker on every queue with two render slots, and the scheduler (reaper); returns
+    once both serve their metrics (the worker starts that server just before consuming)."""
     w = Process(
         ["worker", "--queues", ALL_QUEUES, "--concurrency", "2"],
         farm_env,
         artifacts / f"worker-{SLOT}.log",
     ).start()
     s = Process(["scheduler"], farm_env, artifacts / f"scheduler-{SLOT}.log").start()
-    time.sleep(3)
+    for process, port in ((w, settings.worker_metrics_port), (s, settings.scheduler_metrics_port)):
+        wait_until_answers(
+            f"http://127.0.0.1:{port}/metrics",
+            lambda p=process: p.proc is not None and p.proc.poll() is None,
+            f"`farm {' '.join(process.args)}` (see {process.log})",
+        )
     for process in (w, s):
         assert process.proc is not None and process.proc.poll() is None, (
             f"`farm {' '.join(process.args)}` exited at start; see {process.log}"
@@ -318,3 +328,16 @@ def unique() -> str:
 
 def job_json(obj: Any) -> str:
     return json.dumps(obj, indent=2)
+
+
+# `make test-fast` deselects these: tests that need a worker (or a stack with one) render, and
+# the sandbox modules run manim in the jail directly.
+RENDER_FIXTURES = {"worker", "opengl_worker", "stack"}
+RENDER_MODULES = {"test_sandbox.py", "test_scene_runner.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & RENDER_FIXTURES or item.path.name in RENDER_MODULES:
+            item.add_marker(pytest.mark.render)

@@ -1,4 +1,4 @@
-"""The Python SDK (farm.client) and the client commands of ``farm`` against a real farm: a
+"""The Python SDK (farm_client, client/) and the client commands of ``farm`` against a real farm: a
 gunicorn API subprocess on the slot's port plus the ``worker`` fixture. The retry, 429 and
 Kodisc-compatibility cases use a tiny scripted HTTP server instead."""
 
@@ -8,20 +8,25 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from farm_client import cli as client_cli
+from farm_client import client as sdk
 
-from farm import client as sdk
+from farm import presets
 from tests.conftest import FARM, ROOT, SLOT, Key, Process, unique
+from tests.support import api_port, failing_scene, start_api
 
-API_PORT = 8000 + 100 + SLOT
+API_PORT = api_port(SLOT)
 
 
 def ok_scene(tag: str) -> str:
@@ -36,15 +41,6 @@ def ok_scene(tag: str) -> str:
     )
 
 
-def failing_scene(message: str) -> str:
-    return (
-        "from manim import *\n\n\n"
-        "class Broken(Scene):\n"
-        "    def construct(self):\n"
-        f"        raise ValueError({message!r})\n"
-    )
-
-
 # A scene that never finishes on its own: for cancel and Ctrl-C.
 SLOW_SCENE = (
     "from manim import *\nimport time\n\n\n"
@@ -53,26 +49,6 @@ SLOW_SCENE = (
     "        time.sleep(45)\n"
     "        self.wait(0.2)\n"
 )
-
-
-def start_api(farm_env: dict[str, str], log: Path) -> Process:
-    """``farm api`` on the slot's port; returns once /healthz answers."""
-    proc = Process(
-        ["api", "--bind", f"127.0.0.1:{API_PORT}", "--workers", "1"], farm_env, log
-    ).start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.proc is not None
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"farm api exited; see {log}")
-        try:
-            if requests.get(f"http://127.0.0.1:{API_PORT}/healthz", timeout=1).ok:
-                return proc
-        except requests.RequestException:  # not listening yet, or still importing
-            pass
-        time.sleep(0.2)
-    proc.stop()
-    raise AssertionError(f"farm api did not answer on :{API_PORT}; see {log}")
 
 
 @pytest.fixture(scope="module")
@@ -474,7 +450,7 @@ def test_cli_status_against_a_kodisc_shaped_server() -> None:
 
 
 def test_progress_bar_line() -> None:
-    from farm.client_cli import ProgressBar
+    ProgressBar = client_cli.ProgressBar
 
     class Tty:
         def isatty(self) -> bool:
@@ -486,3 +462,31 @@ def test_progress_bar_line() -> None:
     line = bar.line(sdk.Job("j", "running", progress=sdk.Progress(2, 3, 0.5)), now=20.0)
     assert "2/3 chunks" in line and "elapsed 0:20" in line and "ETA 0:10" in line
     assert "chunks" not in bar.line(sdk.Job("j", "queued"), now=1.0)
+
+
+# --- the client as its own distribution ---------------------------------------------------------
+
+
+def test_client_choices_match_the_server() -> None:
+    assert client_cli.QUALITIES == presets.QUALITIES
+    assert client_cli.ASPECT_RATIOS == presets.ASPECT_RATIOS
+
+
+def test_client_and_server_share_one_version() -> None:
+    assert (ROOT / "client" / "VERSION").resolve() == (ROOT / "VERSION").resolve()
+    installed = {name: version(name) for name in ("manim-render-farm", "manim-farm-client")}
+    assert set(installed.values()) == {(ROOT / "VERSION").read_text().strip()}, installed
+
+
+def test_client_cli_runs_alone_as_farm_client() -> None:
+    # The same commands without the server's `farm` dispatcher
+    run = subprocess.run(
+        [sys.executable, "-m", "farm_client.cli", "status", "--help"],
+        cwd=ROOT / "client",
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT / "client")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "usage: farm-client status" in run.stdout

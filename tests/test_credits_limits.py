@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from api.app import get_services
 from farm import credits, jobs
 from farm.config import Settings
 from farm.presets import PRESETS
 from tests.conftest import FARM, Key, unique, wait_for
+from tests.support import RecordingPublisher
 
 SCENE = """
 from manim import *
@@ -36,22 +38,11 @@ class Broken(Scene):
 """
 
 
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def step(self, *args: Any) -> None:
-        self.sent.append(("step", *args))
-
-    def webhook(self, *args: Any, **kwargs: Any) -> None:
-        self.sent.append(("webhook", *args))
-
-
 def _app(settings: Settings) -> Any:
-    from api import create_app
+    from api.app import create_app
 
     app = create_app(settings)
-    app.extensions["farm"]["publisher"] = RecordingPublisher()
+    get_services(app).publisher = RecordingPublisher()
     return app
 
 
@@ -60,7 +51,7 @@ def quiet_app(settings: Settings) -> Iterator[Any]:
     """The API with the session's settings, publishing nothing."""
     app = _app(settings)
     yield app
-    app.extensions["farm"]["pool"].close()
+    get_services(app).close()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +61,7 @@ def tight_app(settings: Settings) -> Iterator[Any]:
         settings.with_(rate_limit_per_second=1, rate_limit_burst=2, max_running_jobs_per_key=1)
     )
     yield app
-    app.extensions["farm"]["pool"].close()
+    get_services(app).close()
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -303,7 +294,7 @@ def test_idempotent_replay_returns_the_same_job_and_charges_once(
     assert first.status_code == again.status_code == 202
     assert first.get_json()["jobId"] == again.get_json()["jobId"]
     assert balance(pool, key.id) == 9
-    publisher = quiet_app.extensions["farm"]["publisher"]
+    publisher = get_services(quiet_app).publisher
     assert sum(1 for s in publisher.sent if s[:2] == ("step", first.get_json()["jobId"])) == 1
     # Same key, different body: 409, nothing charged
     other = client.post("/api/v2/render", headers=headers, json=body())

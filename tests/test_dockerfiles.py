@@ -1,5 +1,6 @@
-"""The images' Dockerfiles: hadolint-clean, pinned bases, multi-stage without compilers at run
-time, non-root, and the Debian packages manim needs. Nothing is built (no Docker engine in CI)."""
+"""The Dockerfile's three targets: hadolint-clean, pinned bases, installs locked by
+constraints.txt, no compilers at run time, non-root, and the Debian packages manim needs.
+Nothing is built (no Docker engine in CI)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DOCKER = REPO / "ops" / "docker"
-DOCKERFILES = {p.name.removesuffix(".Dockerfile"): p for p in sorted(DOCKER.glob("*.Dockerfile"))}
-HADOLINT_CONFIG = DOCKER / ".hadolint.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+HADOLINT_CONFIG = REPO / ".hadolint.yaml"
+TARGETS = ("api", "worker", "worker-gpu")
 WORKER_PACKAGES = {
     "ffmpeg",
     "libcairo2",
@@ -51,11 +52,19 @@ def hadolint() -> str:
     return found
 
 
-def stages(path: Path) -> list[tuple[str, str]]:
-    """(FROM line, body) per build stage."""
-    text = path.read_text()
-    parts = re.split(r"^(FROM .*)$", text, flags=re.MULTILINE)
-    return [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+def stages() -> dict[str, tuple[str, str]]:
+    """name -> (the image or stage it starts FROM, body) of every build stage."""
+    parts = re.split(r"^FROM (\S+) AS (\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    return {parts[i + 1]: (parts[i], parts[i + 2]) for i in range(1, len(parts), 3)}
+
+
+def image(target: str) -> str:
+    """Everything an image's last stage inherits: the bodies of its chain of stages."""
+    found, bodies = stages(), []
+    while target in found:
+        target, body = found[target]
+        bodies.insert(0, body)
+    return "\n".join(bodies)
 
 
 def apt_packages(body: str) -> set[str]:
@@ -67,14 +76,14 @@ def apt_packages(body: str) -> set[str]:
     return packages
 
 
-def test_the_three_images_exist() -> None:
-    assert set(DOCKERFILES) == {"api", "worker", "worker-gpu"}
+def test_the_three_targets_exist() -> None:
+    assert set(TARGETS) <= set(stages())
+    assert not list((REPO / "ops" / "docker").glob("*.Dockerfile")), "one Dockerfile"
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_hadolint_passes(name: str) -> None:
+def test_hadolint_passes() -> None:
     result = subprocess.run(
-        [hadolint(), "--config", str(HADOLINT_CONFIG), "--no-color", str(DOCKERFILES[name])],
+        [hadolint(), "--config", str(HADOLINT_CONFIG), "--no-color", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         check=False,
@@ -91,23 +100,36 @@ def test_every_ignored_hadolint_rule_has_a_reason() -> None:
         assert len(reason) > 10, f"{rule} is ignored without a reason"
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_multi_stage_pinned_bases_and_no_compilers_at_runtime(name: str) -> None:
-    built = stages(DOCKERFILES[name])
-    assert len(built) >= 2, "build and runtime stages"
-    for from_line, _ in built:
-        image = from_line.split()[1]
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", image), from_line
-    runtime_from, runtime = built[-1]
-    assert "AS runtime" in runtime_from
-    assert not apt_packages(runtime) & COMPILERS
-    assert "COPY --from=build /opt/venv /opt/venv" in runtime
-    assert "pip install --no-cache-dir ." in built[0][1]
+def test_pinned_bases_and_every_install_locked() -> None:
+    found = stages()
+    for name, (base, body) in found.items():
+        if base not in found:
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), name
+        for install in re.findall(r"pip install [^\n]*", body):
+            assert "-c constraints.txt" in install, f"{name}: {install}"
+    assert "pip install --no-cache-dir -c constraints.txt ./client ." in found["build-api"][1]
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_the_api_image_has_no_manim_and_no_compilers() -> None:
+    api = image("api")
+    assert "COPY --from=build-api /opt/venv /opt/venv" in api
+    installs = re.findall(r"pip install [^\n]*", stages()["build-api"][1])
+    assert installs and not any("render" in line for line in installs)
+    assert not apt_packages(api) & COMPILERS
+    assert "libcairo2" not in apt_packages(api)
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-gpu"])
+def test_workers_install_render_without_compilers_at_runtime(name: str) -> None:
+    worker = image(name)
+    assert "COPY --from=build-render /opt/venv /opt/venv" in worker
+    assert "'.[render]'" in stages()["build-render"][1]
+    assert not apt_packages(worker) & COMPILERS
+
+
+@pytest.mark.parametrize("name", TARGETS)
 def test_runs_as_a_numeric_non_root_user(name: str) -> None:
-    runtime = stages(DOCKERFILES[name])[-1][1]
+    runtime = image(name)
     users = re.findall(r"^USER (\S+)", runtime, flags=re.MULTILINE)
     assert users, "no USER"
     uid = users[-1].split(":")[0]
@@ -117,22 +139,33 @@ def test_runs_as_a_numeric_non_root_user(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["worker", "worker-gpu"])
 def test_workers_carry_what_manim_and_the_sandbox_need(name: str) -> None:
-    packages = apt_packages(stages(DOCKERFILES[name])[-1][1])
+    packages = apt_packages(image(name))
     assert packages >= WORKER_PACKAGES, WORKER_PACKAGES - packages
 
 
 def test_cpu_worker_has_mesa_for_headless_opengl() -> None:
-    assert "libgl1-mesa-dri" in apt_packages(stages(DOCKERFILES["worker"])[-1][1])
+    assert "libgl1-mesa-dri" in apt_packages(image("worker"))
 
 
 def test_gpu_worker_uses_nvidia_egl_through_glvnd() -> None:
-    runtime = stages(DOCKERFILES["worker-gpu"])[-1][1]
+    runtime = image("worker-gpu")
     assert {"libglvnd0", "libegl1"} <= apt_packages(runtime)
+    assert "libgl1-mesa-dri" not in apt_packages(runtime)
     caps = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", runtime)
     assert caps and "graphics" in caps.group(1).split(",")
     assert "/usr/share/glvnd/egl_vendor.d/10_nvidia.json" in runtime
-    vendor = (DOCKER / "10_nvidia.json").read_text()
+    vendor = (REPO / "ops" / "docker" / "10_nvidia.json").read_text()
     assert "libEGL_nvidia.so.0" in vendor
+
+
+def test_constraints_pin_every_line_and_not_the_project() -> None:
+    pins = [
+        ln for ln in (REPO / "constraints.txt").read_text().splitlines() if not ln.startswith("#")
+    ]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==\S+", ln) for ln in pins)
+    names = {ln.split("==")[0].lower() for ln in pins}
+    assert not names & {"manim-render-farm", "manim-farm-client"}
+    assert "manim" in names and "flask" in names
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -142,6 +175,9 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for needed in (
         "!pyproject.toml",
         "!setup.cfg",
+        "!VERSION",
+        "!constraints.txt",
+        "!client/",
         "!farm/",
         "!api/",
         "!workers/",

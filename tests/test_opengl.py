@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import pytest
 
 from tests import scenes
 from tests.conftest import ALL_QUEUES, Key, Process, submit, wait_for
+from tests.support import download
 
 MOVING_CAMERA = """
 from manim import *
@@ -37,12 +37,6 @@ def opengl_worker(worker: Process, farm_env: dict[str, str], artifacts: Path) ->
     worker.start()
 
 
-def _download(url: str, path: Path) -> Path:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        path.write_bytes(response.read())
-    return path
-
-
 def test_opengl_chunks_match_plain_opengl_manim(
     client: Any, api_key: Key, opengl_worker: Process, tmp_path: Path
 ) -> None:
@@ -52,7 +46,7 @@ def test_opengl_chunks_match_plain_opengl_manim(
     assert job["status"] == "completed", job["error"]
     assert job["renderer"] == "opengl"
     assert job["progress"]["chunksTotal"] >= 2
-    farm_video = _download(job["result"]["video"], tmp_path / "farm.mp4")
+    farm_video = download(job["result"]["video"], tmp_path / "farm.mp4")
     plain_video, _ = scenes.plain_manim_render(
         scenes.DT_UPDATER,
         "DtUpdater",

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT, Key, Process, unique
-from tests.test_client import API_PORT, failing_scene, start_api
+from tests.conftest import ROOT, SLOT, Key, Process, unique
+from tests.support import api_port, failing_scene, start_api
+
+API_PORT = api_port(SLOT)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

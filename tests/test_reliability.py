@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 
+from api.app import get_services
 from tests.conftest import Key, Process, alive, submit, wait_for
 from tests.scenes import SLOW_RENDER as SLOW
 from tests.scenes import uncached
@@ -74,7 +75,7 @@ def test_worker_sigkilled_mid_chunk_still_completes(
 def test_duplicate_messages_render_once(
     app: Any, client: Any, api_key: Key, worker: Process, pool: Any
 ) -> None:
-    publisher = app.extensions["farm"]["publisher"]  # the API's own, as in production
+    publisher = get_services(app).publisher  # the API's own, as in production
     job_id = submit(client, api_key, uncached(SLOW.format(sleep=3)), "Slow", fps=5)
     publisher.step(job_id, "plan", 0, "low")  # a redelivered plan message
     _wait_until(lambda: len(_steps(pool, job_id)) >= 3, 60, "the plan")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Key, submit, wait_for
+from tests.support import download
 from workers.stitch import probe
 
 SHAPES = """
@@ -43,12 +43,6 @@ class Math(Scene):
 """
 
 
-def _download(url: str, path: Path) -> Path:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        path.write_bytes(response.read())
-    return path
-
-
 @pytest.mark.parametrize(
     ("aspect", "fps", "size"),
     [("16:9", None, (854, 480)), ("9:16", 10, (480, 854))],
@@ -72,11 +66,11 @@ def test_job_completes_with_requested_geometry(
     assert [order.index(s) for s in job["_seen"]] == sorted(order.index(s) for s in job["_seen"])
     assert job["error"] is None and job["durationMs"] > 0 and job["completedAt"]
     assert job["creditsCost"] is not None
-    video = _download(job["result"]["video"], tmp_path / "video.mp4")
+    video = download(job["result"]["video"], tmp_path / "video.mp4")
     info = probe(video)
     assert (info["width"], info["height"]) == size
     assert info["fps"] == (fps or 15) and info["codec"] == "h264"
-    thumb = _download(job["result"]["thumbnail"], tmp_path / "thumb.jpg")
+    thumb = download(job["result"]["thumbnail"], tmp_path / "thumb.jpg")
     assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
     assert job["result"]["captions"] is None  # no subcaptions in this scene
 
@@ -84,7 +78,7 @@ def test_job_completes_with_requested_geometry(
 def test_subcaptions_become_webvtt(client: Any, api_key: Key, worker: Any, tmp_path: Path) -> None:
     job = wait_for(client, api_key, submit(client, api_key, SUBCAPTIONED, "Captioned"))
     assert job["status"] == "completed", job
-    vtt = _download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
+    vtt = download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
     assert vtt.startswith("WEBVTT\n")
     assert "00:00:00.000 --> 00:00:00.600\nA circle is drawn" in vtt
     assert "and it moves" in vtt

@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 
+from api.app import get_services
 from farm import jobs, webhooks
 from farm.config import Settings
 from tests.conftest import FARM, Key, unique, wait_for
+from tests.support import RecordingPublisher
 
 TINY = """
 from manim import *
@@ -172,14 +174,6 @@ def receiver(settings: Settings, artifacts: Path, tmp_path_factory: Any) -> Iter
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-class RecordingPublisher:
-    def __init__(self) -> None:
-        self.webhooks: list[tuple[str, int, float]] = []
-
-    def webhook(self, job_id: str, attempt: int, countdown: float = 0) -> None:
-        self.webhooks.append((job_id, attempt, countdown))
 
 
 def runtime(settings: Settings, pool: Any, storage: Any) -> Any:
@@ -413,7 +407,7 @@ def test_500_then_200_succeeds_once_after_a_retry(
     path = f"/flaky-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)  # what the API does
+    get_services(client.application).publisher.webhook(job_id, 1)  # what the API does
     hits = receiver.wait_hits(path, 2)
     rows = wait_deliveries(pool, job_id, 2)
     assert [(r["attempt"], r["status_code"]) for r in rows] == [(1, 500), (2, 200)]
@@ -430,7 +424,7 @@ def test_a_receiver_that_hangs_past_the_timeout_fails_every_try(
     path = f"/hang-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)
+    get_services(client.application).publisher.webhook(job_id, 1)
     tries = 1 + len(settings.webhook_retry_delays)
     rows = wait_deliveries(pool, job_id, tries, timeout=tries * (HANG_SECONDS + 3) + 10)
     assert [r["attempt"] for r in rows] == list(range(1, tries + 1))
@@ -447,7 +441,7 @@ def test_replay_starts_a_new_series(
     path = f"/ok-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    client.application.extensions["farm"]["publisher"].webhook(job_id, 1)
+    get_services(client.application).publisher.webhook(job_id, 1)
     wait_deliveries(pool, job_id, 1)
     out = subprocess.run(
         [FARM, "webhooks", "replay", job_id],

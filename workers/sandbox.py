@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.assets import MISSES_FILE
 from farm.config import Settings
 
-RUNNER_MODULES = ("__init__.py", "scene_runner.py", "manim_patch.py")
+RUNNER_MODULES = ("__init__.py", "scene_runner.py", "manim_patch.py", "scene_assets.py")
 SANDBOX_ROOT = "/work"
+ASSETS_ROOT = "/assets"  # the job's fetched assets, read-only (workers/scene_assets.py)
 RUNNER_ROOT = "/opt/farm-runner"
 VENV_ROOT = "/opt/farm-venv"
 
@@ -190,6 +192,11 @@ class Sandbox:
             "EGL_PLATFORM": "surfaceless",
         }
 
+    @staticmethod
+    def assets_dir(scratch: Path) -> Path:
+        """The run's assets directory on the host (the worker fills it; the jail reads it)."""
+        return scratch.with_name(scratch.name + ".assets")
+
     def command(self, mode: str, scratch: Path) -> list[str]:
         jailed = self.settings.sandbox != "none"
         python = str(Path(VENV_ROOT if jailed else sys.prefix) / "bin" / "python")
@@ -217,6 +224,9 @@ class Sandbox:
             "--cap-drop",
             "ALL",
             *self._binds(),
+            "--ro-bind",
+            str(self.assets_dir(scratch)),
+            ASSETS_ROOT,
             "--proc",
             "/proc",
             "--dev",
@@ -282,12 +292,21 @@ class Sandbox:
         if os.getuid() == 0:
             for path in (scratch, scratch / "out"):
                 os.chown(path, self.uid, self.uid)
+        # Kept if the caller filled it already; the worker's, readable (not writable) by the jail.
+        assets = self.assets_dir(scratch)
+        assets.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(assets, 0o755)
 
     def _write_spec(self, scratch: Path, spec: dict[str, Any]) -> None:
         jailed = self.settings.sandbox != "none"
-        out_dir = f"{SANDBOX_ROOT}/out" if jailed else str(scratch / "out")
+        root = SANDBOX_ROOT if jailed else str(scratch)
+        place = {
+            "out_dir": f"{root}/out",
+            "assets_dir": ASSETS_ROOT if jailed else str(self.assets_dir(scratch)),
+            "assets_missing": f"{root}/{MISSES_FILE}",
+        }
         path = scratch / "spec.json"
-        path.write_text(json.dumps({**spec, "out_dir": out_dir}))
+        path.write_text(json.dumps({**spec, **place}))
         if os.getuid() == 0:
             os.chown(path, self.uid, self.uid)
 
@@ -355,6 +374,7 @@ class WarmJail:
         self.dir = Path(tempfile.mkdtemp(prefix="farm-jail-"))
         self.scratch = self.dir / "scratch"
         sandbox._prepare(self.scratch)
+        self.assets = sandbox.assets_dir(self.scratch)  # fill before ``run``
         self.proc = sandbox._spawn("serve", self.scratch, limits, stdin=subprocess.PIPE)
 
     def ready(self) -> bool:

@@ -82,6 +82,10 @@ class RenderSpec:
     upto_animation: int | None = None
     renderer: str = "cairo"
     max_inflight_encoders: int | None = None
+    # The worker-fetched assets the scene's web requests are answered from (read-only), and
+    # where the URLs it asked for that are not there are recorded (workers/scene_assets.py).
+    assets_dir: str | None = None
+    assets_missing: str | None = None
     seed: int = SCENE_SEED
     # The animation cache: report manim's hash of each play in range (cairo only), and skip
     # (simulating them) the plays of the range whose movies are cached already.
@@ -204,9 +208,11 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
     _validate(spec)
     from manim import tempconfig
 
-    from workers import manim_patch
+    from workers import manim_patch, scene_assets
 
     manim_patch.apply_exact_skipping()
+    if spec.assets_dir is not None:
+        scene_assets.install(spec.assets_dir, spec.assets_missing)
     out_dir = Path(spec.out_dir).resolve()
     with tempconfig({}), _user_source_registered(spec.code):
         _configure(spec, out_dir, plan=plan)

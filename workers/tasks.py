@@ -8,6 +8,7 @@ errors give the step back (the reaper and ``release_step`` cap the attempts).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 
 from celery import Task
 
-from farm import jobs, metrics
+from farm import assets, jobs, metrics
 from farm.captions import merge_srt_to_webvtt
 from farm.jobs import Claim
 from farm.logs import log_context
@@ -109,6 +110,39 @@ def _scene_spec(job: dict[str, Any], renderer: str, inflight_encoders: int) -> d
     }
 
 
+# Plan passes that may fetch the URLs the previous pass asked for: a scene whose URLs depend on
+# what earlier ones returned needs more than one.
+ASSET_ROUNDS = 3
+
+
+def _provide_assets(
+    task: FarmTask,
+    job: dict[str, Any],
+    urls: list[str],
+    directory: Path,
+    keep_going: Callable[[], bool],
+    any_age: bool = False,
+) -> None:
+    """Put the job's URLs into a jail's assets directory (owner's cache, else fetched)."""
+    assets.provide(
+        urls,
+        owner=str(job.get("user_id") or job["key_id"]),
+        storage=task.rt.storage,
+        policy=assets.Policy.from_settings(task.rt.settings),
+        directory=directory,
+        max_age=None if any_age else -1,
+        keep_going=keep_going,
+    )
+
+
+def _planned_urls(task: FarmTask, job_id: str) -> list[str]:
+    try:
+        raw = task.rt.storage.get_bytes(assets.manifest_key(job_id))
+    except FileNotFoundError:
+        return []
+    return [str(url) for url in json.loads(raw)]
+
+
 def _failure(run: RunResult, limits: Limits) -> tuple[str, str] | None:
     """(error, kind) for a run that ended the job, or None for one to retry (or that was lost).
 
@@ -186,28 +220,51 @@ def plan_job(self: FarmTask, job_id: str) -> None:
             jobs.set_renderer(conn, job_id, renderer)
         limits = Limits.from_settings(settings, wall_seconds=settings.plan_timeout_seconds)
         started = time.perf_counter()
+        policy = assets.Policy.from_settings(settings)
+        fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
 
         def plan_with(renderer: str) -> RunResult:
-            with self.rt.jails.take() as jail:
-                return jail.run(
-                    "plan",
-                    _scene_spec(job, renderer, settings.max_inflight_encoders),
-                    limits,
-                    self.keep_going(claim),
-                    settings.heartbeat_seconds,
-                )
-
-        run = plan_with(renderer)
-        if _opengl_scene_error(run, limits, renderer):
-            log.warning(
-                "scene failed under OpenGL (%s); planning it with cairo instead",
-                str((run.result or {}).get("error") or run.log[-300:]).strip().splitlines()[-1:],
+            for _ in range(ASSET_ROUNDS + 1):
+                with self.rt.jails.take() as jail:
+                    _provide_assets(self, job, fetched, jail.assets, self.keep_going(claim))
+                    run = jail.run(
+                        "plan",
+                        _scene_spec(job, renderer, settings.max_inflight_encoders),
+                        limits,
+                        self.keep_going(claim),
+                        settings.heartbeat_seconds,
+                    )
+                    asked = assets.read_misses(jail.scratch / assets.MISSES_FILE, policy)
+                new = [url for url in asked if url not in fetched]
+                if not new or run.stopped is not None:
+                    return run
+                log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
+                fetched.extend(new)
+            raise assets.AssetRefused(
+                new[0],
+                f"the scene still asked for new URLs after {ASSET_ROUNDS} rounds of fetching",
             )
-            fallback = plan_with("cairo")
-            if fallback.ok:
-                run, renderer = fallback, "cairo"
-                with self.conn() as conn:
-                    jobs.set_renderer(conn, job_id, "cairo")
+
+        try:
+            run = plan_with(renderer)
+            if _opengl_scene_error(run, limits, renderer):
+                log.warning(
+                    "scene failed under OpenGL (%s); planning it with cairo instead",
+                    str((run.result or {}).get("error") or run.log[-300:])
+                    .strip()
+                    .splitlines()[-1:],
+                )
+                fallback = plan_with("cairo")
+                if fallback.ok:
+                    run, renderer = fallback, "cairo"
+                    with self.conn() as conn:
+                        jobs.set_renderer(conn, job_id, "cairo")
+        except assets.AssetError as exc:
+            self.fail(claim, str(exc), "scene_error")
+            return
+        except assets.Interrupted:
+            log.info("step stopped while fetching assets: job canceled or lease lost")
+            return
         planned_in = time.perf_counter() - started
         metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(planned_in)
         if _settle(self, claim, run, limits):
@@ -229,6 +286,10 @@ def plan_job(self: FarmTask, job_id: str) -> None:
             min_chunk_seconds=settings.min_chunk_seconds,
             skip_weight=skip_weight(planned_in, total_frames, job["width"], job["height"]),
         )
+        if fetched:  # the chunks get the same assets
+            self.rt.storage.put_bytes(
+                assets.manifest_key(job_id), json.dumps(fetched).encode(), "application/json"
+            )
         with self.conn() as conn:
             indices = jobs.record_plan(conn, claim, chunks)
         log.info("planned %d animations into %d chunks", len(durations), len(indices))
@@ -253,13 +314,22 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
         if job["chunks_total"] and job["chunks_total"] > 1:
             spec.update(from_animation=claim.first_animation, upto_animation=claim.last_animation)
         limits = Limits.from_settings(settings)
+        urls = _planned_urls(self, job_id)
         metrics.CHUNKS_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
             with self.rt.jails.take() as jail:
+                # Any age: every chunk must see the bytes the plan saw.
+                _provide_assets(self, job, urls, jail.assets, self.keep_going(claim), True)
                 run = jail.run(
                     "render", spec, limits, self.keep_going(claim), settings.heartbeat_seconds
                 )
+                policy = assets.Policy.from_settings(settings)
+                asked = assets.read_misses(jail.scratch / assets.MISSES_FILE, policy)
+                if asked:
+                    raise assets.AssetRefused(
+                        asked[0], "the scene asked for it while rendering but not while planning"
+                    )
                 if _opengl_scene_error(run, limits, spec["renderer"]):
                     with self.conn() as conn:
                         again = jobs.fall_back_to_cairo(conn, claim)
@@ -274,6 +344,13 @@ def render_chunk(self: FarmTask, job_id: str, idx: int) -> None:
         except OutputError as exc:
             metrics.CHUNKS_FAILED.labels(queue=queue, kind="bad_output").inc()
             self.fail(claim, str(exc), "scene_error")
+            return
+        except assets.AssetError as exc:
+            metrics.CHUNKS_FAILED.labels(queue=queue, kind="asset").inc()
+            self.fail(claim, str(exc), "scene_error")
+            return
+        except assets.Interrupted:
+            log.info("step stopped while fetching assets: job canceled or lease lost")
             return
         finally:
             metrics.CHUNKS_IN_FLIGHT.dec()

@@ -100,7 +100,7 @@ def plain_manim(extra: list[str]) -> dict[str, float]:
 
 def farm_run(settings: Settings, concurrency: int) -> dict[str, Any]:
     """Submit through the API and time until completed, with `concurrency` render processes."""
-    from api import create_app
+    from api.app import create_app
 
     app = create_app(settings)
     client = app.test_client()

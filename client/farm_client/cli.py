@@ -1,6 +1,8 @@
-"""The client side of the ``farm`` command: ``render``, ``status``, ``logs``, ``jobs``, ``cancel``.
+"""The client commands: ``render``, ``status``, ``logs``, ``jobs``, ``cancel``.
 
-They talk HTTP to a farm (or any Kodisc-compatible server) through ``farm.client``; the URL and
+Installed alone they are ``farm-client <command>``; next to the server they are also ``farm
+<command>`` (registered through the ``farm.commands`` entry point group). They talk HTTP to a
+farm (or any Kodisc-compatible server) through ``farm_client.client``; the URL and
 key come from ``--url``/``--key`` or ``FARM_API_URL``/``FARM_API_KEY``. Server settings are not
 used. Exit codes: 0 done, 1 the job failed (its error on stderr), 2 an API or connection error,
 130 interrupted.
@@ -13,11 +15,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from farm.client import DEFAULT_URL, Client, FarmClientError, Job, WaitTimeout
-from farm.presets import ASPECT_RATIOS, QUALITIES
+from farm_client.client import DEFAULT_URL, Client, FarmClientError, Job, WaitTimeout
+
+# The server's choices (farm.presets); tests/test_client.py checks that they agree.
+QUALITIES = ("low", "medium", "high", "twok", "fourk")
+ASPECT_RATIOS = ("16:9", "9:16")
 
 EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -244,9 +250,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _run(func: Any) -> Any:
-    """Adapt to ``farm.cli``'s ``func(settings, args)`` and turn SDK errors into exit 2."""
+    """Turn SDK errors into exit 2 and Ctrl-C into 130."""
 
-    def run(_settings: object, args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
         except FarmClientError as exc:
@@ -263,8 +269,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="API key (default FARM_API_KEY)")
 
 
-def add_commands(sub: Any) -> None:
-    """Register the client commands on ``farm``'s subparsers."""
+def register(sub: Any) -> None:
+    """The ``farm.commands`` entry point: the client commands on ``farm``'s subparsers."""
     p = sub.add_parser("render", help="submit a scene; with --wait show progress and download")
     _common(p)
     p.add_argument("scene", help="the scene's Python file")
@@ -302,3 +308,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cursor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(cmd_jobs))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``farm-client``: the client commands without the server installed."""
+    parser = argparse.ArgumentParser(prog="farm-client", description="manim render farm client")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Python SDK for the farm's v2 render API: ``from farm_client import Client``.
+
+Needs only ``requests``. ``farm_client.client`` holds the SDK, ``farm_client.cli`` the
+``render``/``status``/``logs``/``cancel``/``jobs`` commands.
+"""
+
+from farm_client.client import (
+    DEFAULT_URL,
+    Account,
+    BadRequestError,
+    Client,
+    ConflictError,
+    Downloaded,
+    FarmApiError,
+    FarmClientError,
+    FarmConnectionError,
+    InsufficientCreditsError,
+    Job,
+    JobPage,
+    Logs,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    Progress,
+    RateLimitedError,
+    Result,
+    ServerError,
+    Submission,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+    WaitTimeout,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "Account",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "Downloaded",
+    "FarmApiError",
+    "FarmClientError",
+    "FarmConnectionError",
+    "InsufficientCreditsError",
+    "Job",
+    "JobPage",
+    "Logs",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Progress",
+    "RateLimitedError",
+    "Result",
+    "ServerError",
+    "Submission",
+    "UnauthorizedError",
+    "UnsupportedMediaTypeError",
+    "ValidationError",
+    "WaitTimeout",
+]
