@@ -38,13 +38,13 @@ def corpus_meta(path: Path) -> tuple[str, list[int]]:
     return match["cls"], bounds
 
 
-def _runner(spec: dict[str, object], work: Path) -> dict[str, object]:
-    """``python -m workers.scene_runner render`` in a fresh process (as the farm runs it)."""
+def _runner(command: str, spec: dict[str, object], work: Path) -> dict[str, object]:
+    """``python -m workers.scene_runner plan|render`` in a fresh process (as the farm runs it)."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = work / "spec.json", work / "result.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.scene_runner", "render", str(spec_path), str(result_path)],
+        [sys.executable, "-m", "workers.scene_runner", command, str(spec_path), str(result_path)],
         capture_output=True,
         text=True,
         cwd=work,
@@ -59,46 +59,55 @@ def _runner(spec: dict[str, object], work: Path) -> dict[str, object]:
 def farm_render(
     code: str, class_name: str, bounds: list[int], work: Path, *, seed: int = 0
 ) -> tuple[Path, list[str]]:
-    """Render ranges [0,b1), [b1,b2) ... [bn,end) in parallel processes; stitch them like the farm.
+    """Render as the farm does, each step in a fresh process: the plan (which reports the whole
+    scene's sounds and subcaptions) and the ranges [0,b1), [b1,b2) ... [bn,end) (video only),
+    two at a time; stitch them (stream-copy concat, then the one audio track).
 
-    Returns the final video and each chunk's .srt text.
+    Returns the final video and the plan's .srt text (none: empty list).
     """
+    base = {
+        "code": code,
+        "class_name": class_name,
+        "width": S.WIDTH,
+        "height": S.HEIGHT,
+        "fps": S.FPS,
+        "portrait": False,
+        "seed": seed,
+    }
     edges: list[int | None] = [None, *bounds, None]
-    specs = [
+    plan_spec = {**base, "out_dir": str(work / "plan" / "out"), "hash_plays": True}
+    steps = [("plan", plan_spec, work / "plan")] + [
         (
+            "render",
             {
-                "code": code,
-                "class_name": class_name,
-                "width": S.WIDTH,
-                "height": S.HEIGHT,
-                "fps": S.FPS,
-                "portrait": False,
+                **base,
                 "out_dir": str(work / f"chunk{i}" / "out"),
                 "from_animation": start,
                 "upto_animation": end,
-                "seed": seed,
+                "range_media": False,
             },
             work / f"chunk{i}",
         )
         for i, (start, end) in enumerate(itertools.pairwise(edges))
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda a: _runner(*a), specs))
-    videos, srts, sounds = [], [], []
-    for (spec, _), result in zip(specs, results, strict=True):
+        results = list(pool.map(lambda a: _runner(*a), steps))
+    plan, chunks = results[0], results[1:]
+    videos = []
+    for (_, spec, _), result in zip(steps[1:], chunks, strict=True):
         assert result["video"], f"chunk {spec['from_animation']} rendered no video"
+        assert not result["sounds"] and not result["srt"]
         videos.append(Path(str(result["video"])))
-        if result["srt"]:
-            srts.append(Path(str(result["srt"])).read_text())
-        out_dir = Path(str(spec["out_dir"]))
-        for sound in result["sounds"]:  # type: ignore[attr-defined]
-            sounds.append(
-                SoundAt(out_dir / sound["file"], sound["time"], sound["gain_to_background"])
-            )
+    plan_dir = Path(str(steps[0][1]["out_dir"]))
+    sounds = [
+        SoundAt(plan_dir / s["file"], s["time"], s["gain_to_background"])
+        for s in plan["sounds"]  # type: ignore[attr-defined]
+    ]
     video = S.concat_videos(videos, work / "video-only.mp4")
     final = work / "video.mp4"
     if not with_audio(video, sounds, final):
         final = video
+    srts = [Path(str(plan["srt"])).read_text()] if plan["srt"] else []
     return final, srts
 
 
@@ -188,6 +197,7 @@ def chunk_results(
     edges: list[int | None] = [None, *bounds, None]
     return [
         _runner(
+            "render",
             {
                 "code": code,
                 "class_name": class_name,

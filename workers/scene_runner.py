@@ -91,6 +91,9 @@ class RenderSpec:
     # (simulating them) the plays of the range whose movies are cached already.
     hash_plays: bool = False
     skip_plays: tuple[int, ...] = ()
+    # Whether a range reports its own subcaptions and sounds. The farm takes them from the plan
+    # (which always reports the whole scene's), so a cached play's are never lost.
+    range_media: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,13 @@ class RenderOutput:
 
 @dataclass(frozen=True)
 class Plan:
-    """Each play's duration in the video (0 for plays the scene skips) and, if asked, hash."""
+    """Each play's duration in the video (0 for plays the scene skips) and, if asked, hash;
+    the whole scene's sounds and subcaptions (an .srt under out_dir, or None)."""
 
     durations: list[float]
     hashes: list[str | None]
+    sounds: list[Sound] = field(default_factory=list)
+    srt: str | None = None
 
 
 class SceneError(Exception):
@@ -156,6 +162,8 @@ def plan_scene_full(spec: RenderSpec) -> Plan:
     return Plan(
         [n / spec.fps for n in run.play_frames],
         [run.play_hashes.get(i) for i in range(len(run.play_frames))],
+        run.sounds,
+        str(run.srt) if run.srt else None,
     )
 
 
@@ -297,14 +305,20 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
         manager.play_scene_skipped,
         manager.play_hashes,
     )
-    if plan:
-        return run
     file_writer = manager.file_writer
+    run.sounds = manager.sounds
+    if plan:
+        if file_writer.subcaptions:
+            import srt
+
+            run.srt = Path(spec.out_dir).resolve() / "captions.srt"
+            run.srt.parent.mkdir(parents=True, exist_ok=True)
+            run.srt.write_text(srt.compose(file_writer.subcaptions), encoding="utf-8")
+        return run
     movie = Path(file_writer.movie_file_path)
     run.video = movie if movie.is_file() else None
     srt_path = file_writer.output_plan.subcaption_file
     run.srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
-    run.sounds = manager.sounds
     out_dir = Path(spec.out_dir).resolve()
     for index, partial in enumerate(file_writer.partial_movie_files):
         if partial is not None and manager.play_rendered[index]:
@@ -331,8 +345,9 @@ def _farm_manager_class() -> type[Any]:
         def __init__(self, scene: Any, spec: RenderSpec, plan: bool) -> None:
             super().__init__(scene)
             self.range_start, self.range_end = spec.from_animation or 0, spec.upto_animation
-            # None: a plan, which records no sounds
-            self.out_dir = None if plan else Path(spec.out_dir).resolve()
+            # None: record no sounds nor subcaptions (a range whose plan reports them)
+            media = plan or spec.range_media
+            self.out_dir = Path(spec.out_dir).resolve() if media else None
             self.play_frames: list[int] = []
             self.play_rendered: list[bool] = []
             self.play_scene_skipped: list[bool] = []
@@ -439,7 +454,7 @@ def _farm_manager_class() -> type[Any]:
             self.file_writer.subcaptions = [
                 s
                 for s, owner in zip(subs, self.subcaption_owners, strict=True)
-                if self._owns(owner)
+                if self.out_dir is not None and self._owns(owner)
             ]
             super().post_construct()
 
