@@ -23,6 +23,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir -c constraints.txt './client' '.[render]' \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+# The scene plugins (docs/plugins.md): pinned, --no-deps because some declare pins manim 0.22
+# contradicts although they work with it. `--build-arg PLUGINS=my-plugins.txt` changes the set.
+ARG PLUGINS=ops/plugins.txt
+RUN pip install --no-cache-dir --no-deps -c constraints.txt -r "$PLUGINS" \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 # ---- runtime: what every image runs on; no compilers (each target ends as the non-root user) --
 FROM python:3.11.14-slim-bookworm AS runtime
@@ -82,7 +87,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libglvnd0 libegl1 libgl1 libgles2 \
  && rm -rf /var/lib/apt/lists/*
 COPY ops/docker/10_nvidia.json /usr/share/glvnd/egl_vendor.d/10_nvidia.json
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics,video
+# The GPUs a pod sees are set per pod by the device plugin, not here (`all` would expose every
+# GPU of the node under the legacy toolkit).
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics,video
 USER 10001:10001
 CMD ["worker", "--queues", "render.fourk", "--concurrency", "1", "--renderer", "opengl"]

@@ -8,6 +8,7 @@ import time
 from flask import Flask, Response, current_app, g, request
 
 from farm import metrics
+from farm.captions import ensure_empty_captions
 from farm.config import Settings, load_settings
 from farm.logs import bind, configure_logging, unbind
 from farm.services import Services, build_services
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[_EXTENSION] = services
+    with contextlib.suppress(Exception):  # S3 away at start: /readyz says so; `farm migrate` too
+        ensure_empty_captions(services.storage)
 
     from api.errors import register_error_handlers
     from api.views import bp
@@ -55,6 +58,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if token is not None:
             with contextlib.suppress(ValueError):  # bound in another context: nothing to undo
                 unbind(token)
+
+    @app.after_request
+    def _limits(response: Response) -> Response:
+        """Every authenticated answer shows the caller's request budget (IETF RateLimit draft
+        names); a refusal says when to retry."""
+        quota = g.get("quota")
+        if quota is not None:
+            response.headers["RateLimit-Limit"] = str(quota.limit)
+            response.headers["RateLimit-Remaining"] = str(quota.remaining)
+        if response.status_code in (429, 503) and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = "1" if response.status_code == 429 else "5"
+        return response
 
     @app.after_request
     def _count(response: Response) -> Response:

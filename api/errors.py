@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from farm import metrics
 from farm.errors import FarmError, RateLimited
@@ -50,12 +50,16 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         code = {
+            400: "bad_request",
             413: "payload_too_large",
             404: "not_found",
             405: "method_not_allowed",
             415: "unsupported_media_type",
         }.get(exc.code or 500, "http_error")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -1,4 +1,5 @@
-"""gunicorn settings for ``farm api``: JSON logs, and a dead worker's metric files dropped.
+"""gunicorn settings for ``farm api``: JSON logs, gunicorn's own error answers in the API's
+JSON error shape, and a dead worker's metric files dropped.
 
 ``api.server`` applies every gunicorn setting this module names, and ``logconfig_dict`` built
 from the process's settings by ``logging_config``. gunicorn's own lines (boot, worker
@@ -8,10 +9,13 @@ duration and, for ``/api/v2/render/<jobId>...`` paths, the job id.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any
+
+import gunicorn.util
 
 from farm import metrics
 from farm.config import Settings
@@ -90,6 +94,35 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
     }
+
+
+_GUNICORN_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answers (request line or headers too long, malformed requests) in the
+    API's one error shape instead of gunicorn's HTML page."""
+    body = json.dumps(
+        {"error": _GUNICORN_CODES.get(status_int, "http_error"), "message": mesg or reason}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn writes those answers with util.write_error, looked up at each call (gunicorn
+# 27: workers/base.py handle_error); it has no setting for their format.
+gunicorn.util.write_error = json_error
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -14,23 +14,28 @@ _ERRORS = {
     "400": "Invalid request; the message names the field",
     "401": "Missing, malformed, unknown or revoked API key",
     "402": "Insufficient credits",
-    "404": "No such job for this key",
+    "404": "No such job for this key's user",
     "409": "Idempotency-Key reused with a different body",
     "413": "Body over 200 KB",
-    "429": "Rate limited; see Retry-After",
+    "429": "Request rate over the user's limit; see Retry-After",
 }
 
 _DESCRIPTION = """Kodisc v2 compatible render API of a self-hosted Manim farm.
+
+Every request authenticates with `Authorization: Bearer <key>` (the scheme name in any case).
+A key belongs to a user; all of a user's keys see the same jobs and spend the same credits.
+Unknown request fields are ignored. Every non-2xx answer is `{"error": code, "message": text}`.
 
 ## Webhooks
 
 When a job ends (completed, or failed: cancels included) the farm POSTs the same JSON document
 as `GET /api/v2/render/{jobId}` to the job's `webhookUrl` (https only), or else to the key's
-default webhook URL; `"webhookUrl": null` opts a job out. Headers:
+default webhook URL; `"webhookUrl": null` opts a job out. Headers (Kodisc's names; the farm's
+`farm-event` and `farm-signature` carry the same values):
 
 * `content-type: application/json`
-* `farm-event: completed` or `farm-event: failed`
-* `farm-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`, keyed with the
+* `kodisc-event: completed` or `kodisc-event: failed`
+* `kodisc-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`, keyed with the
   key's webhook secret (`whsec_...`, shown once when the key is created).
 
 Verify the signature over the raw body bytes and reject timestamps older than 5 minutes.
@@ -39,10 +44,20 @@ the first try. Redirects are not followed; private, loopback and link-local addr
 
 ## Credits and limits
 
-A submit reserves the quality's minimum credits (402 `insufficient_credits` when the key can't
-cover it); completion settles the real cost. Requests are rate limited per key (429 with
-`Retry-After`), as are unfinished jobs per key. `Idempotency-Key` makes a retried submit return
-the same job (409 when the key is reused with a different body).
+A submit reserves the quality's minimum credits (402 `insufficient_credits` when the user can't
+cover it); completion settles the real cost, drawing on the month's free allowance first, then
+paid credits. Requests are rate limited per user (429 with `Retry-After`; every authenticated
+answer carries `RateLimit-Limit` and `RateLimit-Remaining`). A user's jobs beyond their
+concurrency limit are accepted and wait `queued`; `GET /api/v2/me` shows the limits.
+`Idempotency-Key` makes a retried submit return the same job (409 when the key is reused with a
+different body).
+
+## Extensions to Kodisc's API
+
+`fps` up to 120; `metadata` at most 32 levels deep and 16 KiB; `GET /api/v2/render` (list),
+`DELETE /api/v2/render/{jobId}` (cancel), `GET /api/v2/render/{jobId}/logs`; the job fields
+`progress`, `quality`, `aspectRatio`, `fps`, `renderer`; `/me` fields `name`, `createdAt`,
+`limits`; the `Idempotency-Key` header.
 """
 
 
@@ -68,7 +83,7 @@ def build_spec() -> dict[str, Any]:
     spec = APISpec(
         title="manim-render-farm",
         version="2.0.0",
-        openapi_version="3.0.3",
+        openapi_version="3.1.0",
         plugins=[MarshmallowPlugin()],
         info={"description": _DESCRIPTION},
     )

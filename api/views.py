@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from psycopg import Connection
 
 from api.app import get_services
-from api.schemas import JobListQuerySchema, RenderRequestSchema
-from farm import jobs, keys, metrics
+from api.schemas import JobListQuerySchema, RenderRequestSchema, json_problem
+from farm import credits, jobs, keys, metrics, users
 from farm.config import Settings
-from farm.errors import FarmError
+from farm.errors import FarmError, InvalidField
 from farm.presets import MANIM_VERSION
 from farm.ratelimit import RateLimiter
 from farm.storage import Storage
@@ -40,17 +41,30 @@ def _conn() -> Iterator[Connection[dict[str, Any]]]:
 
 
 def _authenticate(conn: Connection[dict[str, Any]]) -> keys.ApiKey:
+    """The caller's key, checked before anything else of the request is read; then the user's
+    request rate (all their keys share one bucket)."""
     key = keys.authenticate(conn, request.headers.get("Authorization"))
     services = get_services()
     limits = services.settings
-    RateLimiter(services.redis, limits.rate_limit_per_second, limits.rate_limit_burst).check(key.id)
+    limiter = RateLimiter(services.redis, limits.rate_limit_per_second, limits.rate_limit_burst)
+    g.quota = limiter.check(key.user_id)  # the after_request hook reports it in headers
     return key
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)  # reads the body: 413 above MAX_CONTENT_LENGTH
+    """The body as a JSON object that PostgreSQL can store; 400 naming what is wrong."""
+    raw = request.get_data(cache=False)  # 413 above MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise FarmError("body: JSON nested too deeply") from None
+    except ValueError as exc:  # malformed JSON, bad UTF-8, integers past 4300 digits
+        raise FarmError(f"body: malformed JSON ({exc})") from None
     if not isinstance(body, dict):
-        raise FarmError("body: must be a JSON object (Content-Type: application/json)")
+        raise FarmError("body: must be a JSON object")
+    problem = json_problem(body, "body")
+    if problem:
+        raise InvalidField(problem.removeprefix("body."))
     return body
 
 
@@ -106,6 +120,8 @@ def openapi() -> Response:
 @bp.post("/api/v2/render")
 def submit() -> tuple[Response, int]:
     """Queue a render; 202 with the job id. The plan task is published after commit."""
+    with _conn() as conn:  # 401 comes first, whatever the body
+        key = _authenticate(conn)
     body = _json_body()
     data = _render_request.load(body)
     webhook_url = data["webhookUrl"]
@@ -122,17 +138,20 @@ def submit() -> tuple[Response, int]:
         seed=data["seed"],
     )
     idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
-        raise FarmError("Idempotency-Key: must be 1 to 255 characters")
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= 255
+        and idempotency_key.isascii()
+        and idempotency_key.isprintable()
+    ):
+        raise FarmError("Idempotency-Key: must be 1 to 255 printable ASCII characters")
     with _conn() as conn:
-        key = _authenticate(conn)
         submitted = jobs.submit_job(
             conn,
             key.id,
             job_request,
             manim_version=MANIM_VERSION,
             idempotency_key=idempotency_key,
-            max_running_jobs=_settings().max_running_jobs_per_key,
+            max_active_jobs=_settings().max_active_jobs_per_user,
         )
         job = jobs.get_job(conn, submitted.job_id)
     publisher = get_services().publisher
@@ -147,12 +166,12 @@ def submit() -> tuple[Response, int]:
 
 @bp.get("/api/v2/render")
 def list_jobs() -> Response:
-    query = _list_query.load(request.args.to_dict())
     with _conn() as conn:
         key = _authenticate(conn)
+        query = _list_query.load(request.args.to_dict())
         rows, cursor = jobs.list_jobs(
             conn,
-            key.id,
+            key.user_id,
             status=query.get("status"),
             limit=query["limit"],
             cursor=query.get("cursor"),
@@ -165,7 +184,7 @@ def list_jobs() -> Response:
 def get_job(job_id: str) -> Response:
     with _conn() as conn:
         key = _authenticate(conn)
-        job = jobs.get_job(conn, job_id, key.id)
+        job = jobs.get_job(conn, job_id, key.user_id)
     return jsonify(jobs.job_document(job, _storage().url_for))
 
 
@@ -173,8 +192,8 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     with _conn() as conn:
         key = _authenticate(conn)
-        before = jobs.get_job(conn, job_id, key.id)
-        job = jobs.cancel_job(conn, job_id, key.id)
+        before = jobs.get_job(conn, job_id, key.user_id)
+        job = jobs.cancel_job(conn, job_id, key.user_id)
     if before["status"] not in jobs.TERMINAL and job["error_kind"] == "canceled":
         get_services().publisher.webhook(job_id, 1)
     return jsonify(jobs.job_document(job, _storage().url_for))
@@ -184,7 +203,7 @@ def cancel_job(job_id: str) -> Response:
 def job_logs(job_id: str) -> Response:
     with _conn() as conn:
         key = _authenticate(conn)
-        job = jobs.get_job(conn, job_id, key.id)
+        job = jobs.get_job(conn, job_id, key.user_id)
     text = ""
     if job["log_key"]:
         try:
@@ -197,14 +216,28 @@ def job_logs(job_id: str) -> Response:
 
 @bp.get("/api/v2/me")
 def me() -> Response:
+    """Kodisc's fields (user, key, credits split paid/free), then the farm's extensions."""
+    settings = _settings()
     with _conn() as conn:
         key = _authenticate(conn)
+        user = users.get_user(conn, key.user_id)
+        balance = credits.balances(conn, user.id)
+        active = users.active_jobs(conn, user.id)
     return jsonify(
         {
+            "userId": user.id,
             "keyId": key.id,
             "keyPrefix": key.prefix,
+            "credits": balance.as_json(),
             "name": key.name,
-            "credits": {"total": float(key.credits)},
             "createdAt": jobs.iso(key.created_at),
+            "limits": {
+                "requestsPerSecond": settings.rate_limit_per_second,
+                "requestBurst": settings.rate_limit_burst,
+                "maxActiveJobs": user.max_active_jobs or settings.max_active_jobs_per_user,
+                "activeJobs": active["rendering"],
+                "heldJobs": active["held"],
+                "freeAllowance": float(user.free_allowance),
+            },
         }
     )

@@ -5,6 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from farm.storage import Storage
+
+# Kodisc links a captions.vtt for every completed render, cues or not. A scene without
+# subcaptions gets this one shared, cue-less file (``farm migrate`` and the API write it).
+EMPTY_CAPTIONS_KEY = "static/captions-empty.vtt"
+EMPTY_WEBVTT = "WEBVTT\n"
+
 _TIME = re.compile(r"(\d+):(\d{2}):(\d{2})[,.](\d{3})")
 
 
@@ -55,3 +62,8 @@ def merge_srt_to_webvtt(parts: list[str]) -> str | None:
     """One WebVTT document from the chunks' .srt texts; None when there are no cues at all."""
     cues = [cue for part in parts for cue in parse_srt(part)]
     return to_webvtt(cues) if cues else None
+
+
+def ensure_empty_captions(storage: Storage) -> None:
+    """Write the shared cue-less WebVTT file (idempotent: same key, same bytes)."""
+    storage.put_bytes(EMPTY_CAPTIONS_KEY, EMPTY_WEBVTT.encode(), "text/vtt; charset=utf-8")

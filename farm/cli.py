@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from farm.config import Settings, load_settings
+from farm.errors import FarmError
 
 GROUP = "farm.commands"
 
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except FarmError as exc:  # an operator's mistake (unknown user, overdraft): no traceback
+        print(f"farm: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

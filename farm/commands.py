@@ -1,4 +1,4 @@
-"""``farm migrate`` and ``farm keys``: the commands that need only the domain and its stores."""
+"""``farm migrate``, ``farm keys``, ``farm users``: commands needing only the domain."""
 
 from __future__ import annotations
 
@@ -7,24 +7,12 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from farm import credits, db, keys
+from farm import db, keys, users
+from farm.captions import ensure_empty_captions
 from farm.cli import with_settings
 from farm.config import Settings
-from farm.jobs import iso
 from farm.services import build_services
 from farm.storage import S3Storage
-
-
-def key_json(key: keys.ApiKey) -> dict[str, Any]:
-    return {
-        "keyId": key.id,
-        "name": key.name,
-        "keyPrefix": key.prefix,
-        "credits": float(key.credits),
-        "webhookUrl": key.webhook_url,
-        "createdAt": iso(key.created_at),
-        "revokedAt": iso(key.revoked_at),
-    }
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -32,7 +20,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         db.ensure_database(settings.database_url)
     applied = db.migrate(settings.database_url)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-    S3Storage(settings).ensure_bucket()  # results need it; creating it is idempotent
+    storage = S3Storage(settings)
+    storage.ensure_bucket()  # results need it; creating it is idempotent
+    ensure_empty_captions(storage)
     print(f"bucket: {settings.s3_bucket}")
     return 0
 
@@ -41,17 +31,26 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     services = build_services(settings, pool_size=1)
     with services.pool.connection() as conn:
         if args.keys_command == "create":
-            new = keys.create_key(conn, args.name, Decimal(args.credits), args.webhook_url)
-            doc = {"key": new.key, "webhookSecret": new.webhook_secret, **key_json(new.api_key)}
+            user_id = users.find_user(conn, args.user).id if args.user else None
+            new = keys.create_key(
+                conn, args.name, Decimal(args.credits), args.webhook_url, user_id=user_id
+            )
+            doc = {
+                "key": new.key,
+                "webhookSecret": new.webhook_secret,
+                **users.key_json(conn, new.api_key),
+            }
             if args.json:
                 print(json.dumps(doc))
             else:
                 print(
                     f"key:            {new.key}\nwebhook secret: {new.webhook_secret}\n"
-                    f"key id:         {new.api_key.id}\n(shown once: store them now)"
+                    f"key id:         {new.api_key.id}\nuser id:        {new.api_key.user_id}\n"
+                    "(shown once: store them now)"
                 )
         elif args.keys_command == "list":
-            rows = [key_json(k) for k in keys.list_keys(conn)]
+            owner = users.find_user(conn, args.user).id if args.user else None
+            rows = [users.key_json(conn, k) for k in keys.list_keys(conn, owner)]
             if args.json:
                 print(json.dumps(rows))
             else:
@@ -59,18 +58,53 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
                     state = "revoked" if r["revokedAt"] else "active"
                     print(
                         f"{r['keyId']}  {r['keyPrefix']}…  {r['name']:<20} {state:<8}"
-                        f" credits={r['credits']}"
+                        f" user={r['userId']} credits={r['credits']['total']}"
                     )
         elif args.keys_command == "revoke":
-            print(json.dumps(key_json(keys.revoke_key(conn, args.key))))
-        elif args.keys_command == "grant":
+            print(json.dumps(users.key_json(conn, keys.revoke_key(conn, args.key))))
+        elif args.keys_command == "grant":  # the key's user gets the credits
             key = keys.find_key(conn, args.key)
-            credits.grant(conn, key.id, Decimal(args.amount))  # never below zero
-            print(json.dumps(key_json(keys.get_key(conn, key.id))))
+            users.grant_command(conn, key.user_id, Decimal(args.amount))
+            print(json.dumps(users.key_json(conn, keys.get_key(conn, key.id))))
         elif args.keys_command == "rotate-webhook-secret":
             secret = keys.rotate_webhook_secret(conn, args.key)
             print(json.dumps({"webhookSecret": secret}) if args.json else secret)
     services.close()
+    return 0
+
+
+def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
+    services = build_services(settings, pool_size=1)
+    doc: Any
+    with services.pool.connection() as conn:
+        if args.users_command == "create":
+            doc = users.create_command(
+                conn,
+                args.name,
+                credits=Decimal(args.credits),
+                free_allowance=Decimal(args.free_allowance),
+                max_active_jobs=args.max_active_jobs,
+            )
+        elif args.users_command == "list":
+            doc = users.list_command(conn)
+        elif args.users_command == "show":
+            doc = users.show(conn, args.user)
+        elif args.users_command == "grant":
+            doc = users.grant_command(conn, args.user, Decimal(args.amount))
+        else:  # update
+            users.update_user(
+                conn,
+                args.user,
+                name=args.name,
+                free_allowance=None
+                if args.free_allowance is None
+                else Decimal(args.free_allowance),
+                max_active_jobs=args.max_active_jobs,
+                clear_max_active_jobs=args.default_max_active_jobs,
+            )
+            doc = users.show(conn, args.user)
+    services.close()
+    print(json.dumps(doc))
     return 0
 
 
@@ -86,12 +120,14 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("keys", help="manage API keys")
     ks = p.add_subparsers(dest="keys_command", required=True)
-    c = ks.add_parser("create")
+    c = ks.add_parser("create", help="a new key, for --user or else for a new user")
     c.add_argument("--name", required=True)
-    c.add_argument("--credits", default="0")
+    c.add_argument("--user", help="user id or name owning the key (default: a new user)")
+    c.add_argument("--credits", default="0", help="paid credits granted to the key's user")
     c.add_argument("--webhook-url")
     c.add_argument("--json", action="store_true")
     c = ks.add_parser("list")
+    c.add_argument("--user", help="only this user's keys")
     c.add_argument("--json", action="store_true")
     for name in ("revoke", "rotate-webhook-secret"):
         c = ks.add_parser(name)
@@ -101,4 +137,28 @@ def register(sub: Any) -> None:
     c.add_argument("key")
     c.add_argument("amount")
     p.set_defaults(func=with_settings(cmd_keys))
-    # `farm users` registers here too (issue 16's farm/ commands).
+
+    p = sub.add_parser("users", help="manage users: they own keys, jobs and credits")
+    us = p.add_subparsers(dest="users_command", required=True)
+    c = us.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--credits", default="0", help="paid credits to start with")
+    c.add_argument("--free-allowance", default="0", help="free credits granted each month")
+    c.add_argument("--max-active-jobs", type=int, help="jobs rendering at once (more queue)")
+    us.add_parser("list")
+    c = us.add_parser("show")
+    c.add_argument("user", help="user id or name")
+    c = us.add_parser("grant", help="add paid credits (negative: take back, not below zero)")
+    c.add_argument("user")
+    c.add_argument("amount")
+    c = us.add_parser("update")
+    c.add_argument("user")
+    c.add_argument("--name")
+    c.add_argument("--free-allowance")
+    c.add_argument("--max-active-jobs", type=int)
+    c.add_argument(
+        "--default-max-active-jobs",
+        action="store_true",
+        help="drop the user's own limit: FARM_MAX_ACTIVE_JOBS_PER_USER applies",
+    )
+    p.set_defaults(func=with_settings(cmd_users))

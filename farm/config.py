@@ -124,9 +124,13 @@ class Settings:
     )
     asset_cache_seconds: int = 24 * 3600  # an owner's cached copy is fetched again after this
     asset_ca_bundle: str = ""  # extra CA certificates (PEM) trusted for asset hosts
-    rate_limit_per_second: float = 10.0
-    rate_limit_burst: int = 30
-    max_running_jobs_per_key: int = 8
+    # Requests per second per user (all their keys together), with bursts: far above what
+    # polling a few jobs every few seconds needs.
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 200
+    # Unfinished jobs of one user that render at once; more are accepted and wait queued.
+    # A user's own limit (``farm users update --max-active-jobs``) overrides it.
+    max_active_jobs_per_user: int = 8
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests build their settings this way)."""

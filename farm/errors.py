@@ -12,6 +12,12 @@ class FarmError(Exception):
         self.message = message
 
 
+class InvalidField(FarmError):
+    """A request field the farm cannot accept; the message starts with the field's name."""
+
+    code = "validation_error"
+
+
 class NotFound(FarmError):
     status = 404
     code = "not_found"

@@ -19,7 +19,8 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from farm import credits
-from farm.errors import Conflict, NotFound, RateLimited
+from farm.captions import EMPTY_CAPTIONS_KEY
+from farm.errors import Conflict, NotFound
 from farm.keys import Conn
 from farm.planner import ChunkPlan
 from farm.presets import PRESETS, geometry_for
@@ -105,14 +106,25 @@ def submit_job(
     *,
     manim_version: str,
     idempotency_key: str | None = None,
-    max_running_jobs: int | None = None,
+    max_active_jobs: int | None = None,
 ) -> Submitted:
-    """Create a job, reserve its credits, and complete it at once from the cache when possible.
+    """Create a job for the key's user, reserve its credits, and complete it at once from the
+    cache when possible.
 
-    Runs in the caller's transaction; publish the plan task only after it commits.
+    A user with ``max_active_jobs`` (their own limit, else this one) unfinished jobs already
+    rendering still gets the job: it is held, queued, until ``reap`` releases it when one of
+    theirs ends. Runs in the caller's transaction; publish the plan task only after it commits.
     """
-    # Serialize a key's submits so concurrent requests cannot overspend or double-create.
-    conn.execute("SELECT 1 FROM api_keys WHERE id = %s FOR UPDATE", (key_id,))
+    owner = conn.execute(
+        "SELECT u.id, u.max_active_jobs FROM api_keys k JOIN users u ON u.id = k.user_id"
+        " WHERE k.id = %s",
+        (key_id,),
+    ).fetchone()
+    if owner is None:
+        raise NotFound(f"no API key {key_id!r}")
+    user_id = owner["id"]
+    # Serialize a user's submits (from all their keys) so they cannot overspend or double-create.
+    conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
     if idempotency_key is not None:
         row = conn.execute(
             "SELECT job_id, body_hash FROM idempotency_keys WHERE key_id = %s"
@@ -125,31 +137,33 @@ def submit_job(
                     "this Idempotency-Key was already used with a different request body"
                 )
             return Submitted(row["job_id"], created=False, publish_plan=False)
-    if max_running_jobs is not None:
-        active = conn.execute(
-            "SELECT count(*) AS n FROM jobs WHERE key_id = %s AND status IN ('queued', 'running')",
-            (key_id,),
+    limit = owner["max_active_jobs"] or max_active_jobs
+    held_limit = None
+    if limit is not None:
+        rendering = conn.execute(
+            "SELECT count(*) AS n FROM jobs WHERE user_id = %s"
+            " AND status IN ('queued', 'running') AND held_limit IS NULL",
+            (user_id,),
         ).fetchone()
-        if active is not None and active["n"] >= max_running_jobs:
-            raise RateLimited(
-                f"this key already has {active['n']} unfinished jobs (limit {max_running_jobs})",
-                retry_after=5,
-            )
+        if rendering is not None and rendering["n"] >= limit:
+            held_limit = limit
     job_id = new_job_id()
     geometry = geometry_for(request.quality, request.aspect_ratio, request.fps)
     reserve = Decimal(PRESETS[request.quality].min_credits)
     credits.reserve(
         conn,
+        user_id,
         key_id,
         job_id,
         reserve,
         insert_job=lambda: conn.execute(
-            "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps, width,"
-            " height, metadata, webhook_url, cache_key, credits_reserved, seed)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO jobs (id, key_id, user_id, code, class_name, quality, aspect_ratio, fps,"
+            " width, height, metadata, webhook_url, cache_key, credits_reserved, held_limit, seed)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 job_id,
                 key_id,
+                user_id,
                 request.code,
                 request.class_name,
                 request.quality,
@@ -161,6 +175,7 @@ def submit_job(
                 request.webhook_url,
                 request.cache_key(manim_version),
                 reserve,
+                held_limit,
                 request.seed,
             ),
         ),
@@ -174,11 +189,13 @@ def submit_job(
         )
     if _complete_from_cache(conn, job_id, request.cache_key(manim_version)):
         return Submitted(job_id, created=True, publish_plan=False)
+    # A held job's plan step has no published_at: the reaper neither republishes nor loses it.
     conn.execute(
-        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'plan', 0, now())",
-        (job_id,),
+        "INSERT INTO steps (job_id, kind, idx, published_at)"
+        " VALUES (%s, 'plan', 0, CASE WHEN %s THEN NULL ELSE now() END)",
+        (job_id, held_limit is not None),
     )
-    return Submitted(job_id, created=True, publish_plan=True)
+    return Submitted(job_id, created=True, publish_plan=held_limit is None)
 
 
 def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
@@ -208,26 +225,43 @@ def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
     return True
 
 
-def get_job(conn: Conn, job_id: str, key_id: str | None = None) -> dict[str, Any]:
-    """A job row; another key's job is reported exactly like a missing one."""
-    row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
-    if row is None or (key_id is not None and row["key_id"] != key_id):
+def _storable(text: str) -> bool:
+    """PostgreSQL text holds neither NUL nor (as UTF-8) lone surrogates: such an id is unknown."""
+    return "\x00" not in text and text.isprintable() and len(text) <= 200 and _utf8(text)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def get_job(conn: Conn, job_id: str, user_id: str | None = None) -> dict[str, Any]:
+    """A job row; another user's job is reported exactly like a missing one."""
+    row = None
+    if _storable(job_id):
+        row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    if row is None or (user_id is not None and row["user_id"] != user_id):
         raise NotFound(f"no job {job_id!r}")
     return row
 
 
 def list_jobs(
-    conn: Conn, key_id: str, *, status: str | None, limit: int, cursor: str | None
+    conn: Conn, user_id: str, *, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The key's jobs newest first; the cursor is the last job id of the previous page."""
-    where, params = ["key_id = %s"], [key_id]
+    """The user's jobs newest first; the cursor is the last job id of the previous page."""
+    where, params = ["user_id = %s"], [user_id]
     if status:
         where.append("status = %s")
         params.append(status)
     if cursor:
-        anchor = conn.execute(
-            "SELECT created_at, id FROM jobs WHERE id = %s AND key_id = %s", (cursor, key_id)
-        ).fetchone()
+        anchor = None
+        if _storable(cursor):
+            anchor = conn.execute(
+                "SELECT created_at, id FROM jobs WHERE id = %s AND user_id = %s", (cursor, user_id)
+            ).fetchone()
         if anchor is None:
             raise NotFound("unknown cursor")
         where.append("(created_at, id) < (%s, %s)")
@@ -253,10 +287,11 @@ def finish_job(
     _lock_job(conn, job_id)
     row = conn.execute(
         "UPDATE jobs SET status = %s, error = %s, error_kind = %s, completed_at = now(),"
+        " held_limit = NULL,"
         " duration_ms = GREATEST(0, (extract(epoch FROM now() - COALESCE(started_at, created_at))"
         " * 1000)::integer)"
         " WHERE id = %s AND status IN ('queued', 'running')"
-        " RETURNING key_id, quality, duration_ms, credits_reserved",
+        " RETURNING user_id, quality, duration_ms",
         (status, error, error_kind, job_id),
     ).fetchone()
     if row is None:
@@ -268,7 +303,7 @@ def finish_job(
     )
     charge_scene = status == "completed" or error_kind in ("scene_error", "timeout")
     cost = job_cost(row["quality"], row["duration_ms"]) if charge_scene else Decimal(0)
-    settled = credits.settle(conn, row["key_id"], job_id, row["credits_reserved"], cost)
+    settled = credits.settle(conn, row["user_id"], job_id, cost)
     if not settled:
         # The key cannot cover the render: like Kodisc, fail the job and release nothing.
         conn.execute(
@@ -287,11 +322,11 @@ def job_cost(quality: str, duration_ms: int) -> Decimal:
     return raw.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
-def cancel_job(conn: Conn, job_id: str, key_id: str) -> dict[str, Any]:
+def cancel_job(conn: Conn, job_id: str, user_id: str) -> dict[str, Any]:
     """Fail a job with ``canceled``; its running steps notice at their next heartbeat."""
-    get_job(conn, job_id, key_id)
+    get_job(conn, job_id, user_id)
     finish_job(conn, job_id, "failed", error="canceled", error_kind="canceled")
-    return get_job(conn, job_id, key_id)
+    return get_job(conn, job_id, user_id)
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -531,6 +566,7 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
         " AND s.published_at < now() - make_interval(secs => %s) ORDER BY s.job_id",
         (requeue_after_seconds,),
     ).fetchall()
+    out.extend(release_held(conn))
     for row in stale:
         _lock_job(conn, row["job_id"])
         republish = conn.execute(
@@ -544,11 +580,53 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
     return out
 
 
+def release_held(conn: Conn) -> list[Requeue]:
+    """Publish held jobs (oldest first) of users now under the limit they were held at."""
+    users = conn.execute(
+        "SELECT DISTINCT user_id FROM jobs WHERE held_limit IS NOT NULL AND status = 'queued'"
+        " ORDER BY user_id"
+    ).fetchall()
+    out: list[Requeue] = []
+    for user in users:
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user["user_id"],))
+        rendering = conn.execute(
+            "SELECT count(*) AS n FROM jobs WHERE user_id = %s"
+            " AND status IN ('queued', 'running') AND held_limit IS NULL",
+            (user["user_id"],),
+        ).fetchone()
+        n = int(rendering["n"]) if rendering else 0
+        held = conn.execute(
+            "SELECT id, quality, held_limit FROM jobs WHERE user_id = %s"
+            " AND held_limit IS NOT NULL AND status = 'queued' ORDER BY created_at, id",
+            (user["user_id"],),
+        ).fetchall()
+        for job in held:
+            if n >= job["held_limit"]:
+                break
+            _lock_job(conn, job["id"])
+            released = conn.execute(
+                "UPDATE jobs SET held_limit = NULL WHERE id = %s AND status = 'queued'"
+                " AND held_limit IS NOT NULL RETURNING 1",
+                (job["id"],),
+            ).fetchone()
+            if released is None:
+                continue
+            conn.execute(
+                "UPDATE steps SET published_at = now() WHERE job_id = %s AND kind = 'plan'",
+                (job["id"],),
+            )
+            n += 1
+            out.append(Requeue(job["id"], "plan", 0, job["quality"]))
+    return out
+
+
 def oldest_queued_age(conn: Conn) -> dict[str, float]:
-    """Seconds the oldest unstarted job of each quality has waited (the autoscaling signal)."""
+    """Seconds the oldest unstarted job of each quality has waited (the autoscaling signal).
+
+    Held jobs (their user is at their concurrency limit) don't count: more workers can't help."""
     rows = conn.execute(
         "SELECT quality, extract(epoch FROM now() - min(created_at))::float AS age FROM jobs"
-        " WHERE status = 'queued' GROUP BY quality"
+        " WHERE status = 'queued' AND held_limit IS NULL GROUP BY quality"
     ).fetchall()
     return {r["quality"]: r["age"] for r in rows}
 
@@ -568,7 +646,9 @@ def job_document(job: dict[str, Any], url_for: Callable[[str], str]) -> dict[str
         result = {
             "video": url_for(job["video_key"]),
             "thumbnail": url_for(job["thumbnail_key"]),
-            "captions": url_for(job["captions_key"]) if job["captions_key"] else None,
+            # Kodisc always links a WebVTT file; jobs from before every stitch wrote one
+            # (scenes without subcaptions) share the empty one.
+            "captions": url_for(job["captions_key"] or EMPTY_CAPTIONS_KEY),
         }
     total = job["chunks_total"]
     done = job["chunks_done"]
@@ -583,7 +663,8 @@ def job_document(job: dict[str, Any], url_for: Callable[[str], str]) -> dict[str
         "jobId": job["id"],
         "endpoint": "render",
         "status": job["status"],
-        "creditsCost": float(cost) if cost is not None else None,
+        # Kodisc: a number, "0 until the job completes".
+        "creditsCost": float(cost) if cost is not None else 0,
         "durationMs": job["duration_ms"],
         "result": result,
         "error": job["error"],

@@ -1,4 +1,8 @@
-"""API keys: creation, lookup by bearer token, revocation. Only a SHA-256 of a key is stored."""
+"""API keys: creation, lookup by bearer token, revocation. Only a SHA-256 of a key is stored.
+
+Every key belongs to a user (``farm.users``): the user owns the jobs and credits, and all of a
+user's keys see the same jobs and spend the same balance. The webhook secret is per key.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,21 @@ from psycopg import Connection
 from farm.errors import NotFound, Unauthorized
 
 KEY_PREFIX = "farm_live_"
-KEY_PATTERN = re.compile(r"^farm_live_[0-9a-f]{48}$")
+KEY_PATTERN = re.compile(r"farm_live_[0-9a-f]{48}")
+# Kodisc's keyPrefix: "the first 16 characters of the API key".
+DISPLAY_PREFIX_CHARS = 16
 Conn = Connection[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class ApiKey:
     id: str
+    user_id: str
     name: str
     prefix: str
     webhook_url: str | None
     created_at: datetime
     revoked_at: datetime | None
-    credits: Decimal
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,7 @@ def hash_key(key: str) -> bytes:
 
 
 _SELECT = """
-    SELECT k.id, k.name, k.prefix, k.webhook_url, k.created_at, k.revoked_at,
-           COALESCE((SELECT sum(amount) FROM credit_ledger l WHERE l.key_id = k.id), 0) AS credits
+    SELECT k.id, k.user_id, k.name, k.prefix, k.webhook_url, k.created_at, k.revoked_at
       FROM api_keys k
 """
 
@@ -55,26 +60,39 @@ def _row(row: dict[str, Any]) -> ApiKey:
 
 
 def create_key(
-    conn: Conn, name: str, credits: Decimal | int = 0, webhook_url: str | None = None
+    conn: Conn,
+    name: str,
+    credits: Decimal | int = 0,
+    webhook_url: str | None = None,
+    *,
+    user_id: str | None = None,
 ) -> NewKey:
+    """A new key for ``user_id``; without one, a new user of the same name owns it, with
+    ``credits`` paid credits granted to that user."""
+    # Imported here: users and credits import this module for ``Conn``.
+    from farm import credits as ledger
+    from farm import users
+
     key = KEY_PREFIX + secrets.token_hex(24)
     key_id = "key_" + secrets.token_hex(8)
     webhook_secret = "whsec_" + secrets.token_hex(24)
+    owner = users.find_user(conn, user_id) if user_id else users.create_user(conn, name)
     conn.execute(
-        "INSERT INTO api_keys (id, name, prefix, key_hash, webhook_url, webhook_secret)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (key_id, name, key[: len(KEY_PREFIX) + 6], hash_key(key), webhook_url, webhook_secret),
+        "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, webhook_url, webhook_secret)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            key_id,
+            owner.id,
+            name,
+            key[:DISPLAY_PREFIX_CHARS],
+            hash_key(key),
+            webhook_url,
+            webhook_secret,
+        ),
     )
     if credits:
-        grant(conn, key_id, Decimal(credits))
+        ledger.grant(conn, owner.id, Decimal(credits))
     return NewKey(key=key, webhook_secret=webhook_secret, api_key=get_key(conn, key_id))
-
-
-def grant(conn: Conn, key_id: str, amount: Decimal) -> None:
-    conn.execute(
-        "INSERT INTO credit_ledger (key_id, kind, amount) VALUES (%s, 'grant', %s)",
-        (key_id, amount),
-    )
 
 
 def get_key(conn: Conn, key_id: str) -> ApiKey:
@@ -96,10 +114,12 @@ def find_key(conn: Conn, id_or_prefix: str) -> ApiKey:
 
 def authenticate(conn: Conn, authorization: str | None) -> ApiKey:
     """The key behind an ``Authorization: Bearer`` header; every failure is the same 401."""
-    if not authorization or not authorization.startswith("Bearer "):
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    # The auth scheme is case-insensitive (RFC 7235 section 2.1).
+    if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <key>'")
-    key = authorization[len("Bearer ") :].strip()
-    if not KEY_PATTERN.match(key):
+    key = key.strip()
+    if not KEY_PATTERN.fullmatch(key):
         raise Unauthorized("malformed API key")
     row = conn.execute(
         _SELECT + " WHERE k.key_hash = %s AND k.revoked_at IS NULL", (hash_key(key),)
@@ -109,8 +129,12 @@ def authenticate(conn: Conn, authorization: str | None) -> ApiKey:
     return _row(row)
 
 
-def list_keys(conn: Conn) -> list[ApiKey]:
-    return [_row(r) for r in conn.execute(_SELECT + " ORDER BY k.created_at").fetchall()]
+def list_keys(conn: Conn, user_id: str | None = None) -> list[ApiKey]:
+    rows = conn.execute(
+        _SELECT + " WHERE %s::text IS NULL OR k.user_id = %s ORDER BY k.created_at",
+        (user_id, user_id),
+    ).fetchall()
+    return [_row(r) for r in rows]
 
 
 def revoke_key(conn: Conn, key_id: str) -> ApiKey:

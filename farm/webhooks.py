@@ -28,8 +28,12 @@ from farm.netguard import Refused, parse_allowlist, pick_address, pinned_pool, t
 from farm.netguard import forbidden as forbidden  # re-exported: callers know it from here
 
 SERIES_STRIDE = 1000
-SIGNATURE_HEADER = "farm-signature"
-EVENT_HEADER = "farm-event"
+# Kodisc's header names, so receivers written for Kodisc verify our deliveries unchanged; the
+# farm's own names carry the same values (receivers written for earlier farm versions).
+SIGNATURE_HEADER = "kodisc-signature"
+EVENT_HEADER = "kodisc-event"
+FARM_SIGNATURE_HEADER = "farm-signature"
+FARM_EVENT_HEADER = "farm-event"
 USER_AGENT = "manim-render-farm-webhooks/1"
 # What an in-flight try's row says until its result is recorded (a crash leaves it so).
 SENDING = "sending"
@@ -38,7 +42,8 @@ SENDING = "sending"
 
 
 def sign(secret: str, raw_body: bytes, timestamp: int) -> str:
-    """The ``farm-signature`` value: ``t=<unix seconds>,v1=<hex HMAC-SHA256("<t>.<body>")>``."""
+    """The signature header's value: ``t=<unix seconds>,v1=<hex HMAC-SHA256("<t>.<body>")>``,
+    keyed with the key's webhook secret (Kodisc's scheme)."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + raw_body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
 
@@ -53,7 +58,7 @@ def verify(
     timestamp: int | None = None
     candidates: list[str] = []
     for part in header.split(","):
-        name, _, value = part.strip().partition("=")
+        name, _, value = part.strip().partition("=")  # only the first "=" splits
         if name == "t":
             try:
                 timestamp = int(value)
@@ -85,10 +90,13 @@ def headers(
     event: str, secret: str, raw_body: bytes, timestamp: int | None = None
 ) -> dict[str, str]:
     t = int(time.time()) if timestamp is None else timestamp
+    signature = sign(secret, raw_body, t)
     return {
         "content-type": "application/json",
         EVENT_HEADER: event,
-        SIGNATURE_HEADER: sign(secret, raw_body, t),
+        SIGNATURE_HEADER: signature,
+        FARM_EVENT_HEADER: event,
+        FARM_SIGNATURE_HEADER: signature,
         "user-agent": USER_AGENT,
     }
 

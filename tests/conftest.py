@@ -57,7 +57,7 @@ def _base_settings() -> Settings:
         scheduler_metrics_port=9112 + 10 * SLOT,
         rate_limit_per_second=1000.0,
         rate_limit_burst=1000,
-        max_running_jobs_per_key=50,
+        max_active_jobs_per_user=50,
         webhook_allowlist=("127.0.0.1/32",),
         # Short retry schedule; tests/test_webhooks.py writes its receiver's self-signed CA here.
         webhook_retry_delays=(1.0, 2.0, 3.0),
@@ -140,15 +140,22 @@ class Key:
     def __init__(self, new: keys.NewKey) -> None:
         self.key = new.key
         self.id = new.api_key.id
+        self.user_id = new.api_key.user_id
         self.webhook_secret = new.webhook_secret
         self.headers = {"Authorization": f"Bearer {new.key}"}
 
 
 @pytest.fixture()
 def make_key(pool: Any) -> Any:
-    def make(credits: int = 10_000, webhook_url: str | None = None, name: str = "test") -> Key:
+    def make(
+        credits: int = 10_000,
+        webhook_url: str | None = None,
+        name: str = "test",
+        user_id: str | None = None,
+    ) -> Key:
+        """A new key; without ``user_id``, for a new user holding ``credits`` paid credits."""
         with pool.connection() as conn:
-            return Key(keys.create_key(conn, name, Decimal(credits), webhook_url))
+            return Key(keys.create_key(conn, name, Decimal(credits), webhook_url, user_id=user_id))
 
     return make
 

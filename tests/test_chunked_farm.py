@@ -72,7 +72,8 @@ def test_stitched_video_has_exactly_the_frames_of_plain_manim(
         expected = sorted((c.start_ms, c.end_ms, c.text) for c in parse_srt(plain_srt.read_text()))
         assert _vtt_times(vtt) == expected
     else:
-        assert job["result"]["captions"] is None
+        vtt = _download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
+        assert vtt.startswith("WEBVTT") and "-->" not in vtt  # Kodisc: a WebVTT file, no cues
 
 
 ONE_LONG = """

@@ -1,4 +1,5 @@
-"""Credits (reserve, settle, refund, grant through one ledger), rate limits and idempotency.
+"""Users and their credits (reserve, settle, refund, grant through one ledger; paid and a
+monthly free allowance), per-user concurrency and rate limits, and idempotency.
 
 API tests use their own app whose publisher only records, so nothing here renders; one test
 runs a real failing scene through the worker to see a scene error charged end to end.
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from api.app import get_services
-from farm import credits, jobs
+from farm import credits, db, jobs, keys, users
 from farm.config import Settings
 from farm.presets import PRESETS
 from tests.conftest import FARM, Key, unique, wait_for
@@ -56,9 +57,9 @@ def quiet_app(settings: Settings) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def tight_app(settings: Settings) -> Iterator[Any]:
-    """The API with a 1 request/s, burst 2 rate limit and one unfinished job per key."""
+    """The API with a 1 request/s, burst 2 rate limit and one job rendering per user."""
     app = _app(
-        settings.with_(rate_limit_per_second=1, rate_limit_burst=2, max_running_jobs_per_key=1)
+        settings.with_(rate_limit_per_second=1, rate_limit_burst=2, max_active_jobs_per_user=1)
     )
     yield app
     get_services(app).close()
@@ -68,21 +69,23 @@ def body(**fields: Any) -> dict[str, Any]:
     return {"code": SCENE.format(tag=unique()), "className": "Tiny", "quality": "low", **fields}
 
 
-def ledger(pool: Any, key_id: str, job_id: str | None = None) -> list[tuple[str, Decimal]]:
+def ledger(pool: Any, user_id: str, job_id: str | None = None) -> list[tuple[str, Decimal]]:
     with pool.connection() as conn:
         rows = conn.execute(
-            "SELECT kind, amount FROM credit_ledger WHERE key_id = %s"
+            "SELECT kind, amount FROM credit_ledger WHERE user_id = %s"
             " AND (%s::text IS NULL OR job_id = %s) ORDER BY id",
-            (key_id, job_id, job_id),
+            (user_id, job_id, job_id),
         ).fetchall()
     return [(r["kind"], Decimal(r["amount"])) for r in rows]
 
 
-def balance(pool: Any, key_id: str) -> Decimal:
+def balance(pool: Any, user_id: str) -> Decimal:
+    """The user's paid balance (these users have no free allowance), checked against the sum."""
     with pool.connection() as conn:
-        value = credits.balance(conn, key_id)
+        value = credits.balance(conn, user_id)
         stored = conn.execute(
-            "SELECT COALESCE(sum(amount), 0) AS s FROM credit_ledger WHERE key_id = %s", (key_id,)
+            "SELECT COALESCE(sum(amount), 0) AS s FROM credit_ledger WHERE user_id = %s",
+            (user_id,),
         ).fetchone()
     assert value == Decimal(stored["s"])
     return value
@@ -115,17 +118,17 @@ def finish(pool: Any, job_id: str, status: str, **kw: Any) -> dict[str, Any]:
 def test_completed_job_reserves_then_settles_its_real_cost(pool: Any, make_key: Any) -> None:
     key = make_key(credits=100)
     job_id = new_job(pool, key, seconds=10)
-    assert balance(pool, key.id) == 100 - PRESETS["low"].min_credits
+    assert balance(pool, key.user_id) == 100 - PRESETS["low"].min_credits
     job = finish(pool, job_id, "completed")
     cost = jobs.job_cost("low", job["duration_ms"])
     assert cost == Decimal("1.00")  # 10 s at 0.1 credits/s
     assert job["credits_cost"] == cost
-    assert ledger(pool, key.id, job_id) == [
+    assert ledger(pool, key.user_id, job_id) == [
         ("reserve", Decimal(-1)),
         ("refund", Decimal(1)),
         ("settle", -cost),
     ]
-    assert balance(pool, key.id) == 100 - cost
+    assert balance(pool, key.user_id) == 100 - cost
 
 
 @pytest.mark.parametrize("error_kind", ["scene_error", "timeout"])
@@ -134,7 +137,7 @@ def test_the_scenes_own_failures_are_charged(pool: Any, make_key: Any, error_kin
     job_id = new_job(pool, key, seconds=20)
     job = finish(pool, job_id, "failed", error="boom", error_kind=error_kind)
     assert job["credits_cost"] == Decimal("2.00")
-    assert balance(pool, key.id) == Decimal(98)
+    assert balance(pool, key.user_id) == Decimal(98)
 
 
 def test_platform_errors_and_cancels_are_refunded_in_full(pool: Any, make_key: Any) -> None:
@@ -143,11 +146,14 @@ def test_platform_errors_and_cancels_are_refunded_in_full(pool: Any, make_key: A
     finish(pool, platform, "failed", error="worker lost", error_kind="platform_error")
     canceled = new_job(pool, key, seconds=30)
     with pool.connection() as conn:
-        job = jobs.cancel_job(conn, canceled, key.id)
+        job = jobs.cancel_job(conn, canceled, key.user_id)
     assert job["error_kind"] == "canceled" and job["credits_cost"] == 0
     for job_id in (platform, canceled):
-        assert ledger(pool, key.id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1))]
-    assert balance(pool, key.id) == Decimal(100)
+        assert ledger(pool, key.user_id, job_id) == [
+            ("reserve", Decimal(-1)),
+            ("refund", Decimal(1)),
+        ]
+    assert balance(pool, key.user_id) == Decimal(100)
 
 
 def test_a_cost_the_key_cannot_cover_fails_the_job_and_releases_nothing(
@@ -172,8 +178,8 @@ def test_a_cost_the_key_cannot_cover_fails_the_job_and_releases_nothing(
     )
     assert jobs.job_document(job, storage.url_for)["result"] is None
     assert job["credits_cost"] == 0
-    assert ledger(pool, key.id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1))]
-    assert balance(pool, key.id) == Decimal(1)
+    assert ledger(pool, key.user_id, job_id) == [("reserve", Decimal(-1)), ("refund", Decimal(1))]
+    assert balance(pool, key.user_id) == Decimal(1)
 
 
 def test_ending_a_job_twice_charges_once(pool: Any, make_key: Any) -> None:
@@ -183,8 +189,8 @@ def test_ending_a_job_twice_charges_once(pool: Any, make_key: Any) -> None:
     with pool.connection() as conn:  # a duplicated task message ends it again
         assert not jobs.finish_job(conn, job_id, "completed")
         assert not jobs.finish_job(conn, job_id, "failed", error="x", error_kind="scene_error")
-    assert [k for k, _ in ledger(pool, key.id, job_id)] == ["reserve", "refund", "settle"]
-    assert balance(pool, key.id) == Decimal(99)
+    assert [k for k, _ in ledger(pool, key.user_id, job_id)] == ["reserve", "refund", "settle"]
+    assert balance(pool, key.user_id) == Decimal(99)
 
 
 def test_grant_goes_through_the_ledger(pool: Any, make_key: Any, farm_env: Any) -> None:
@@ -196,14 +202,14 @@ def test_grant_goes_through_the_ledger(pool: Any, make_key: Any, farm_env: Any) 
         text=True,
         check=True,
     )
-    assert json.loads(out.stdout)["credits"] == 7.5
-    assert ledger(pool, key.id) == [("grant", Decimal("7.5"))]
+    assert json.loads(out.stdout)["credits"]["total"] == 7.5
+    assert ledger(pool, key.user_id) == [("grant", Decimal("7.5"))]
     # taking back more than the key holds is refused: the balance never goes below zero
     refused = subprocess.run(
         [FARM, "keys", "grant", key.id, "-8"], env=farm_env, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "cannot take 8" in refused.stderr
-    assert balance(pool, key.id) == Decimal("7.5")
+    assert balance(pool, key.user_id) == Decimal("7.5")
 
 
 def test_a_scene_error_is_charged_end_to_end(
@@ -219,8 +225,8 @@ def test_a_scene_error_is_charged_end_to_end(
     assert job["status"] == "failed" and "broken on purpose" in job["error"]
     cost = Decimal(str(job["creditsCost"]))
     assert cost == jobs.job_cost("low", job["durationMs"])
-    assert balance(pool, key.id) == Decimal(50) - cost
-    assert [k for k, _ in ledger(pool, key.id, job["jobId"])][:2] == ["reserve", "refund"]
+    assert balance(pool, key.user_id) == Decimal(50) - cost
+    assert [k for k, _ in ledger(pool, key.user_id, job["jobId"])][:2] == ["reserve", "refund"]
 
 
 # --- through the API --------------------------------------------------------------------------
@@ -255,31 +261,76 @@ def test_concurrent_submits_cannot_overspend(quiet_app: Any, pool: Any, make_key
         t.join(60)
     # Then exactly 5 got in, and the balance is exactly zero
     assert sorted(statuses) == [202] * 5 + [402] * 7
-    assert balance(pool, key.id) == 0
-    assert [k for k, _ in ledger(pool, key.id)].count("reserve") == 5
+    assert balance(pool, key.user_id) == 0
+    assert [k for k, _ in ledger(pool, key.user_id)].count("reserve") == 5
 
 
 def test_429_with_retry_after_when_over_the_rate(tight_app: Any, make_key: Any) -> None:
     key = make_key()
+    same_user = make_key(credits=0, user_id=key.user_id)
     client = tight_app.test_client()
-    codes = [client.get("/api/v2/me", headers=key.headers) for _ in range(3)]
-    assert [r.status_code for r in codes[:2]] == [200, 200]
-    limited = codes[2]
+    first = client.get("/api/v2/me", headers=key.headers)
+    # every answer shows the budget left
+    assert first.headers["RateLimit-Limit"] == "2" and first.headers["RateLimit-Remaining"] == "1"
+    # the user's keys share one bucket
+    assert client.get("/api/v2/me", headers=same_user.headers).status_code == 200
+    limited = client.get("/api/v2/me", headers=key.headers)
     assert limited.status_code == 429 and limited.get_json()["error"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
-    # another key has its own bucket
+    # another user has their own bucket
     assert client.get("/api/v2/me", headers=make_key().headers).status_code == 200
 
 
-def test_429_when_a_key_has_too_many_unfinished_jobs(
+def test_jobs_over_the_users_concurrency_wait_queued(
     tight_app: Any, pool: Any, make_key: Any
 ) -> None:
+    # Given a user allowed one job rendering at once, with two keys
     key = make_key(credits=10)
+    other_key = make_key(credits=0, user_id=key.user_id)
     client = tight_app.test_client()
-    assert client.post("/api/v2/render", headers=key.headers, json=body()).status_code == 202
-    response = client.post("/api/v2/render", headers=key.headers, json=body())
-    assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
-    assert balance(pool, key.id) == 9  # the refused submit reserved nothing
+    publisher = get_services(tight_app).publisher
+    first = client.post("/api/v2/render", headers=key.headers, json=body())
+    assert first.status_code == 202
+    # When the second key submits while the first job renders
+    with pool.connection() as conn:  # (a second per test keeps under the 1 request/s limit)
+        conn.execute("SELECT pg_sleep(1)")
+    second = client.post("/api/v2/render", headers=other_key.headers, json=body())
+    # Then it is accepted and queued, its credits reserved, but nothing is published yet
+    assert second.status_code == 202 and second.get_json()["status"] == "queued"
+    held_id = second.get_json()["jobId"]
+    assert balance(pool, key.user_id) == 8
+    assert not any(s[:2] == ("step", held_id) for s in publisher.sent)
+
+    def reap() -> list[tuple[str, str]]:
+        with pool.connection() as conn:
+            done = jobs.reap(conn, max_attempts=2, requeue_after_seconds=30)
+        return [(r.job_id, r.kind) for r in done if r.job_id == held_id]
+
+    assert reap() == []
+    with pool.connection() as conn:
+        assert users.active_jobs(conn, key.user_id) == {"rendering": 1, "held": 1}
+    # When the first job ends, the reaper publishes the held one's plan (the session's
+    # scheduler, when another test started it, may get there first)
+    finish(pool, first.get_json()["jobId"], "failed", error="x", error_kind="platform_error")
+    assert reap() in ([(held_id, "plan")], [])
+    assert reap() == []
+    with pool.connection() as conn:
+        assert users.active_jobs(conn, key.user_id) == {"rendering": 1, "held": 0}
+        assert jobs.get_job(conn, held_id)["held_limit"] is None
+
+
+def test_a_users_own_concurrency_limit_wins(pool: Any, make_key: Any) -> None:
+    key = make_key(credits=10)
+    with pool.connection() as conn:
+        users.update_user(conn, key.user_id, max_active_jobs=3)
+        request = lambda: jobs.JobRequest(  # noqa: E731
+            code=SCENE.format(tag=unique()), class_name="Tiny", quality="low"
+        )
+        made = [
+            jobs.submit_job(conn, key.id, request(), manim_version="t", max_active_jobs=1)
+            for _ in range(4)
+        ]
+    assert [m.publish_plan for m in made] == [True, True, True, False]
 
 
 def test_idempotent_replay_returns_the_same_job_and_charges_once(
@@ -293,13 +344,13 @@ def test_idempotent_replay_returns_the_same_job_and_charges_once(
     again = client.post("/api/v2/render", headers=headers, json=payload)
     assert first.status_code == again.status_code == 202
     assert first.get_json()["jobId"] == again.get_json()["jobId"]
-    assert balance(pool, key.id) == 9
+    assert balance(pool, key.user_id) == 9
     publisher = get_services(quiet_app).publisher
     assert sum(1 for s in publisher.sent if s[:2] == ("step", first.get_json()["jobId"])) == 1
     # Same key, different body: 409, nothing charged
     other = client.post("/api/v2/render", headers=headers, json=body())
     assert other.status_code == 409 and other.get_json()["error"] == "conflict"
-    assert balance(pool, key.id) == 9
+    assert balance(pool, key.user_id) == 9
     # Another key may use the same Idempotency-Key independently
     second_key = make_key(credits=10)
     response = client.post(
@@ -318,4 +369,153 @@ def test_openapi_documents_the_limits(client: Any) -> None:
     assert {"402", "409", "429"} <= set(post["responses"])
     assert "Retry-After" in post["responses"]["429"]["headers"]
     description = spec["info"]["description"]
+    assert "kodisc-event" in description and "kodisc-signature" in description
     assert "farm-event" in description and "farm-signature" in description
+
+
+# --- users: paid credits and a free allowance that renews each month ------------------------
+
+
+def _free_user(pool: Any, make_key: Any, allowance: int, paid: int) -> Key:
+    key = make_key(credits=paid)
+    with pool.connection() as conn:
+        users.update_user(conn, key.user_id, free_allowance=Decimal(allowance))
+    return key
+
+
+def test_spending_draws_on_the_free_allowance_first(pool: Any, make_key: Any) -> None:
+    key = _free_user(pool, make_key, allowance=3, paid=10)
+    with pool.connection() as conn:
+        assert credits.balances(conn, key.user_id) == credits.Balance(Decimal(10), Decimal(3))
+    job_id = new_job(pool, key, seconds=50)  # reserve 1, then costs 5 credits
+    with pool.connection() as conn:
+        assert credits.balances(conn, key.user_id).free == 2
+    job = finish(pool, job_id, "completed")
+    cost = jobs.job_cost("low", job["duration_ms"])  # about 5: 50 s plus the test's own time
+    with pool.connection() as conn:
+        b = credits.balances(conn, key.user_id)
+    assert (b.free, b.paid) == (0, 10 - (cost - 3))  # 3 from free, the rest from paid
+
+
+def test_the_free_allowance_renews_each_month(pool: Any, make_key: Any) -> None:
+    # Given a user who spent all of last month's allowance
+    key = _free_user(pool, make_key, allowance=5, paid=0)
+    with pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO credit_ledger (user_id, kind, amount, pool, period) VALUES"
+            " (%s, 'settle', -5, 'free',"
+            " (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date)",
+            (key.user_id,),
+        )
+        # Then this month they have the whole allowance again
+        assert credits.balances(conn, key.user_id).free == 5
+
+
+def test_me_splits_paid_and_free(client: Any, pool: Any, make_key: Any) -> None:
+    key = _free_user(pool, make_key, allowance=200, paid=1840)
+    me = client.get("/api/v2/me", headers=key.headers).get_json()
+    assert me["credits"] == {"paid": 1840, "free": 200, "total": 2040}
+    assert me["limits"]["freeAllowance"] == 200
+
+
+def test_a_users_keys_share_jobs_and_credits(client: Any, pool: Any, make_key: Any) -> None:
+    # Given one user with two keys (Kodisc: one per environment), and a stranger
+    prod = make_key(credits=10)
+    staging = make_key(credits=0, user_id=prod.user_id)
+    stranger = make_key(credits=10)
+    job_id = new_job(pool, prod, seconds=1)
+    # Then the other key sees (and may cancel) the job; the stranger gets 404
+    assert client.get(f"/api/v2/render/{job_id}", headers=staging.headers).status_code == 200
+    listed = client.get("/api/v2/render", headers=staging.headers).get_json()["jobs"]
+    assert [j["jobId"] for j in listed] == [job_id]
+    assert client.get(f"/api/v2/render/{job_id}", headers=stranger.headers).status_code == 404
+    assert client.get("/api/v2/render", headers=stranger.headers).get_json()["jobs"] == []
+    # And both keys show the same balance
+    for key in (prod, staging):
+        me = client.get("/api/v2/me", headers=key.headers).get_json()
+        assert me["userId"] == prod.user_id and me["credits"]["total"] == 9
+    assert client.delete(f"/api/v2/render/{job_id}", headers=staging.headers).status_code == 200
+    assert balance(pool, prod.user_id) == 10
+
+
+def _farm(farm_env: Any, *args: str, ok: bool = True) -> Any:
+    out = subprocess.run([FARM, *args], env=farm_env, capture_output=True, text=True)
+    assert (out.returncode == 0) == ok, out.stderr
+    return json.loads(out.stdout) if ok else out.stderr
+
+
+def test_users_and_keys_commands(farm_env: Any, pool: Any) -> None:
+    name = f"acme-{unique()}"
+    user = _farm(
+        farm_env, "users", "create", "--name", name, "--credits", "100", "--free-allowance", "20"
+    )
+    assert user["credits"] == {"paid": 100, "free": 20, "total": 120}
+    first = _farm(farm_env, "keys", "create", "--name", "prod", "--user", name, "--json")
+    second = _farm(farm_env, "keys", "create", "--name", "dev", "--user", user["userId"], "--json")
+    assert first["userId"] == second["userId"] == user["userId"]
+    assert first["key"].startswith(first["keyPrefix"]) and len(first["keyPrefix"]) == 16
+    shown = _farm(farm_env, "users", "show", name)
+    assert {k["keyId"] for k in shown["keys"]} == {first["keyId"], second["keyId"]}
+    assert _farm(farm_env, "users", "grant", name, "-30")["credits"]["paid"] == 70
+    assert "cannot take 71" in _farm(farm_env, "users", "grant", name, "-71", ok=False)
+    updated = _farm(farm_env, "users", "update", name, "--max-active-jobs", "3")
+    assert updated["maxActiveJobs"] == 3 and updated["freeAllowance"] == 20
+    assert "no single user" in _farm(farm_env, "users", "show", "nobody-" + unique(), ok=False)
+    listed = _farm(farm_env, "users", "list")
+    assert user["userId"] in {u["userId"] for u in listed}
+
+
+def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> None:
+    # Given a database at the last migration before users, with two keys, a job and a ledger
+    import psycopg
+
+    name = f"farm_test_{3 + 100}_users_{unique()}"
+    admin = psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres")
+    url = psycopg.conninfo.make_conninfo(settings.database_url, dbname=name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations (number integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for number, file, sql in db.migrations():
+                if number < 10:
+                    conn.execute(sql.encode())
+                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (number, file))
+            for key_id in ("key_00000000000000a1", "key_00000000000000b2"):
+                conn.execute(
+                    "INSERT INTO api_keys (id, name, prefix, key_hash, webhook_secret)"
+                    " VALUES (%s, 'old', 'farm_live_x', %s, 's')",
+                    (key_id, key_id.encode()),
+                )
+                conn.execute(
+                    "INSERT INTO credit_ledger (key_id, kind, amount) VALUES (%s, 'grant', 7)",
+                    (key_id,),
+                )
+            conn.execute(
+                "INSERT INTO jobs (id, key_id, code, class_name, quality, aspect_ratio, fps,"
+                " width, height, cache_key) VALUES ('job_old', 'key_00000000000000a1', 'x', 'A',"
+                " 'low', '16:9', 15, 854, 480, 'c')"
+            )
+        # When the users migrations run
+        applied = db.migrate(url)
+        assert "0010_users.sql" in applied
+        # Then each key has its own user, owning its job and credits
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            owners = conn.execute("SELECT id, user_id FROM api_keys ORDER BY id").fetchall()
+            assert [o["user_id"] for o in owners] == [
+                "usr_00000000000000a1",
+                "usr_00000000000000b2",
+            ]
+            job = conn.execute("SELECT user_id FROM jobs WHERE id = 'job_old'").fetchone()
+            assert job["user_id"] == "usr_00000000000000a1"
+            for owner in owners:
+                assert credits.balances(conn, owner["user_id"]) == credits.Balance(
+                    Decimal(7), Decimal(0)
+                )
+            assert keys.get_key(conn, "key_00000000000000b2").user_id == "usr_00000000000000b2"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -124,6 +124,8 @@ def test_workers_install_render_without_compilers_at_runtime(name: str) -> None:
     worker = image(name)
     assert "COPY --from=build-render /opt/venv /opt/venv" in worker
     assert "'.[render]'" in stages()["build-render"][1]
+    plugins = 'pip install --no-cache-dir --no-deps -c constraints.txt -r "$PLUGINS"'
+    assert plugins in stages()["build-render"][1]
     assert not apt_packages(worker) & COMPILERS
 
 
@@ -153,6 +155,7 @@ def test_gpu_worker_uses_nvidia_egl_through_glvnd() -> None:
     assert "libgl1-mesa-dri" not in apt_packages(runtime)
     caps = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", runtime)
     assert caps and "graphics" in caps.group(1).split(",")
+    assert "NVIDIA_VISIBLE_DEVICES=" not in runtime  # the device plugin sets it per pod
     assert "/usr/share/glvnd/egl_vendor.d/10_nvidia.json" in runtime
     vendor = (REPO / "ops" / "docker" / "10_nvidia.json").read_text()
     assert "libEGL_nvidia.so.0" in vendor
@@ -182,6 +185,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "!api/",
         "!workers/",
         "!ops/docker/10_nvidia.json",
+        "!ops/plugins.txt",
     ):
         assert needed in lines
     assert not any(ln in {"!.venv", "!.git", "!tests/"} for ln in lines)

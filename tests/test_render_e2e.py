@@ -72,7 +72,9 @@ def test_job_completes_with_requested_geometry(
     assert info["fps"] == (fps or 15) and info["codec"] == "h264"
     thumb = download(job["result"]["thumbnail"], tmp_path / "thumb.jpg")
     assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
-    assert job["result"]["captions"] is None  # no subcaptions in this scene
+    # no subcaptions in this scene: still a WebVTT file (Kodisc always links one), without cues
+    captions = download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
+    assert captions.startswith("WEBVTT") and "-->" not in captions
 
 
 def test_subcaptions_become_webvtt(client: Any, api_key: Key, worker: Any, tmp_path: Path) -> None:

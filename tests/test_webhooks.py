@@ -194,7 +194,7 @@ def ended_job(pool: Any, key: Key, webhook_url: str | None = None) -> str:
         )
         job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
         conn.execute("DELETE FROM steps WHERE job_id = %s", (job_id,))
-        jobs.cancel_job(conn, job_id, key.id)
+        jobs.cancel_job(conn, job_id, key.user_id)
     return job_id
 
 
@@ -235,6 +235,16 @@ def test_signature_verifies_and_rejects_tampering_and_stale_timestamps() -> None
     assert not webhooks.verify(secret, webhooks.sign(secret, body, now + 301), body)
     for garbage in ("", "t=abc,v1=00", "v1=" + header.split("v1=")[1], f"t={now}", "nonsense"):
         assert not webhooks.verify(secret, garbage, body)
+
+
+def test_headers_carry_kodisc_and_farm_names() -> None:
+    body = b'{"jobId":"job_1"}'
+    sent = webhooks.headers("failed", "whsec_x", body, timestamp=1_700_000_000)
+    assert sent["kodisc-event"] == sent["farm-event"] == "failed"
+    assert sent["kodisc-signature"] == sent["farm-signature"]
+    assert sent["kodisc-signature"].startswith("t=1700000000,v1=")
+    assert sent["content-type"] == "application/json"
+    assert webhooks.verify("whsec_x", sent["kodisc-signature"], body, now=1_700_000_000)
 
 
 def test_job_url_overrides_the_keys_and_null_opts_out() -> None:
@@ -356,9 +366,11 @@ def test_completed_render_delivers_one_signed_webhook(
     [hit] = receiver.wait_hits(path, 1)
     # Then one signed delivery arrived whose body is the job's document
     assert hit["headers"]["content-type"] == "application/json"
-    assert hit["headers"]["farm-event"] == "completed"
+    # Kodisc's header names, and the farm's with the same values
+    assert hit["headers"]["kodisc-event"] == hit["headers"]["farm-event"] == "completed"
+    assert hit["headers"]["kodisc-signature"] == hit["headers"]["farm-signature"]
     assert hit["headers"]["host"] == f"localhost:{receiver.port}"
-    assert independent_verify(key.webhook_secret, hit["headers"]["farm-signature"], hit["body"])
+    assert independent_verify(key.webhook_secret, hit["headers"]["kodisc-signature"], hit["body"])
     sent = json.loads(hit["body"])
     current = client.get(f"/api/v2/render/{job_id}", headers=key.headers).get_json()
     strip = ("result",)  # presigned URLs are signed afresh on every read
@@ -556,8 +568,10 @@ def test_a_rotated_secret_signs_the_next_delivery(
     assert secret.startswith("whsec_") and secret != key.webhook_secret
     deliver(runtime(settings, pool, storage), ended_job(pool, key), 1)
     [hit] = receiver.hits(path)
-    assert independent_verify(secret, hit["headers"]["farm-signature"], hit["body"])
-    assert not independent_verify(key.webhook_secret, hit["headers"]["farm-signature"], hit["body"])
+    assert independent_verify(secret, hit["headers"]["kodisc-signature"], hit["body"])
+    assert not independent_verify(
+        key.webhook_secret, hit["headers"]["kodisc-signature"], hit["body"]
+    )
 
 
 def test_the_webhook_secret_never_appears_in_api_responses(client: Any, make_key: Any) -> None:
@@ -566,7 +580,7 @@ def test_the_webhook_secret_never_appears_in_api_responses(client: Any, make_key
     assert me.status_code == 200 and b"whsec_" not in me.data
     assert key.webhook_secret.startswith("whsec_")
     spec = client.get("/api/v2/openapi.json").get_json()
-    assert "farm-signature" in spec["info"]["description"]
+    assert "kodisc-signature" in spec["info"]["description"]
 
 
 def test_money_is_not_affected_by_webhooks(pool: Any, make_key: Any) -> None:
@@ -576,7 +590,7 @@ def test_money_is_not_affected_by_webhooks(pool: Any, make_key: Any) -> None:
     with pool.connection() as conn:
         from farm import credits
 
-        assert credits.balance(conn, key.id) == Decimal(5)
+        assert credits.balance(conn, key.user_id) == Decimal(5)
 
 
 def test_the_retry_pump_finds_lost_first_tries_and_stalled_retries(
