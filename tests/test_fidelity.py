@@ -19,6 +19,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import scenes as S
@@ -224,6 +225,7 @@ def test_sounds_are_owned_by_one_chunk_with_absolute_times_and_chunks_are_silent
     code = """
 import math, struct, tempfile, wave
 from pathlib import Path
+from typing import Any
 from manim import *
 
 def beep():
@@ -378,3 +380,18 @@ def test_scene_skipping_every_play_fails_in_its_plan(tmp_path: Path) -> None:
     )
     assert result["scene_error"] is True
     assert "skip_animations=True" in str(result["error"])
+
+
+@pytest.mark.parametrize(("seed", "status"), [(7, 202), (2**32 - 1, 202), (-1, 400), (2**32, 400)])
+def test_api_takes_an_optional_seed(
+    client: Any, api_key: Any, pool: Any, seed: int, status: int
+) -> None:
+    body = {"code": "from manim import *\n", "className": "S", "quality": "low", "seed": seed}
+    response = client.post("/api/v2/render", json=body, headers=api_key.headers)
+    assert response.status_code == status, response.get_json()
+    if status == 202:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT seed FROM jobs WHERE id = %s", (response.get_json()["jobId"],)
+            ).fetchone()
+        assert row["seed"] == seed
