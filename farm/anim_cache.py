@@ -14,16 +14,47 @@ size budget, least recently used first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from psycopg.types.json import Jsonb
 
 from farm.keys import Conn
 
 PREFIX = "anim-cache/"
 
-__all__ = ["PREFIX", "cache_key", "evict", "lookup", "object_key", "record", "scope_of"]
+__all__ = [
+    "PREFIX",
+    "cache_key",
+    "environment",
+    "evict",
+    "job_plays",
+    "lookup",
+    "object_key",
+    "record",
+    "scope_of",
+    "set_job_plays",
+]
+
+
+@functools.cache
+def environment(program_files: tuple[Path, ...]) -> str:
+    """Fingerprint of what renders a play besides the scene: every installed distribution and
+    its version (manim, plugins, Pillow, cairo's binding ...) and the bytes of the jail program
+    (the farm's runner and manim patch). Any change starts a fresh cache."""
+    digest = hashlib.sha256()
+    dists = sorted(
+        f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
+    )
+    digest.update("\n".join(dists).encode())
+    for path in sorted(program_files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def scope_of(owner: str) -> str:
@@ -100,3 +131,13 @@ def evict(conn: Conn, *, max_age_seconds: float, max_bytes: int) -> list[str]:
         (max_bytes,),
     ).fetchall()
     return [r["object_key"] for r in old + over]
+
+
+def set_job_plays(conn: Conn, job_id: str, plays: list[dict[str, Any]]) -> None:
+    """Per play of the job, in order: ``{"frames": n, "key": cache key or None}``."""
+    conn.execute("UPDATE jobs SET plays = %s WHERE id = %s", (Jsonb(plays), job_id))
+
+
+def job_plays(conn: Conn, job_id: str) -> list[dict[str, Any]] | None:
+    row = conn.execute("SELECT plays FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return None if row is None else row["plays"]

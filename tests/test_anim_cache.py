@@ -58,3 +58,12 @@ def test_eviction_by_age_then_size_least_recently_used_first(pool: Any) -> None:
         assert sorted(gone) == sorted(anim_cache.object_key(scope, k) for k in ("old", "a"))
         left = conn.execute("SELECT key FROM anim_cache ORDER BY key").fetchall()
         assert [r["key"] for r in left] == ["b", "c"]
+
+
+def test_environment_fingerprint_covers_the_jail_program(tmp_path: Any) -> None:
+    program = tmp_path / "runner.py"
+    program.write_text("# v1\n")
+    first = anim_cache.environment((program,))
+    program.write_text("# v2\n")
+    anim_cache.environment.cache_clear()
+    assert anim_cache.environment((program,)) != first
