@@ -9,5 +9,5 @@ class AlongPath(Scene):
         trace = TracedPath(dot.get_center, stroke_color=YELLOW)
         self.add(path, trace, dot)
         self.play(MoveAlongPath(dot, path), run_time=1.1, rate_func=linear)
-        self.play(Rotating(path, radians=PI / 2, run_time=0.6))
+        self.play(Rotating(path, angle=PI / 2, run_time=0.6))
         self.wait(0.2)
