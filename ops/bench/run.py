@@ -317,6 +317,8 @@ def _row(label: str, plain: float | None, farm: float, ratio_of: float | None = 
 
 
 def main() -> int:
+    # Stopped from outside: unwind, so the worker processes the bench started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = _settings()
     repeats = int(os.environ.get("FARM_BENCH_REPEATS", "3"))
     out_dir = ROOT / "bench-results"
