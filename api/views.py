@@ -12,7 +12,7 @@ from psycopg import Connection
 
 from api.app import get_services
 from api.schemas import JobListQuerySchema, RenderRequestSchema, json_problem
-from farm import credits, jobs, keys, metrics, users
+from farm import credits, endings, jobs, keys, metrics, users
 from farm.config import Settings
 from farm.errors import FarmError, InvalidField
 from farm.presets import MANIM_VERSION
@@ -152,6 +152,7 @@ def submit() -> tuple[Response, int]:
             manim_version=MANIM_VERSION,
             idempotency_key=idempotency_key,
             max_active_jobs=_settings().max_active_jobs_per_user,
+            cache_scope=_settings().cache_scope,
         )
         job = jobs.get_job(conn, submitted.job_id)
     publisher = get_services().publisher
@@ -159,8 +160,9 @@ def submit() -> tuple[Response, int]:
         publisher.step(submitted.job_id, "plan", 0, job_request.quality)
     if submitted.created:
         metrics.JOBS_SUBMITTED.labels(quality=job_request.quality).inc()
-        if job["status"] == "completed":  # served from the cache: the webhook still fires
-            publisher.webhook(submitted.job_id, 1)
+        if job["status"] in jobs.TERMINAL:  # served from the cache: metrics and webhook fire
+            with _conn() as conn:
+                endings.job_ended(conn, submitted.job_id, lambda j: publisher.webhook(j, 1))
     return jsonify({"jobId": job["id"], "status": job["status"], "endpoint": "render"}), 202
 
 
@@ -195,7 +197,9 @@ def cancel_job(job_id: str) -> Response:
         before = jobs.get_job(conn, job_id, key.user_id)
         job = jobs.cancel_job(conn, job_id, key.user_id)
     if before["status"] not in jobs.TERMINAL and job["error_kind"] == "canceled":
-        get_services().publisher.webhook(job_id, 1)
+        publisher = get_services().publisher
+        with _conn() as conn:
+            endings.job_ended(conn, job_id, lambda j: publisher.webhook(j, 1))
     return jsonify(jobs.job_document(job, _storage().url_for))
 
 

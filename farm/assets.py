@@ -2,9 +2,9 @@
 by the worker on the scene's behalf, never by the jail, which has no network.
 
 The flow: the plan pass runs with an empty assets directory; the jail-side shim
-(``workers/scene_assets.py``) records every URL the scene requested in a file in the scratch
-(hostile input: ``read_misses`` validates it). The worker ``provide``s those URLs (from the
-owner's cache in S3, else fetched under ``Policy``), writes them into the assets directory
+(``workers/jail/program/assets_shim.py``) records every URL the scene requested in a file in
+the scratch (hostile input: ``read_misses`` validates it). The worker ``provide``s those URLs
+(from the owner's cache in S3, else fetched under ``Policy``), writes them into the assets directory
 (``<sha256(url)>`` holds the body, ``<sha256(url)>.json`` its type) and plans again; the chunks
 get the same directory. A URL the policy refuses fails the scene with ``AssetRefused``, whose
 message names the URL and the rule.
@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from farm import netguard
+from farm import netguard, objects
 from farm.config import Settings
 
 # Written by the jail-side shim into the scratch: one requested URL per line.
@@ -134,14 +134,14 @@ def digest(url: str) -> str:
 
 def manifest_key(job_id: str) -> str:
     """The URLs a job's plan fetched, in order (JSON), for its chunks."""
-    return f"jobs/{job_id}/assets.json"
+    return objects.asset_manifest(job_id)
 
 
 def cache_keys(owner: str, url: str) -> tuple[str, str]:
     """S3 keys of an owner's cached copy of ``url``: (body, metadata JSON)."""
     if not _OWNER.fullmatch(owner):
         raise ValueError(f"an asset owner is an id, not {owner!r}")
-    prefix = f"assets/{owner}/{digest(url)}"
+    prefix = objects.asset_cache(owner, digest(url))
     return prefix, prefix + ".json"
 
 

@@ -78,6 +78,12 @@ class Settings:
     plan_timeout_seconds: int = 120
     max_scene_seconds: int = 600  # longest video a job may produce
     max_output_mb: int = 2048
+    # Wall clock of the media jail that checks a chunk's video, and of the stitch's.
+    media_timeout_seconds: int = 120
+    stitch_timeout_seconds: int = 600
+    # Who an identical earlier job's result is served to: "owner" (the same owner's keys
+    # only) or "global" (every tenant; logs are still never served across owners).
+    cache_scope: str = "owner"
 
     # Chunking.
     parallelism: int = 2  # chunks a job is split into at most, per scene
@@ -161,6 +167,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.sandbox not in {"bwrap", "none"}:
         raise SettingsError(f"FARM_SANDBOX must be bwrap or none, not {settings.sandbox!r}")
+    if settings.cache_scope not in {"owner", "global"}:
+        raise SettingsError(
+            f"FARM_CACHE_SCOPE must be owner or global, not {settings.cache_scope!r}"
+        )
     if settings.renderer not in {"cairo", "opengl"}:
         raise SettingsError(f"FARM_RENDERER must be cairo or opengl, not {settings.renderer!r}")
     if settings.heartbeat_seconds * 2 > settings.lease_seconds:

@@ -27,6 +27,9 @@ from farm.presets import PRESETS, geometry_for
 
 TERMINAL = ("completed", "failed")
 ERROR_KINDS = ("scene_error", "timeout", "platform_error", "canceled", "insufficient_credits")
+# What the scene caused is charged for the time used (and never retried); platform errors and
+# cancels are not charged.
+CHARGED_KINDS = ("scene_error", "timeout")
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,13 @@ def submit_job(
     manim_version: str,
     idempotency_key: str | None = None,
     max_active_jobs: int | None = None,
+    cache_scope: str = "owner",
 ) -> Submitted:
     """Create a job for the key's user, reserve its credits, and complete it at once from the
     cache when possible.
 
+    ``cache_scope`` "owner" serves only results of the same owner's jobs; "global" any
+    tenant's (an operator's choice), though never another owner's logs.
     A user with ``max_active_jobs`` (their own limit, else this one) unfinished jobs already
     rendering still gets the job: it is held, queued, until ``reap`` releases it when one of
     theirs ends. Runs in the caller's transaction; publish the plan task only after it commits.
@@ -187,7 +193,7 @@ def submit_job(
             " SET body_hash = EXCLUDED.body_hash, job_id = EXCLUDED.job_id, created_at = now()",
             (key_id, idempotency_key, request.body_hash(), job_id),
         )
-    if _complete_from_cache(conn, job_id, request.cache_key(manim_version)):
+    if _complete_from_cache(conn, job_id, request.cache_key(manim_version), cache_scope):
         return Submitted(job_id, created=True, publish_plan=False)
     # A held job's plan step has no published_at: the reaper neither republishes nor loses it.
     conn.execute(
@@ -198,12 +204,28 @@ def submit_job(
     return Submitted(job_id, created=True, publish_plan=held_limit is None)
 
 
-def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
+# The owner of a job: whose keys may share its cached result and read its logs (its user; one
+# SQL expression, so that a different notion of owner changes one line).
+OWNER_OF_JOB = "j.user_id"
+
+
+def _complete_from_cache(conn: Conn, job_id: str, cache_key: str, scope: str = "owner") -> bool:
+    """Complete a new job from an identical earlier one: the same owner's by default, any
+    owner's with scope "global"; the log is copied only from the same owner's job."""
+    if scope not in ("owner", "global"):
+        raise ValueError(f"unknown cache scope {scope!r}")
     hit = conn.execute(
-        "SELECT id, video_key, thumbnail_key, captions_key, log_key, renderer, chunks_total"
-        " FROM jobs WHERE cache_key = %s AND status = 'completed' AND id <> %s"
+        "SELECT j.id, j.video_key, j.thumbnail_key, j.captions_key, j.log_key, j.renderer,"
+        f" j.chunks_total, ({OWNER_OF_JOB}) = (SELECT {OWNER_OF_JOB} FROM jobs j WHERE j.id = %s)"
+        " AS same_owner FROM jobs j WHERE j.cache_key = %s AND j.status = 'completed'"
+        " AND j.id <> %s ORDER BY completed_at DESC LIMIT 1"
+        if scope == "global"
+        else "SELECT j.id, j.video_key, j.thumbnail_key, j.captions_key, j.log_key, j.renderer,"
+        " j.chunks_total, true AS same_owner FROM jobs j WHERE j.cache_key = %s"
+        " AND j.status = 'completed' AND j.id <> %s"
+        f" AND ({OWNER_OF_JOB}) = (SELECT {OWNER_OF_JOB} FROM jobs j WHERE j.id = %s)"
         " ORDER BY completed_at DESC LIMIT 1",
-        (cache_key, job_id),
+        (job_id, cache_key, job_id) if scope == "global" else (cache_key, job_id, job_id),
     ).fetchone()
     if hit is None:
         return False
@@ -214,7 +236,7 @@ def _complete_from_cache(conn: Conn, job_id: str, cache_key: str) -> bool:
             hit["video_key"],
             hit["thumbnail_key"],
             hit["captions_key"],
-            hit["log_key"],
+            hit["log_key"] if hit["same_owner"] else None,
             hit["renderer"],
             hit["chunks_total"],
             hit["chunks_total"],
@@ -296,13 +318,16 @@ def finish_job(
     ).fetchone()
     if row is None:
         return False
+    billed_ms = _billed_ms(conn, job_id, row["duration_ms"])
     conn.execute(
-        "UPDATE steps SET status = 'failed', lease_until = NULL"
+        "UPDATE steps SET status = 'failed', lease_until = NULL,"
+        " finished_at = CASE WHEN status = 'running' THEN now() ELSE finished_at END"
         " WHERE job_id = %s AND status IN ('pending', 'running')",
         (job_id,),
     )
-    charge_scene = status == "completed" or error_kind in ("scene_error", "timeout")
-    cost = job_cost(row["quality"], row["duration_ms"]) if charge_scene else Decimal(0)
+    conn.execute("UPDATE jobs SET billed_ms = %s WHERE id = %s", (billed_ms, job_id))
+    charge_scene = status == "completed" or error_kind in CHARGED_KINDS
+    cost = job_cost(row["quality"], billed_ms) if charge_scene else Decimal(0)
     settled = credits.settle(conn, row["user_id"], job_id, cost)
     if not settled:
         # The key cannot cover the render: like Kodisc, fail the job and release nothing.
@@ -314,6 +339,25 @@ def finish_job(
     else:
         conn.execute("UPDATE jobs SET credits_cost = %s WHERE id = %s", (cost, job_id))
     return True
+
+
+def _billed_ms(conn: Conn, job_id: str, duration_ms: int) -> int:
+    """The time the job's owning attempts ran: the union of its steps' [start, finish) spans.
+
+    Left out: queue waits between steps, and attempts the farm lost (a released or reaped
+    attempt's span is replaced by the next claim's), so a stalled farm bills nothing for the
+    stall. A job no step of which ever ran is billed its wall clock (nothing else is known).
+    """
+    row = conn.execute(
+        "SELECT count(*) AS n, COALESCE(sum(extract(epoch FROM upper(r) - lower(r))), 0)"
+        " AS seconds FROM unnest((SELECT range_agg(tstzrange(started_at,"
+        " GREATEST(started_at, COALESCE(finished_at, now())))) FROM steps WHERE job_id = %s"
+        " AND started_at IS NOT NULL AND status IN ('running', 'done', 'failed'))) AS r",
+        (job_id,),
+    ).fetchone()
+    if row is None or not row["n"]:
+        return duration_ms
+    return min(duration_ms, int(float(row["seconds"]) * 1000))
 
 
 def job_cost(quality: str, duration_ms: int) -> Decimal:
@@ -397,28 +441,55 @@ def heartbeat(conn: Conn, claim: Claim, lease_seconds: int) -> bool:
     return row is not None
 
 
-def record_plan(conn: Conn, claim: Claim, chunks: list[ChunkPlan]) -> list[int]:
-    """Store the plan and create the chunk steps; returns the chunk indices to publish."""
-    if not _mark_done(conn, claim):
+def record_plan(
+    conn: Conn,
+    claim: Claim,
+    chunks: list[ChunkPlan],
+    frames: list[int] | None = None,
+    log_key: str | None = None,
+) -> list[int]:
+    """Store the plan and create the chunk steps (with the frames each may render at most);
+    returns the chunk indices to publish."""
+    if not _mark_done(conn, claim, log_key=log_key):
         return []
     for idx, chunk in enumerate(chunks):
         conn.execute(
             "INSERT INTO steps (job_id, kind, idx, first_animation, last_animation, seconds,"
-            " published_at) VALUES (%s, 'chunk', %s, %s, %s, %s, now())",
-            (claim.job_id, idx, chunk.first, chunk.last, chunk.seconds),
+            " planned_frames, published_at) VALUES (%s, 'chunk', %s, %s, %s, %s, %s, now())",
+            (
+                claim.job_id,
+                idx,
+                chunk.first,
+                chunk.last,
+                chunk.seconds,
+                frames[idx] if frames is not None else None,
+            ),
         )
     conn.execute("UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id))
     return list(range(len(chunks)))
 
 
 def record_chunk(
-    conn: Conn, claim: Claim, output_key: str, captions_key: str | None, frames: int
+    conn: Conn,
+    claim: Claim,
+    output_key: str,
+    captions_key: str | None,
+    frames: int,
+    log_key: str | None = None,
 ) -> bool | None:
     """Store a rendered chunk. None: this attempt no longer owns it. True: the job can be stitched.
 
     The last chunk to finish creates the stitch step: fan-in never waits on a Celery chord.
     """
-    if not _mark_done(conn, claim, output_key=output_key, captions_key=captions_key, frames=frames):
+    done = _mark_done(
+        conn,
+        claim,
+        output_key=output_key,
+        captions_key=captions_key,
+        frames=frames,
+        log_key=log_key,
+    )
+    if not done:
         return None
     job = conn.execute(
         "UPDATE jobs SET chunks_done = chunks_done + 1 WHERE id = %s"
@@ -460,10 +531,29 @@ def fall_back_to_cairo(conn: Conn, claim: Claim) -> list[int]:
 
 def chunk_outputs(conn: Conn, job_id: str) -> list[dict[str, Any]]:
     return conn.execute(
-        "SELECT idx, output_key, captions_key, frames FROM steps"
+        "SELECT idx, output_key, captions_key, frames, log_key FROM steps"
         " WHERE job_id = %s AND kind = 'chunk' ORDER BY idx",
         (job_id,),
     ).fetchall()
+
+
+def step_logs(conn: Conn, job_id: str) -> list[str]:
+    """The log objects the owning attempts of the job's plan and chunks recorded, in order."""
+    rows = conn.execute(
+        "SELECT log_key FROM steps WHERE job_id = %s AND log_key IS NOT NULL"
+        " ORDER BY kind <> 'plan', idx",
+        (job_id,),
+    ).fetchall()
+    return [r["log_key"] for r in rows]
+
+
+def planned_frames(conn: Conn, claim: Claim) -> int | None:
+    """The most frames the claimed chunk may render (its plan's), None for older plans."""
+    row = conn.execute(
+        "SELECT planned_frames FROM steps WHERE job_id = %s AND kind = %s AND idx = %s",
+        (claim.job_id, claim.kind, claim.idx),
+    ).fetchone()
+    return None if row is None else row["planned_frames"]
 
 
 def record_result(
@@ -499,8 +589,8 @@ def fail_step(conn: Conn, claim: Claim, error: str, error_kind: str) -> bool:
     """A terminal failure (the scene's own error, or attempts exhausted): fail the whole job."""
     _lock_job(conn, claim.job_id)
     owned = conn.execute(
-        f"UPDATE steps SET status = 'failed', error = %s, lease_until = NULL WHERE {_OWNED}"
-        " RETURNING 1",
+        "UPDATE steps SET status = 'failed', error = %s, lease_until = NULL,"
+        f" finished_at = now() WHERE {_OWNED} RETURNING 1",
         (error, *_owned(claim)),
     ).fetchone()
     if owned is None:
@@ -534,7 +624,13 @@ class Requeue:
     quality: str
 
 
-def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[Requeue]:
+@dataclass(frozen=True)
+class Reaped:
+    requeue: list[Requeue]  # steps to publish again
+    ended: list[str]  # jobs the reaper failed (attempts spent): their job_ended is due
+
+
+def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> Reaped:
     """Recover lost work: expired leases go back to pending (or fail the job once attempts are
     spent), and pending steps whose message may have been lost are published again.
 
@@ -548,6 +644,7 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
         " ORDER BY s.job_id"  # one lock order across concurrent reapers
     ).fetchall()
     out: list[Requeue] = []
+    ended: list[str] = []
     for row in expired:
         claim = Claim(
             row["job_id"], row["kind"], row["idx"], row["attempt"], row["quality"], None, None
@@ -558,8 +655,11 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
         ).fetchone()
         if still_expired is None:
             continue  # its worker heartbeated or finished meanwhile
-        if release_step(conn, claim, "worker lost (lease expired)", max_attempts) == "requeued":
+        released = release_step(conn, claim, "worker lost (lease expired)", max_attempts)
+        if released == "requeued":
             out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
+        elif released == "failed":
+            ended.append(row["job_id"])
     stale = conn.execute(
         "SELECT s.job_id, s.kind, s.idx, j.quality FROM steps s JOIN jobs j ON j.id = s.job_id"
         " WHERE s.status = 'pending' AND j.status IN ('queued', 'running')"
@@ -577,7 +677,7 @@ def reap(conn: Conn, *, max_attempts: int, requeue_after_seconds: int) -> list[R
         ).fetchone()
         if republish is not None:
             out.append(Requeue(row["job_id"], row["kind"], row["idx"], row["quality"]))
-    return out
+    return Reaped(out, ended)
 
 
 def release_held(conn: Conn) -> list[Requeue]:

@@ -213,7 +213,7 @@ class Process:
 
         found = []
         for pid, words in argv.items():
-            if "workers.scene_runner" not in words or words[0].endswith("bwrap"):
+            if "workers.jail.program.runner" not in words or words[0].endswith("bwrap"):
                 continue
             chain = ancestors(pid)
             if self.proc.pid not in chain:

@@ -143,13 +143,16 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+RUNNER = "workers.jail.program.runner"
+
+
 def runner_subprocess(command: str, spec: dict[str, object], work: Path) -> dict[str, object]:
-    """Run ``python -m workers.scene_runner`` in a fresh process; return its result JSON."""
+    """Run the jail program ``workers.jail.program.runner`` in a fresh process (no jail)."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = work / "spec.json", work / "result.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.scene_runner", command, str(spec_path), str(result_path)],
+        [sys.executable, "-m", RUNNER, command, str(spec_path), str(result_path)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -228,10 +231,15 @@ def plain_manim_render(
 
 
 def concat_videos(parts: list[Path], out: Path) -> Path:
-    """Concatenate mp4 chunks exactly as the farm's stitcher does (stream copy)."""
-    from workers.stitch import concat_videos as stitch_concat
+    """Concatenate mp4 chunks exactly as the farm's stitcher does (stream copy, media jail)."""
+    import shutil
 
-    stitch_concat(parts, out)
+    from workers.media import stitch
+
+    from farm.config import load_settings
+
+    video, _, _ = stitch(load_settings({}), parts, out.parent / f"{out.stem}-stitch")
+    shutil.move(video, out)
     return out
 
 

@@ -463,8 +463,8 @@ def test_the_jails_request_list_is_read_as_hostile(tmp_path: Path, policy: Polic
 SHIM_CHECK = r"""
 import json, sys, urllib.error, urllib.request
 sys.path.insert(0, sys.argv[1])
-from workers import scene_assets
-scene_assets.install(sys.argv[2], sys.argv[3])
+from workers.jail.program import assets_shim
+assets_shim.install(sys.argv[2], sys.argv[3])
 import requests
 url, missing = sys.argv[4], sys.argv[5]
 out = {}
@@ -509,16 +509,16 @@ def test_the_shim_answers_requests_and_urllib_and_records_misses(tmp_path: Path)
 
 
 def test_shim_and_host_agree_on_names() -> None:
-    from workers import scene_assets
+    from workers.jail.program import assets_shim
 
     for url in ["https://example.org/a.png", "https://example.org/ü?q=1"]:
-        assert scene_assets.digest(url) == assets.digest(url)
-    assert scene_assets.MISSES_FILE == assets.MISSES_FILE
+        assert assets_shim.digest(url) == assets.digest(url)
+    assert assets_shim.MISSES_FILE == assets.MISSES_FILE
 
 
 def test_the_shim_imports_only_the_standard_library() -> None:
     # At module level only the standard library; requests and manim are patched when present.
-    source = (ROOT / "workers" / "scene_assets.py").read_text()
+    source = (ROOT / "workers" / "jail" / "program" / "assets_shim.py").read_text()
     top, lazy = set(), set()
     for line in source.splitlines():
         if line.lstrip().startswith(("import ", "from ")) and "__future__" not in line:

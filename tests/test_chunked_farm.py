@@ -144,70 +144,57 @@ def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> 
     assert again["status"] == "failed" and again["completedAt"] == job["completedAt"]
 
 
-def test_killed_render_child_is_retried_then_completes(
+def test_killed_render_child_fails_the_job_charged_and_not_retried(
     client: Any, api_key: Key, worker: Any, pool: Any
 ) -> None:
+    # A SIGKILL from inside the jail and one from outside look the same, and only the scene can
+    # be blamed without evidence of the platform: the job fails, is charged, is not retried.
     job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=3)), "Slow", fps=5)
     _wait_running_chunks(client, api_key, job_id, worker)
     victim = worker.render_children()[0]
     subprocess.run(["kill", "-KILL", str(victim)], check=True)
     job = wait_for(client, api_key, job_id)
-    assert job["status"] == "completed", job["error"]
+    assert job["status"] == "failed"
+    assert job["error"] == "the render process was killed (SIGKILL)"
+    assert job["creditsCost"] > 0
     with pool.connection() as conn:
         attempts = conn.execute(
             "SELECT max(attempt) AS n FROM steps WHERE job_id = %s AND kind = 'chunk'", (job_id,)
         ).fetchone()
-    assert attempts["n"] == 2
+    assert attempts["n"] == 1
 
 
-def test_render_child_killed_every_time_fails_the_job(
-    client: Any, api_key: Key, worker: Any
-) -> None:
-    job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=30)), "Slow", fps=5)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        for pid in worker.render_children():
-            subprocess.run(["kill", "-KILL", str(pid)], check=False)
-        job = client.get(f"/api/v2/render/{job_id}", headers=api_key.headers).get_json()
-        if job["status"] in ("completed", "failed"):
-            break
-        time.sleep(0.3)
-    assert job["status"] == "failed"
-    assert "gave up after 2 attempts" in job["error"]
-
-
-def test_identical_job_completes_from_cache(
+def test_identical_job_completes_from_cache_for_its_owner_only(
     client: Any, make_key: Any, worker: Any, pool: Any
 ) -> None:
-    first_key, second_key = make_key(), make_key()  # the cache serves across tenants
-    first = wait_for(client, first_key, submit(client, first_key, ONE_LONG, "OneLong", fps=4))
+    first_key, second_key = make_key(), make_key()
+    code = uncached(ONE_LONG)
+    body = {"code": code, "className": "OneLong", "quality": "low", "fps": 4}
+    first = wait_for(client, first_key, submit(client, first_key, code, "OneLong", fps=4))
     assert first["status"] == "completed"
-    response = client.post(
-        "/api/v2/render",
-        headers=second_key.headers,
-        json={"code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 4},
-    )
+    # The same owner submitting it again: completed at once, nothing rendered for it
+    response = client.post("/api/v2/render", headers=first_key.headers, json=body)
     assert response.status_code == 202
-    second = client.get(
-        f"/api/v2/render/{response.get_json()['jobId']}", headers=second_key.headers
+    again = client.get(
+        f"/api/v2/render/{response.get_json()['jobId']}", headers=first_key.headers
     ).get_json()
-    # completed at once, nothing rendered for it
-    assert second["status"] == "completed"
-    assert second["jobId"] != first["jobId"]
+    assert again["status"] == "completed" and again["jobId"] != first["jobId"]
     with pool.connection() as conn:
         steps = conn.execute(
-            "SELECT count(*) AS n FROM steps WHERE job_id = %s", (second["jobId"],)
+            "SELECT count(*) AS n FROM steps WHERE job_id = %s", (again["jobId"],)
         ).fetchone()
     assert steps["n"] == 0
     with (
-        urllib.request.urlopen(second["result"]["video"]) as a,
+        urllib.request.urlopen(again["result"]["video"]) as a,
         urllib.request.urlopen(first["result"]["video"]) as b,
     ):
         assert a.read() == b.read()
-    # A different fps is a different video: no cache hit
-    other = client.post(
-        "/api/v2/render",
-        headers=second_key.headers,
-        json={"code": ONE_LONG, "className": "OneLong", "quality": "low", "fps": 3},
-    ).get_json()
+    # Another owner's identical job is not served from it: it renders (and learns nothing)
+    other = client.post("/api/v2/render", headers=second_key.headers, json=body).get_json()
     assert other["status"] == "queued"
+    # A different fps is a different video: no cache hit
+    body["fps"] = 3
+    fps3 = client.post("/api/v2/render", headers=first_key.headers, json=body).get_json()
+    assert fps3["status"] == "queued"
+    rendered = wait_for(client, second_key, other["jobId"])
+    assert rendered["status"] == "completed"

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import scenes as S
 
-from workers.audio_mix import SoundAt, with_audio
 
 CORPUS_DIR = S.REPO / "tests" / "corpus"
 CORPUS = sorted(CORPUS_DIR.glob("c*.py"))
@@ -40,12 +39,12 @@ def corpus_meta(path: Path) -> tuple[str, list[int]]:
 
 
 def _runner(command: str, spec: dict[str, object], work: Path) -> dict[str, object]:
-    """``python -m workers.scene_runner plan|render`` in a fresh process (as the farm runs it)."""
+    """The jail program's runner, plan or render, in a fresh process (as the farm runs it)."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = work / "spec.json", work / "result.json"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.scene_runner", command, str(spec_path), str(result_path)],
+        [sys.executable, "-m", S.RUNNER, command, str(spec_path), str(result_path)],
         capture_output=True,
         text=True,
         cwd=work,
@@ -97,19 +96,28 @@ def farm_render(
     videos = []
     for (_, spec, _), result in zip(steps[1:], chunks, strict=True):
         assert result["video"], f"chunk {spec['from_animation']} rendered no video"
-        assert not result["sounds"] and not result["srt"]
-        videos.append(Path(str(result["video"])))
-    plan_dir = Path(str(steps[0][1]["out_dir"]))
+        assert result["sounds"] == [] and not result["captions"]
+        videos.append(Path(str(spec["out_dir"])) / "video.mp4")
+    plan_out = Path(str(plan_spec["out_dir"]))
     sounds = [
-        SoundAt(plan_dir / s["file"], s["time"], s["gain_to_background"])
-        for s in plan["sounds"]  # type: ignore[attr-defined]
+        (plan_out / "sounds" / f"{i:04d}.wav", time, to_background)
+        for i, (time, to_background) in enumerate(plan["sounds"])  # type: ignore[arg-type]
     ]
-    video = S.concat_videos(videos, work / "video-only.mp4")
-    final = work / "video.mp4"
-    if not with_audio(video, sounds, final):
-        final = video
-    srts = [Path(str(plan["srt"])).read_text()] if plan["srt"] else []
-    return final, srts
+    video = stitch_like_the_farm(videos, sounds, work / "stitched")
+    srts = [(plan_out / "captions.srt").read_text()] if plan["captions"] else []
+    return video, srts
+
+
+def stitch_like_the_farm(
+    parts: list[Path], sounds: list[tuple[Path, float, float | None]], dest: Path
+) -> Path:
+    """The farm's stitch (media jail): stream-copy concat, the one audio track, thumbnail."""
+    from workers.media import stitch
+
+    from farm.config import load_settings
+
+    video, _, _ = stitch(load_settings({}), parts, dest, sounds=sounds)
+    return video
 
 
 def audio_md5s(video: Path) -> list[str] | None:
@@ -225,7 +233,6 @@ def test_sounds_are_owned_by_one_chunk_with_absolute_times_and_chunks_are_silent
     code = """
 import math, struct, tempfile, wave
 from pathlib import Path
-from typing import Any
 from manim import *
 
 def beep():
@@ -246,10 +253,11 @@ class Boundaries(Scene):
 """
     results = chunk_results(code, "Boundaries", [1], tmp_path)
     # Then each sound is reported once, by the chunk that owns it, at its absolute scene time
-    times = [[s["time"] for s in r["sounds"]] for r in results]  # type: ignore[attr-defined]
+    times = [[s[0] for s in r["sounds"]] for r in results]  # type: ignore[attr-defined]
     assert times == [[0.0, pytest.approx(6 / S.FPS + 0.02)], [pytest.approx(12 / S.FPS)]]
     # And no chunk video carries audio: the stitch builds the one track
-    assert all(audio_md5s(Path(str(r["video"]))) is None for r in results)
+    videos = [tmp_path / f"c{i}" / "out" / "video.mp4" for i in range(len(results))]
+    assert all(audio_md5s(video) is None for video in videos)
 
 
 @pytest.mark.slow

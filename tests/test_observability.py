@@ -33,7 +33,7 @@ import pytest
 import redis
 import requests
 
-from farm import keys
+from farm import keys, objects
 from farm.config import Settings
 from farm.storage import S3Storage
 from tests.conftest import SLOT, Process, settings_env
@@ -436,13 +436,13 @@ def test_a_chatty_scenes_log_is_capped(ran: Stack, storage: S3Storage) -> None:
     overhead = 200  # the "[log truncated: N bytes dropped]" line
     # Then every step's stored log kept its head and tail within the cap
     for idx in range(chunks):
-        step_log = storage.get_bytes(f"jobs/{job_id}/logs/chunk-{idx}.log").decode()
+        step_log = storage.get_bytes(objects.step_log(job_id, "chunk", idx, 1)).decode()
         assert len(step_log.encode()) <= LOG_CAP + overhead
         assert "[log truncated:" in step_log
     # And the endpoint serves the merged log, marked truncated, head and tail kept
     body = _logs(ran, job_id, ran.owner).json()
     assert body["truncated"] is True
-    assert len(body["log"].encode()) <= chunks * (LOG_CAP + overhead)
+    assert len(body["log"].encode()) <= (chunks + 1) * (LOG_CAP + overhead)  # plan + chunks
     assert "[log truncated:" in body["log"]
     assert f"HEAD-{marker}" in body["log"] and f"TAIL-{marker}" in body["log"]
 

@@ -116,7 +116,8 @@ def scratch() -> Iterator[Path]:
 
 def render_in_jail(code: str, class_name: str, scratch: Path) -> Path:
     """Render ``code`` at 320x180, 10 fps in the farm's sandbox; the video's path."""
-    from workers.sandbox import Limits, Sandbox, checked_output
+    from workers.jail.jail import Jail
+    from workers.jail.limits import Limits
 
     spec = {
         "code": code,
@@ -127,11 +128,12 @@ def render_in_jail(code: str, class_name: str, scratch: Path) -> Path:
         "portrait": False,
         "renderer": "cairo",
     }
-    limits = Limits.from_settings(SETTINGS, wall_seconds=120)
-    run = Sandbox(SETTINGS).run("render", spec, scratch / "jail", limits)
-    assert run.ok, run.log
-    assert run.result is not None
-    return checked_output(scratch / "jail", str(run.result["video"]), 10**8)
+    with Jail(SETTINGS, Limits.from_settings(SETTINGS, wall_seconds=120), warm=True) as jail:
+        run = jail.run("render", spec)
+        assert run.ok, run.log
+        video = jail.copy_out("video.mp4", 10**8, "chunk video")
+        assert video is not None
+        return Path(shutil.copy(video, scratch / "video.mp4"))
 
 
 def frames(video: Path, scratch: Path) -> list[bytes]:

@@ -1,16 +1,17 @@
-"""Adversarial scenes against the render sandbox itself (real bubblewrap, real processes).
+"""Adversarial scenes against the jail the workers use (real bubblewrap, cgroups, processes).
 
-Each scene runs through ``Sandbox.run`` exactly as a worker runs it, with tight limits so the
-suite stays fast; ``workers.tasks._failure`` then names the outcome the job would get.
+Every scene runs through ``JailPool.take()`` and ``Jail.run`` exactly as the render step runs it
+(a warm jail, handed its spec), with tight limits so the suite stays fast; the render step's own
+functions then read its outputs (``Jail.copy_out``, ``outputs.parse_render``,
+``media.check_chunk``) and ``workers.outcomes.of_run`` names the outcome the job would get.
+Farm-level cases (a job through the API and a worker) are in tests/test_security.py.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,105 +20,135 @@ from typing import Any
 import pytest
 
 from farm.config import load_settings
-from workers.sandbox import (
-    Limits,
-    OutputError,
-    RunResult,
-    Sandbox,
-    WarmJail,
-    checked_output,
-    read_output,
-)
-from workers.stitch import probe
-from workers.tasks import _failure
+from workers import media, outcomes
+from workers.jail import outputs
+from workers.jail.jail import Jail, RunResult, sweep_stale
+from workers.jail.limits import Limits
+from workers.jail.pool import JailPool
+from workers.outcomes import PlatformFault, SceneFault
 
+# Small per-job limits so that every limit is reached in seconds.
 SETTINGS = load_settings({}).with_(
-    chunk_max_disk_mb=64,
+    chunk_max_disk_mb=256,
+    chunk_memory_mb=512,
     chunk_max_files=2000,
     chunk_max_processes=48,
     chunk_log_bytes=64 * 1024,
+    max_output_mb=64,
+    media_timeout_seconds=30,
 )
-
-
-def _scene(body: str, header: str = "") -> str:
-    lines = "\n".join("        " + line for line in body.strip().splitlines())
-    return (
-        f"import os, sys, time, socket\n{header}\nfrom manim import *\n\n"
-        f"class S(Scene):\n    def construct(self):\n{lines}\n"
-        "        self.play(Create(Square()), run_time=0.2)\n"
-    )
-
-
-def _run(
-    tmp_path: Path,
-    body: str,
-    *,
-    wall: float = 20,
-    mode: str = "render",
-    header: str = "",
-    **overrides: Any,
-) -> RunResult:
-    limits = Limits.from_settings(SETTINGS, wall_seconds=wall)
-    if overrides:
-        limits = Limits(**{**vars(limits), **overrides})
-    return Sandbox(SETTINGS).run(mode, _spec(body, header), tmp_path / "scratch", limits)
-
-
-def _spec(body: str, header: str = "") -> dict[str, Any]:
-    return {
-        "code": _scene(body, header),
-        "class_name": "S",
-        "width": 320,
-        "height": 180,
-        "fps": 10,
-        "portrait": False,
-        "renderer": "cairo",
-    }
-
-
-def _outcome(run: RunResult, **overrides: Any) -> tuple[str, str] | None:
-    limits = Limits.from_settings(SETTINGS)
-    return _failure(run, Limits(**{**vars(limits), **overrides}) if overrides else limits)
-
-
-@pytest.fixture()
-def tmp_path() -> Iterator[Path]:
-    """Scratch under /tmp itself: the jail's uid must be able to traverse to its bind source."""
-    path = Path(tempfile.mkdtemp(prefix="farm-sandbox-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
+WIDTH, HEIGHT, FPS = 320, 180, 10
 
 pytestmark = pytest.mark.skipif(
     SETTINGS.sandbox != "bwrap", reason="these tests exercise the bubblewrap sandbox"
 )
 
 
+def _scene(body: str, header: str = "", run_time: float = 0.2) -> str:
+    lines = "\n".join("        " + line for line in body.strip().splitlines())
+    return (
+        f"import os, sys, time, socket\n{header}\nfrom manim import *\n\n"
+        f"class S(Scene):\n    def construct(self):\n{lines}\n"
+        f"        self.play(Create(Square()), run_time={run_time})\n"
+    )
+
+
+def _spec(body: str, header: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "code": _scene(body, header),
+        "class_name": "S",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "fps": FPS,
+        "portrait": False,
+        "renderer": "cairo",
+        **extra,
+    }
+
+
+@pytest.fixture()
+def pool() -> Iterator[JailPool]:
+    jails = JailPool(SETTINGS)
+    yield jails
+    jails.close()
+
+
+class Ran:
+    """A finished run in a jail that is dead but not yet closed (its outputs still readable)."""
+
+    def __init__(self, jail: Jail, run: RunResult) -> None:
+        self.jail, self.run = jail, run
+
+    @property
+    def outcome(self) -> outcomes.Outcome | None:
+        return outcomes.of_run(self.run, self.jail.limits)
+
+
+@pytest.fixture()
+def render(pool: JailPool) -> Iterator[Any]:
+    """render(body, ...) -> Ran: the scene through a warm jail, as the render step runs it."""
+    open_jails: list[Any] = []
+
+    def run(
+        body: str, *, wall: float = 30, mode: str = "render", header: str = "", **extra: Any
+    ) -> Ran:
+        ctx = pool.take()
+        jail = ctx.__enter__()
+        open_jails.append(ctx)
+        time.sleep(0.5)  # let it warm up, as it does while the worker idles
+        result = jail.run(mode, _spec(body, header, **extra), wall_seconds=wall)
+        return Ran(jail, result)
+
+    yield run
+    for ctx in open_jails:
+        ctx.__exit__(None, None, None)
+
+
+def _jail_uid() -> int:
+    return SETTINGS.sandbox_uid_base + os.getpid() % 5000
+
+
 def _live_processes(uid: int, settle_seconds: float = 5) -> list[str]:
-    """Processes of the jail's uid that are not zombies (an orphan zombie is already dead),
-    after giving the kernel a moment to finish killing a torn-down namespace."""
+    """Processes of the jail's uid that are not zombies, after the kernel had a moment."""
     deadline = time.monotonic() + settle_seconds
     while True:
         out = subprocess.run(["ps", "-e", "-o", "uid=,stat=,args="], capture_output=True, text=True)
         live = [
             line
             for line in out.stdout.splitlines()
-            if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")
+            if line.split()[0] == str(uid)
+            and not line.split()[1].startswith("Z")
+            and "workers.jail.program.runner serve" not in line  # the next warm jail
         ]
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.1)
 
 
-def test_a_plain_scene_renders(tmp_path: Path) -> None:
-    run = _run(tmp_path, "pass")
-    assert run.ok, run.log
-    checked_output(tmp_path / "scratch", str(run.result["video"]), 10**8)  # type: ignore[index]
+def _fault(ran: Ran) -> SceneFault:
+    outcome = ran.outcome
+    assert isinstance(outcome, SceneFault), (outcome, ran.run.log[-2000:])
+    return outcome
 
 
-def test_fork_bomb_is_contained(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+# --- it works, and the walls hold -------------------------------------------------------------
+
+
+def test_a_plain_scene_renders_and_its_outputs_are_read_by_fixed_names(render: Any) -> None:
+    ran = render("pass")
+    assert ran.run.ok and ran.outcome is None, ran.run.log
+    report = outputs.parse_render(ran.run.report, 100)
+    assert report == {"frames": 2, "animations": 1, "video": True, "captions": False}
+    video = ran.jail.copy_out("video.mp4", 10**8, "chunk video")
+    assert video is not None
+    info, cues = media.check_chunk(
+        SETTINGS, video, None, width=WIDTH, height=HEIGHT, fps=FPS, max_frames=2
+    )
+    assert (info.width, info.height, info.fps, info.frames, cues) == (WIDTH, HEIGHT, FPS, 2, [])
+
+
+def test_fork_bomb_is_contained(render: Any) -> None:
+    ran = render(
         """
 pids = []
 while True:
@@ -127,50 +158,60 @@ while True:
         os._exit(0)
 """,
     )
-    error, kind = _outcome(run)  # type: ignore[misc]
-    assert kind == "scene_error"
-    assert "Resource temporarily unavailable" in error or "BlockingIOError" in error
-    # Every process of the bomb died with the sandbox.
-    assert _live_processes(Sandbox(SETTINGS).uid) == []
+    fault = _fault(ran)
+    assert "process limit (48)" in fault.error or "Resource temporarily unavailable" in fault.error
+    assert _live_processes(_jail_uid()) == []  # every process of the bomb died with the jail
 
 
-def test_memory_hog_fails_cleanly(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
-        "hog = []\nwhile True:\n    hog.append(bytearray(50 * 2**20))",
-        memory_bytes=1536 * 2**20,
+def test_memory_hog_fails_with_the_memory_limit_named(render: Any) -> None:
+    ran = render("hog = []\nwhile True:\n    hog.append(bytearray(50 * 2**20))")
+    assert "memory limit (512 MB" in _fault(ran).error
+
+
+def test_three_children_over_the_jobs_memory_fail_the_job(render: Any) -> None:
+    # Each child stays below the per-job limit; together they are far above it.
+    ran = render(
+        """
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(300 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(3)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print('children done')
+""",
     )
-    error, kind = _outcome(run)  # type: ignore[misc]
-    assert kind == "scene_error" and "MemoryError" in error
+    assert ran.run.limit == "memory"
+    assert "memory limit (512 MB" in _fault(ran).error
 
 
-def test_busy_loop_times_out(tmp_path: Path) -> None:
-    run = _run(tmp_path, "while True:\n    pass", wall=3)
-    assert run.stopped == "timeout"
-    assert _outcome(run, wall_seconds=3) == ("render timed out after 3 s", "timeout")
-
-
-def test_cpu_limit_stops_a_busy_loop(tmp_path: Path) -> None:
-    run = _run(tmp_path, "while True:\n    pass", wall=30, cpu_seconds=3)
-    assert run.signal in (signal.SIGXCPU, signal.SIGKILL) or run.returncode != 0
-    assert run.stopped is None  # the kernel stopped it, not the wall clock
-
-
-def test_sleep_forever_times_out(tmp_path: Path) -> None:
-    run = _run(tmp_path, "time.sleep(10**9)", wall=2)
-    assert run.stopped == "timeout"
-
-
-def test_reading_stdin_gets_end_of_file_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["/dev/shm", "/tmp", "/"])
+def test_five_gigabytes_to_memory_backed_mounts_fail(render: Any, where: str) -> None:
     started = time.monotonic()
-    run = _run(tmp_path, "print('stdin said', repr(sys.stdin.read()))", wall=10)
-    assert run.stopped is None and time.monotonic() - started < 10
-    assert "stdin said ''" in run.log
+    ran = render(
+        f"""
+with open('{where.rstrip("/")}/big.bin', 'wb') as f:
+    for _ in range(5 * 1024):
+        f.write(b'x' * 2**20)
+        f.flush()
+"""
+    )
+    error = _fault(ran).error
+    if where == "/":
+        assert "Read-only file system" in error
+    else:
+        assert "disk limit (256 MB, /tmp and /dev/shm included, 32 MB each)" in error
+    assert time.monotonic() - started < 30
 
 
-def test_filling_the_disk_is_stopped(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+def test_filling_the_scratch_disk_is_stopped(render: Any) -> None:
+    ran = render(
         """
 with open('big.bin', 'wb') as f:
     while True:
@@ -178,40 +219,55 @@ with open('big.bin', 'wb') as f:
         f.flush()
 """,
     )
-    assert run.stopped == "disk"
-    error, kind = _outcome(run)  # type: ignore[misc]
-    assert kind == "scene_error" and "more than 64 MB" in error
+    assert ran.run.stopped == "disk"
+    assert "disk limit (256 MB" in _fault(ran).error
 
 
-def test_file_size_limit(tmp_path: Path) -> None:
-    run = _run(tmp_path, "open('f', 'wb').write(b'x' * 3 * 2**20)", file_bytes=2**20)
-    error, kind = _outcome(run)  # type: ignore[misc]
-    assert kind == "scene_error" and "File too large" in error
+def test_busy_loop_times_out(render: Any) -> None:
+    ran = render("while True:\n    pass", wall=3)
+    assert ran.run.stopped == "timeout"
+    assert ran.outcome == SceneFault("render timed out after 3 s", "timeout")
 
 
-def test_million_small_files_are_stopped(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+def test_sleep_forever_times_out(render: Any) -> None:
+    assert render("time.sleep(10**9)", wall=2).run.stopped == "timeout"
+
+
+def test_reading_stdin_gets_end_of_file_at_once(render: Any) -> None:
+    started = time.monotonic()
+    ran = render("print('stdin said', repr(sys.stdin.read()))", wall=10)
+    assert ran.run.stopped is None and time.monotonic() - started < 10
+    assert "stdin said ''" in ran.run.log
+
+
+def test_file_size_limit(pool: JailPool) -> None:
+    with Jail(SETTINGS, pool.limits.with_(file_bytes=2**20), warm=True) as jail:
+        run = jail.run("render", _spec("open('f', 'wb').write(b'x' * 3 * 2**20)"))
+        fault = outcomes.of_run(run, jail.limits)
+    assert isinstance(fault, SceneFault) and "File too large" in fault.error
+
+
+def test_million_small_files_are_stopped(render: Any) -> None:
+    ran = render(
         """
 os.makedirs('many', exist_ok=True)
 for i in range(10**6):
     open(f'many/{i}', 'w').close()
 """,
     )
-    assert run.stopped == "files"
-    assert _outcome(run)[1] == "scene_error"  # type: ignore[index]
+    assert ran.run.stopped == "files"
+    assert "file limit (2000 files)" in _fault(ran).error
 
 
-def test_printing_forever_is_capped(tmp_path: Path) -> None:
-    run = _run(tmp_path, "while True:\n    print('spam' * 1000)", wall=4)
-    assert run.stopped == "timeout"
-    assert len(run.log) <= 64 * 1024 + 200
-    assert "[log truncated:" in run.log
+def test_printing_forever_is_capped(render: Any) -> None:
+    ran = render("while True:\n    print('spam' * 1000)", wall=4)
+    assert ran.run.stopped == "timeout"
+    assert len(ran.run.log) <= 64 * 1024 + 200
+    assert "[log truncated:" in ran.run.log
 
 
-def test_no_network_not_even_the_farms_own_services(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+def test_no_network_not_even_the_farms_own_services(render: Any) -> None:
+    ran = render(
         """
 for port in (5432, 6379, 8333, 8000):
     s = socket.socket()
@@ -229,22 +285,21 @@ except OSError:
     print('no dns')
 """,
     )
-    assert run.ok, run.log
-    assert "CONNECTED" not in run.log and "RESOLVED" not in run.log
-    assert run.log.count("refused") == 4
-    assert "interfaces ['lo']" in run.log
+    assert ran.run.ok, ran.run.log
+    assert "CONNECTED" not in ran.run.log and "RESOLVED" not in ran.run.log
+    assert ran.run.log.count("refused") == 4
+    assert "interfaces ['lo']" in ran.run.log
 
 
 def test_worker_environment_and_files_are_invisible(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    render: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     canary = "canary-" + os.urandom(8).hex()
     monkeypatch.setenv("FARM_S3_SECRET_KEY", canary)
     secret_file = tmp_path / "worker-config.env"
     secret_file.write_text(canary)
     os.chmod(secret_file, 0o644)
-    run = _run(
-        tmp_path,
+    ran = render(
         f"""
 print('env', dict(os.environ))
 for path in ['/proc/1/environ', '/proc/self/environ', '/proc/2/environ']:
@@ -257,26 +312,20 @@ for path in [{str(secret_file)!r}, '/root/.bash_history', '/etc/shadow', '/etc/p
     print(path, os.path.exists(path))
 """,
     )
-    assert run.ok, run.log
-    assert canary not in run.log
-    assert "FARM_" not in run.log
-    assert f"{secret_file} False" in run.log
-    assert "/etc/shadow False" in run.log and "/var/lib/postgresql False" in run.log
-    assert f"{Path.cwd()} False" in run.log
+    log = ran.run.log
+    assert ran.run.ok, log
+    assert canary not in log and "FARM_" not in log
+    assert f"{secret_file} False" in log
+    assert "/etc/shadow False" in log and "/var/lib/postgresql False" in log
+    assert f"{Path.cwd()} False" in log
 
 
-def test_other_jobs_files_and_processes_are_invisible(tmp_path: Path) -> None:
-    neighbour = tmp_path / "neighbour"
-    (neighbour / "out").mkdir(parents=True)
-    (neighbour / "out" / "secret.mp4").write_text("other job")
-    os.chmod(tmp_path, 0o755)
+def test_other_processes_are_invisible_and_unreachable(render: Any) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        run = _run(
-            tmp_path,
+        ran = render(
             f"""
 print('pids', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))
-print('neighbour', os.path.exists({str(neighbour)!r}))
 try:
     os.kill({sleeper.pid}, 9)
     print('KILLED')
@@ -288,9 +337,9 @@ except OSError:
     pass
 """,
         )
-        assert "KILLED" not in run.log and "no such process" in run.log
-        assert "neighbour False" in run.log
-        pids = eval(run.log.split("pids ")[1].splitlines()[0])
+        log = ran.run.log
+        assert "KILLED" not in log and "no such process" in log
+        pids = eval(log.split("pids ")[1].splitlines()[0])
         assert max(pids) < 50  # its own pid namespace: only its own few processes
         assert sleeper.poll() is None  # kill(-1) reached nothing outside
     finally:
@@ -298,23 +347,51 @@ except OSError:
         sleeper.wait()
 
 
-def test_segfault_fails_cleanly(tmp_path: Path) -> None:
-    run = _run(tmp_path, "import ctypes\nctypes.string_at(0)")
-    error, kind = _outcome(run)  # type: ignore[misc]
-    assert kind == "scene_error" and "SIGSEGV" in error
+def test_segfault_fails_cleanly(render: Any) -> None:
+    assert "SIGSEGV" in _fault(render("import ctypes\nctypes.string_at(0)")).error
 
 
-def test_exit_before_rendering(tmp_path: Path) -> None:
-    error, kind = _outcome(_run(tmp_path, "sys.exit(0)"))  # type: ignore[misc]
-    assert kind == "scene_error" and "SystemExit: 0" in error
+def test_self_sigkill_is_the_scenes_fault(render: Any) -> None:
+    # No evidence of the platform (the jail started, no limit): charged, never retried.
+    ran = render("os.kill(os.getpid(), 9)")
+    assert ran.run.started and ran.run.signal == signal.SIGKILL
+    assert _fault(ran).error == "the render process was killed (SIGKILL)"
+
+
+def test_exit_before_rendering(render: Any) -> None:
+    assert "SystemExit: 0" in _fault(render("sys.exit(0)")).error
     # os._exit skips every handler: the runner never reports
-    error, kind = _outcome(_run(tmp_path, "os._exit(0)"))  # type: ignore[misc]
-    assert kind == "scene_error" and "exited before rendering finished (exit code 0)" in error
+    assert "exited before rendering finished (exit code 0)" in _fault(render("os._exit(0)")).error
 
 
-def test_a_daemon_dies_with_the_sandbox(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+def test_forged_failure_report_cannot_claim_to_be_the_platform(render: Any) -> None:
+    header = """
+import atexit, json
+def _forge():
+    with open('/work/result.json', 'w') as f:
+        json.dump({'ok': False, 'error': 'bwrap: setting up uid map', 'scene_error': False}, f)
+atexit.register(_forge)
+"""
+    ran = render("print('bwrap: fake start-up failure')", header=header)
+    assert isinstance(ran.outcome, SceneFault)
+
+
+def test_a_jail_that_cannot_start_is_the_platforms_fault(
+    pool: JailPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.jail import bwrap
+
+    binds = bwrap._binds
+    # A bind whose source is missing: bwrap refuses to set the jail up.
+    monkeypatch.setattr(bwrap, "_binds", lambda gpu: [*binds(gpu), "--ro-bind", "/nope", "/x"])
+    with Jail(SETTINGS, pool.limits) as jail:
+        run = jail.run("render", _spec("pass"))
+        assert not run.started
+        assert isinstance(outcomes.of_run(run, jail.limits), PlatformFault)
+
+
+def test_a_daemon_dies_with_the_jail(render: Any) -> None:
+    ran = render(
         """
 if os.fork() == 0:
     os.setsid()
@@ -323,77 +400,226 @@ if os.fork() == 0:
     os._exit(0)
 """,
     )
-    assert run.ok, run.log
-    time.sleep(0.5)
-    assert _live_processes(Sandbox(SETTINGS).uid) == []
+    assert ran.run.ok, ran.run.log
+    assert _live_processes(_jail_uid()) == []
 
 
-@pytest.mark.parametrize("kind", ["symlink", "fifo"])
-def test_symlink_or_fifo_instead_of_the_video_is_refused(tmp_path: Path, kind: str) -> None:
-    # The scene swaps its own output after the runner reported it (atexit runs last).
-    make = "os.symlink('/etc/passwd', p)" if kind == "symlink" else "os.mkfifo(p)"
-    header = f"""
-import atexit, glob
-def _swap():
-    for p in glob.glob('/work/out/videos/*.mp4'):
-        os.remove(p)
-        {make}
-atexit.register(_swap)
-"""
-    run = _run(tmp_path, "pass", header=header)
-    assert run.ok
-    video = str(run.result["video"])  # type: ignore[index]
-    with pytest.raises(OutputError, match="not a regular file"):
-        checked_output(tmp_path / "scratch", video, 10**8)
-
-
-def test_output_paths_outside_the_out_dir_are_refused(tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"
-    (scratch / "out").mkdir(parents=True)
-    for bad in ("/etc/passwd", "/work/out/../spec.json", "../../etc/passwd"):
-        with pytest.raises(OutputError):
-            checked_output(scratch, bad, 10**6)
-    (scratch / "out" / "big").write_bytes(b"x" * 100)
-    with pytest.raises(OutputError, match="larger"):
-        read_output(scratch / "out" / "big", 10)
-
-
-def test_absurd_settings_from_inside_the_scene_are_overridden(tmp_path: Path) -> None:
-    run = _run(
-        tmp_path,
+def test_absurd_settings_from_inside_the_scene_are_overridden(render: Any) -> None:
+    ran = render(
         "pass",
         header=(
             "from manim import config\nconfig.pixel_width = 20000\nconfig.pixel_height = 20000\n"
             "config.frame_rate = 5000\n"
         ),
     )
-    assert run.ok, run.log
-    video = checked_output(tmp_path / "scratch", str(run.result["video"]), 10**8)  # type: ignore[index]
-    info = probe(video)
-    assert (info["width"], info["height"], info["fps"]) == (320, 180, 10)
+    assert ran.run.ok, ran.run.log
+    video = ran.jail.copy_out("video.mp4", 10**8, "chunk video")
+    info = media.probe(video, SETTINGS)
+    assert (info["width"], info["height"], info["fps"]) == (WIDTH, HEIGHT, FPS)
 
 
-def test_warm_jail_is_as_isolated_and_reads_no_stdin() -> None:
-    """The pre-started jail the workers use: same walls, and stdin is closed before the scene."""
-    limits = Limits.from_settings(SETTINGS, wall_seconds=20)
-    jail = WarmJail(Sandbox(SETTINGS), limits)
-    try:
-        time.sleep(1)  # let it import manim, as it would while the worker idles
-        spec = _spec("""
-print('stdin said', repr(sys.stdin.read()))
-print('env', sorted(os.environ))
-s = socket.socket()
-s.settimeout(2)
-try:
-    s.connect(('127.0.0.1', 6379))
-    print('CONNECTED')
-except OSError:
-    print('refused')
-""")
-        run = jail.run("render", spec, limits)
-    finally:
-        jail.close()
-    assert run.ok, run.log
-    assert "stdin said ''" in run.log and "refused" in run.log and "CONNECTED" not in run.log
-    assert "FARM_" not in run.log
-    assert not jail.dir.exists()  # closed: nothing of the job stays on disk
+# --- outputs: only the farm's names, never a link ----------------------------------------------
+
+SWAP = """
+import atexit, shutil
+def _swap():
+{body}
+atexit.register(_swap)
+"""
+
+
+def _swap(body: str) -> str:
+    return SWAP.format(body="\n".join("    " + line for line in body.strip().splitlines()))
+
+
+@pytest.mark.parametrize(
+    ("name", "swap"),
+    [
+        # a symlinked directory component: out -> /, so out/etc/shadow would be the host's
+        ("video.mp4", "shutil.rmtree('/work/out')\nos.symlink('/', '/work/out')"),
+        ("captions.srt", "shutil.rmtree('/work/out')\nos.symlink('/etc', '/work/out')"),
+        (
+            "video.mp4",
+            "os.remove('/work/out/video.mp4')\nos.symlink('/etc/passwd', '/work/out/video.mp4')",
+        ),
+        ("video.mp4", "os.remove('/work/out/video.mp4')\nos.mkfifo('/work/out/video.mp4')"),
+        ("video.mp4", "os.remove('/work/out/video.mp4')\nos.mkdir('/work/out/video.mp4')"),
+    ],
+)
+def test_links_fifos_and_directories_are_refused_not_followed(
+    render: Any, name: str, swap: str
+) -> None:
+    # The scene swaps its outputs after the runner wrote them (atexit runs last).
+    ran = render("self.add_subcaption('hi', duration=0.1)", header=_swap(swap))
+    assert ran.run.ok, ran.run.log
+    with pytest.raises(outputs.OutputError) as info:
+        ran.jail.copy_out(name, 10**8, "chunk video") or pytest.fail("nothing there")
+    assert "root:" not in str(info.value)  # the farm's words, no host bytes
+
+
+def test_output_names_cannot_escape() -> None:
+    with outputs.directory(Path("/tmp")) as fd:
+        for bad in ("/etc/passwd", "../etc/passwd", "out/../../etc/passwd", "", "out//x"):
+            with pytest.raises(outputs.OutputError, match="bad output name"):
+                outputs.read_output(fd, bad, 10)
+
+
+def test_a_symlinked_component_is_refused_by_the_walk_too(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with outputs.directory(tmp_path) as fd:
+        assert outputs.read_output(fd, "real/f", 10) == b"x"
+        with pytest.raises(OSError):
+            os.close(outputs._walk(fd, "link/f", os.O_RDONLY))
+        with pytest.raises(OSError):
+            os.close(outputs._openat2(fd, "link/f", os.O_RDONLY))
+
+
+def test_rewritten_result_file_names_no_path_and_is_bounded(render: Any) -> None:
+    header = """
+import atexit, json
+def _forge():
+    with open('/work/result.json', 'w') as f:
+        json.dump({'ok': True, 'frames': 2, 'animations': 1, 'video': '/etc/shadow',
+                   'captions': '/root/.ssh/id_rsa'}, f)
+atexit.register(_forge)
+"""
+    ran = render("pass", header=header)
+    with pytest.raises(outputs.OutputError):
+        outputs.parse_render(ran.run.report, 100)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        b'{"ok": true, "durations": [NaN]}',
+        b'{"ok": true, "durations": [Infinity]}',
+        b'{"ok": true, "durations": [-1.0]}',
+        b'{"ok": true, "durations": [1e308]}',
+        b'{"ok": true, "durations": ["1"]}',
+        b'{"ok": true, "durations": [true]}',
+        b'{"ok": true, "durations": 5}',
+        b'{"ok": true, "durations": [0.1], "video": "/etc/passwd"}',
+    ],
+)
+def test_forged_plans_are_refused(report: bytes) -> None:
+    with pytest.raises(outputs.OutputError):
+        outputs.parse_plan(outputs.load_report(report), 600.0)
+
+
+def test_render_report_frames_within_the_plan() -> None:
+    forged = {"ok": True, "frames": 10**6, "animations": 1, "video": True, "captions": False}
+    with pytest.raises(outputs.OutputError, match="out of bounds"):
+        outputs.parse_render(forged, 100)
+
+
+# --- scene-made media is read only in a jail, and only plain MP4 passes --------------------------
+
+CHUNK_FAKES = {
+    "hls": b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/hostname\n#EXT-X-ENDLIST\n",
+    "dash": (
+        b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" '
+        b'minimumUpdatePeriod="PT0S"><Period><AdaptationSet><Representation id="1" '
+        b'bandwidth="1"><BaseURL>file:///etc/hostname</BaseURL></Representation>'
+        b"</AdaptationSet></Period></MPD>"
+    ),
+    "concat": b"ffconcat version 1.0\nfile '/etc/hostname'\n",
+    "text": b"just some text\n" * 100,
+}
+
+
+def _real_chunk(tmp_path: Path, pool: JailPool, fps: int = FPS) -> Path:
+    with pool.take() as jail:
+        run = jail.run("render", _spec("pass", fps=fps))
+        assert run.ok, run.log
+        video = jail.copy_out("video.mp4", 10**8, "chunk video")
+        assert video is not None
+        dest = tmp_path / f"real-{fps}.mp4"
+        dest.write_bytes(video.read_bytes())
+    return dest
+
+
+def _check(video: Path, **expect: Any) -> media.VideoInfo:
+    geometry = {"width": WIDTH, "height": HEIGHT, "fps": FPS, "max_frames": 100, **expect}
+    return media.check_chunk(SETTINGS, video, None, **geometry)[0]
+
+
+@pytest.mark.parametrize("kind", sorted(CHUNK_FAKES))
+def test_a_playlist_or_text_posing_as_a_chunk_is_refused(tmp_path: Path, kind: str) -> None:
+    fake = tmp_path / "chunk.mp4"
+    fake.write_bytes(CHUNK_FAKES[kind])
+    started = time.monotonic()
+    with pytest.raises(media.MediaError) as info:
+        _check(fake)
+    assert str(info.value) == "the chunk video is not a plain MP4 video"
+    assert time.monotonic() - started < 20
+
+
+def test_truncated_wrong_size_and_wrong_fps_chunks_are_refused(
+    tmp_path: Path, pool: JailPool
+) -> None:
+    real = _real_chunk(tmp_path, pool)
+    assert _check(real).frames == 2
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size * 2 // 3])
+    refused = r"^the chunk video (is not a plain MP4|is truncated|has streams)"
+    with pytest.raises(media.MediaError, match=refused):
+        _check(truncated)
+    with pytest.raises(media.MediaError, match="is 320x180 at 10 fps; the job is 640x360"):
+        _check(real, width=640, height=360)
+    with pytest.raises(media.MediaError, match="at 10 fps; the job is 320x180 at 15 fps"):
+        _check(real, fps=15)
+    with pytest.raises(media.MediaError, match="rendered 2 frames where its plan had 1"):
+        _check(real, max_frames=1)
+
+
+def test_captions_are_parsed_in_the_jail_and_never_quoted(tmp_path: Path, pool: JailPool) -> None:
+    real = _real_chunk(tmp_path, pool)
+    secret = "root-only-" + os.urandom(6).hex()
+    srt = tmp_path / "chunk.srt"
+    srt.write_text(f"1\n00:00:00,000 --> {secret}\nhello\n")
+    with pytest.raises(media.MediaError) as info:
+        media.check_chunk(SETTINGS, real, srt, width=WIDTH, height=HEIGHT, fps=FPS, max_frames=100)
+    assert secret not in str(info.value)
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,100\nhello\n")
+    _, cues = media.check_chunk(
+        SETTINGS, real, srt, width=WIDTH, height=HEIGHT, fps=FPS, max_frames=100
+    )
+    assert [(c.start_ms, c.end_ms, c.text) for c in cues] == [(0, 100, "hello")]
+
+
+# --- jail scratch -------------------------------------------------------------------------------
+
+
+def test_jail_scratch_is_removed_when_it_ends_crash_included(pool: JailPool) -> None:
+    jail = Jail(SETTINGS, pool.limits, warm=True)
+    cgroups = list(jail.cgroup.dirs) if jail.cgroup else []
+    assert jail.dir.is_dir()
+    os.killpg(jail.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    run = jail.run("render", _spec("pass"))
+    assert not run.ok
+    jail.close()
+    assert not jail.dir.exists()
+    assert not any(d.exists() for d in cgroups)
+
+
+def test_stale_jails_of_a_dead_worker_are_swept(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"farm-jail-{dead.pid}-abc"
+    (stale / "scratch").mkdir(parents=True)
+    (stale / "scratch" / "code.py").write_text("someone else's scene")
+    live = tmp_path / f"farm-jail-{os.getpid()}-def"
+    live.mkdir()
+    foreign = tmp_path / "farm-jail-notours"
+    foreign.mkdir()
+    assert sweep_stale(tmp_path) == 1
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_limits_follow_the_settings() -> None:
+    limits = Limits.from_settings(SETTINGS)
+    assert limits.memory_bytes == 512 * 2**20 and limits.processes == 48
+    assert limits.tmpfs_bytes == 32 * 2**20 and limits.scratch_bytes == 192 * 2**20
+    assert not Limits.from_settings(SETTINGS, renderer="opengl").address_space

@@ -1,4 +1,4 @@
-"""Tests for workers.scene_runner and workers.manim_patch: real manim renders, no mocks.
+"""Tests for the jail program (runner.py, manim_patch.py): real manim renders, no mocks.
 
 Renders are 426x240 at 15 fps (x264 wants even sizes) with run times under a second.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import scenes as S
 
-from workers import manim_patch
-from workers.scene_runner import RenderSpec, SceneError, plan_scene, render_scene
+from workers.jail.program import manim_patch
+from workers.jail.program.runner import RenderSpec, SceneError, plan_scene, render_scene
 
 
 def spec_for(code: str, class_name: str, out_dir: Path, **kwargs: object) -> RenderSpec:
@@ -179,10 +179,10 @@ def render_chunks(
             out_dir,
         )
         assert result["ok"], result
-        assert isinstance(result["video"], str)
-        videos.append(Path(result["video"]))
-        if result["srt"]:
-            srts.append(Path(str(result["srt"])).read_text())
+        assert result["video"] is True
+        videos.append(out_dir / "video.mp4")  # the name the worker chose, not the scene
+        if result["captions"]:
+            srts.append((out_dir / "captions.srt").read_text())
     return S.concat_videos(videos, work / "stitched.mp4"), srts
 
 
@@ -356,8 +356,8 @@ def test_cli_plan_render_and_scene_error(tmp_path: Path) -> None:
         tmp_path / "r",
     )
     assert render["ok"] is True and render["returncode"] == 0
-    assert (render["frames"], render["animations"], render["srt"]) == (15, 2, None)
-    assert Path(str(render["video"])).is_file()
+    assert (render["frames"], render["animations"], render["captions"]) == (15, 2, False)
+    assert render["video"] is True and (tmp_path / "r" / "video.mp4").is_file()
 
     broken = S.runner_subprocess(
         "render",

@@ -333,7 +333,7 @@ def test_private_webhook_urls_are_recorded_as_refused_and_not_retried(
 ) -> None:
     key = make_key()
     rt = runtime(settings, pool, storage)
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     for url in ("https://10.0.0.1/hook", "https://169.254.169.254/"):
         job_id = ended_job(pool, key, url)
@@ -491,7 +491,7 @@ def test_a_duplicated_message_never_sends_twice(
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
     rt = runtime(settings, pool, storage)
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     deliver(rt, job_id, 1)
     deliver(rt, job_id, 1)  # the broker delivered the message again
@@ -506,7 +506,7 @@ def test_retries_are_scheduled_as_offsets_from_the_first_try(
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
     rt = runtime(settings.with_(webhook_retry_delays=(30.0, 300.0, 1800.0)), pool, storage)
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     deliver(rt, job_id, 1)
     [(_, attempt, countdown)] = rt.publisher.webhooks
@@ -533,7 +533,7 @@ def test_redirects_are_not_followed(
     path = f"/redirect-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
     job_id = ended_job(pool, key)
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     deliver(runtime(settings, pool, storage), job_id, 1)
     [row] = deliveries(pool, job_id)
@@ -544,7 +544,7 @@ def test_redirects_are_not_followed(
 def test_no_url_means_no_delivery(
     settings: Settings, pool: Any, storage: Any, make_key: Any, receiver: Receiver
 ) -> None:
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     rt = runtime(settings, pool, storage)
     bare = ended_job(pool, make_key())  # neither the key nor the job has a URL
@@ -559,7 +559,7 @@ def test_a_rotated_secret_signs_the_next_delivery(
     settings: Settings, pool: Any, storage: Any, make_key: Any, receiver: Receiver
 ) -> None:
     from farm import keys
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     path = f"/ok-{unique()}"
     key = make_key(webhook_url=receiver.url(path))
@@ -596,7 +596,7 @@ def test_money_is_not_affected_by_webhooks(pool: Any, make_key: Any) -> None:
 def test_the_retry_pump_finds_lost_first_tries_and_stalled_retries(
     settings: Settings, pool: Any, storage: Any, make_key: Any, receiver: Receiver
 ) -> None:
-    from workers.webhook_delivery import deliver
+    from workers.steps.webhook import deliver
 
     delays = (30.0, 300.0, 1800.0)
     rt = runtime(settings.with_(webhook_retry_delays=delays), pool, storage)

@@ -6,9 +6,11 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from farm.config import Settings
+from workers.liveness import ConsumerHeartbeat
 from workers.routing import ALL_QUEUES
 
 app = Celery("farm", set_as_current=False)
+app.steps["consumer"].add(ConsumerHeartbeat)  # the liveness probe's heartbeat (workers/liveness.py)
 
 
 _configured_for: str | None = None

@@ -1,6 +1,6 @@
-"""What a worker process holds: settings, a DB pool, storage, the publisher, the sandbox.
-
-Built once per process, after Celery forks its pool children (connections don't survive a fork).
+"""What a worker process holds: the farm's services (``farm.services.build_services``) and its
+jail pool. Built once per process, after Celery forks its pool children (connections don't
+survive a fork).
 """
 
 from __future__ import annotations
@@ -8,21 +8,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from farm.config import Settings, load_settings
-from farm.db import Pool, open_pool
-from farm.storage import S3Storage
+from farm.db import Pool
+from farm.services import Publisher as FarmPublisher
+from farm.services import Services, build_services
+from farm.storage import Storage
 from workers.celery_app import app, configure
+from workers.jail.jail import sweep_stale
+from workers.jail.pool import JailPool
 from workers.publish import Publisher
-from workers.sandbox import Jails, Limits, Sandbox
 
 
 @dataclass
 class Runtime:
-    settings: Settings
-    pool: Pool
-    storage: S3Storage
-    publisher: Publisher
-    sandbox: Sandbox
-    jails: Jails
+    services: Services
+    jails: JailPool
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def pool(self) -> Pool:
+        return self.services.pool
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def publisher(self) -> FarmPublisher:
+        return self.services.publisher
 
 
 _runtime: Runtime | None = None
@@ -41,14 +56,10 @@ def get_runtime() -> Runtime:
     if _runtime is None:
         settings = _settings or load_settings()
         configure(settings)
-        sandbox = Sandbox(settings)
+        sweep_stale()  # jails a crashed worker left behind (only those whose owner is gone)
         _runtime = Runtime(
-            settings=settings,
-            pool=open_pool(settings, max_size=4),
-            storage=S3Storage(settings),
-            publisher=Publisher(app),
-            sandbox=sandbox,
-            jails=Jails(sandbox, Limits.from_settings(settings), warm=settings.warm_sandbox),
+            services=build_services(settings, Publisher(app), pool_size=4),
+            jails=JailPool(settings),
         )
         _runtime.jails.start()
     return _runtime

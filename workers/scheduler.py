@@ -11,11 +11,13 @@ import time
 
 import redis
 
-from farm import jobs, metrics, webhooks
+from farm import endings, jobs, metrics, webhooks
 from farm.config import Settings
-from farm.db import Pool, open_pool
+from farm.db import Pool
 from farm.logs import log_context
 from farm.presets import QUALITIES
+from farm.services import Publisher as FarmPublisher
+from farm.services import build_services
 from workers.celery_app import app, configure
 from workers.publish import Publisher
 from workers.routing import ALL_QUEUES
@@ -36,9 +38,9 @@ def queue_consumers(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Publisher) -> int:
+def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: FarmPublisher) -> int:
     with pool.connection() as conn:
-        requeue = jobs.reap(
+        reaped = jobs.reap(
             conn,
             max_attempts=settings.max_attempts,
             requeue_after_seconds=settings.requeue_after_seconds,
@@ -46,9 +48,12 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
         ages = jobs.oldest_queued_age(conn)
         # Webhook tries whose message was lost, and first tries for jobs the reaper failed.
         due = webhooks.due_deliveries(conn, settings.webhook_retry_delays)
+    for job_id in reaped.ended:  # gave up (attempts spent): the end's metrics and webhook
+        with pool.connection() as conn:
+            endings.job_ended(conn, job_id, lambda j: publisher.webhook(j, 1))
     for job_id, attempt in due:
         publisher.webhook(job_id, attempt)
-    for item in requeue:
+    for item in reaped.requeue:
         publisher.step(item.job_id, item.kind, item.idx, item.quality)
         metrics.REAPER_REQUEUED.labels(kind=item.kind).inc()
         fields = {"job_id": item.job_id, **({"chunk": item.idx} if item.kind == "chunk" else {})}
@@ -60,14 +65,13 @@ def run_once(settings: Settings, pool: Pool, client: redis.Redis, publisher: Pub
         metrics.QUEUE_OLDEST_JOB_AGE.labels(quality=quality).set(ages.get(quality, 0.0))
     for queue, n in queue_consumers(client).items():
         metrics.QUEUE_CONSUMERS.labels(queue=queue).set(n)
-    return len(requeue)
+    return len(reaped.requeue)
 
 
 def run_forever(settings: Settings) -> None:
     configure(settings)
-    pool = open_pool(settings, max_size=2)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    publisher = Publisher(app)
+    services = build_services(settings, Publisher(app), pool_size=2)
+    pool, client, publisher = services.pool, services.redis, services.publisher
     metrics.start_metrics_server(settings.scheduler_metrics_port, environ={})
     log.info("scheduler running; metrics on :%s/metrics", settings.scheduler_metrics_port)
     while True:

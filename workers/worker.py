@@ -89,9 +89,11 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     if unknown:
         raise SystemExit(f"unknown queues: {', '.join(sorted(unknown))}")
     # The chunk runner patches manim internals: refuse to start on another manim version.
-    from workers.manim_patch import check_manim_version
+    from workers.jail.jail import sweep_stale
+    from workers.jail.program.manim_patch import check_manim_version
 
     check_manim_version()
+    sweep_stale()  # jail directories and cgroups a crashed worker left behind
     configure_worker_logging(settings)
     configure(settings)
     runtime.set_settings(settings)

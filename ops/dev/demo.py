@@ -11,8 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import requests
-
-from workers.stitch import probe
+from workers.media import probe
 
 
 def main() -> int:

@@ -57,7 +57,7 @@ def check_manim_version() -> None:
     """Raise RuntimeError unless the installed manim is the version the patch targets."""
     if manim.__version__ != PINNED_MANIM_VERSION:
         raise RuntimeError(
-            f"workers.manim_patch was written against manim {PINNED_MANIM_VERSION}, "
+            f"the farm's manim patch was written against manim {PINNED_MANIM_VERSION}, "
             f"found {manim.__version__}; re-verify the patch before changing the pin"
         )
 

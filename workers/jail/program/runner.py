@@ -1,14 +1,17 @@
 """Run one user scene inside the render child: plan its animations or render a range.
 
-The caller (the render task) starts a fresh child process per call, usually in a
-sandbox, and either runs ``python -m workers.scene_runner plan|render SPEC RESULT``
-or calls ``plan_scene`` / ``render_scene`` directly in a forked child.
+This is the jail's program (``workers/jail/program``): inside the jail it runs as
+``python -m workers.jail.program.runner plan|render|serve SPEC RESULT`` and imports nothing
+of the project but its sibling ``manim_patch`` (tests/test_layout.py checks), because only
+this directory is bound into the jail. Its report (RESULT) holds numbers and the scene's
+error text only; the outputs are always ``out/video.mp4`` and ``out/captions.srt``, names the
+worker chose, never paths the scene could steer. The worker treats the report as untrusted.
 
 Range convention: ``from_animation`` / ``upto_animation`` select the half-open range
 ``[from, upto)`` of 0-based ``play()`` / ``wait()`` calls (``None`` = scene start /
 scene end).  That maps to manim's inclusive ``upto_animation_number = upto - 1``.
 The video of a range is exactly the partial movies of those animations, and thanks
-to ``workers.manim_patch`` the animations before it are simulated frame by frame,
+to ``manim_patch`` the animations before it are simulated frame by frame,
 so ranges ``[0, a)``, ``[a, b)``, ``[b, None)`` concatenated (``-c copy``) decode to
 the same frames as one full render.
 
@@ -21,7 +24,7 @@ Sounds are assigned the same way and never enter a range's video: each
 ``add_sound`` that plain manim would keep (it drops those made while the scene's own
 section skips) is decoded exactly as manim decodes it (gain applied), written under
 ``sounds/`` with a name the runner picks, and listed with its absolute scene time, so
-the stitch can build the whole scene's one audio track (``workers.audio_mix``).
+the stitch can build the whole scene's one audio track (``audio_mix``, run by the media jail).
 
 Plays the scene itself skips (``next_section(skip_animations=True)``) render no frames,
 in a plan as in a render: their planned duration is 0.
@@ -37,7 +40,7 @@ import traceback
 import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,7 @@ class RenderSpec:
     renderer: str = "cairo"
     max_inflight_encoders: int | None = None
     # The worker-fetched assets the scene's web requests are answered from (read-only), and
-    # where the URLs it asked for that are not there are recorded (workers/scene_assets.py).
+    # where the URLs it asked for that are not there are recorded (assets_shim.py).
     assets_dir: str | None = None
     assets_missing: str | None = None
     seed: int = SCENE_SEED
@@ -216,11 +219,11 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
     _validate(spec)
     from manim import tempconfig
 
-    from workers import manim_patch, scene_assets
+    from . import assets_shim, manim_patch
 
     manim_patch.apply_exact_skipping()
     if spec.assets_dir is not None:
-        scene_assets.install(spec.assets_dir, spec.assets_missing)
+        assets_shim.install(spec.assets_dir, spec.assets_missing)
     out_dir = Path(spec.out_dir).resolve()
     with tempconfig({}), _user_source_registered(spec.code):
         _configure(spec, out_dir, plan=plan)
@@ -337,7 +340,7 @@ def _farm_manager_class() -> type[Any]:
     """Build the Manager subclass lazily, so importing this module does not import manim."""
     from manim.manager import Manager
 
-    from workers.manim_patch import frames_of, on_play_start, scene_skips, skip_plays
+    from .manim_patch import frames_of, on_play_start, scene_skips, skip_plays
 
     class FarmManager(Manager[Any]):
         """Records per-animation frames, and which animation owns each subcaption and sound."""
@@ -558,7 +561,7 @@ def _serve() -> str:
     """
     import manim  # noqa: F401  (the expensive part: about a second)
 
-    from workers import manim_patch
+    from . import manim_patch
 
     manim_patch.apply_exact_skipping()
     command = sys.stdin.readline().strip()
@@ -568,14 +571,76 @@ def _serve() -> str:
     return command
 
 
+# The outputs' names under out_dir: chosen by the worker, never reported by the scene.
+VIDEO_NAME = "video.mp4"
+CAPTIONS_NAME = "captions.srt"
+
+
+# Each reported sound i is out_dir/sounds/{i:04d}.wav; each reported play movie (animation
+# cache) is out_dir/plays/{index:04d}.mp4.
+PLAYS_DIR = "plays"
+
+
+def _sounds_report(sounds: list[Sound]) -> list[list[float | None]]:
+    """[time, gain_to_background] of each sound, in call order (file i is sounds/{i:04d}.wav)."""
+    return [[s.time, s.gain_to_background] for s in sounds]
+
+
+def _publish_plan(plan: Plan) -> dict[str, Any]:
+    """The plan's report: durations, hashes, sounds; its captions are out_dir/captions.srt."""
+    return {
+        "ok": True,
+        "durations": plan.durations,
+        "hashes": plan.hashes,
+        "sounds": _sounds_report(plan.sounds),
+        "captions": plan.srt is not None,
+    }
+
+
+def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
+    """Move the range's movie (and .srt, and each play's movie) to the fixed names; the report
+    holds only numbers."""
+    out_dir = Path(spec.out_dir)
+    if output.video:
+        os.replace(output.video, out_dir / VIDEO_NAME)
+    if output.srt:
+        os.replace(output.srt, out_dir / CAPTIONS_NAME)
+    plays = []
+    if spec.hash_plays:
+        (out_dir / PLAYS_DIR).mkdir(exist_ok=True)
+        for play in output.plays:
+            os.replace(out_dir / play.file, out_dir / PLAYS_DIR / f"{play.index:04d}.mp4")
+            plays.append([play.index, play.frames, play.hash])
+    return {
+        "ok": True,
+        "frames": output.frames,
+        "animations": output.animations,
+        "video": output.video is not None,
+        "captions": output.srt is not None,
+        "sounds": _sounds_report(output.sounds),
+        "plays": plays,
+    }
+
+
+def signal_started() -> None:
+    """Tell the worker this program runs (one byte on its ready pipe), before any scene code."""
+    fd = os.environ.pop("JAIL_READY_FD", "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+        finally:
+            os.close(int(fd))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m workers.scene_runner plan|render SPEC.json RESULT.json``."""
+    """CLI: ``python -m workers.jail.program.runner plan|render|serve SPEC.json RESULT.json``."""
+    signal_started()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 3 and args[0] == "serve":
         args[0] = _serve()
     if len(args) != 3 or args[0] not in ("plan", "render"):
         print(
-            "usage: python -m workers.scene_runner plan|render|serve SPEC.json RESULT.json",
+            "usage: python -m workers.jail.program.runner plan|render|serve SPEC.json RESULT.json",
             file=sys.stderr,
         )
         return 1
@@ -584,9 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
         if command == "plan":
-            result = {"ok": True, **asdict(plan_scene_full(spec))}
+            result = _publish_plan(plan_scene_full(spec))
         else:
-            result = {"ok": True, **asdict(render_scene(spec))}
+            result = _publish_outputs(spec, render_scene(spec))
         code = 0
     except SceneError as exc:
         print(exc, file=sys.stderr)  # the render log shows the scene's error too

@@ -1,0 +1,228 @@
+"""What comes out of a jail, read as hostile: files by the farm's names, and the program's report.
+
+Files: the worker names every output (``out/video.mp4``, ``result.json``, ...); nothing the scene
+writes names a path. Each is opened after the jail is dead, relative to a descriptor of the
+jail's scratch directory, with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` (or, where the
+kernel lacks it, a walk that opens each component with ``O_NOFOLLOW``), so a symlink anywhere in
+the path (``out -> /``) is refused, not followed; then only a regular file with one link, under
+its size cap, is read.
+
+Reports: strict schemas with bounds (``parse_report``); anything else is ``OutputError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import math
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# openat2(2): x86_64 and every architecture on the generic syscall table use 437.
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+REPORT_BYTES = 4 * 1024 * 1024
+MAX_ANIMATIONS = 100_000
+MAX_ERROR_CHARS = 16 * 1024
+
+
+class OutputError(Exception):
+    """The jail left something other than a plain, reasonably sized file or a valid report.
+
+    Its message is the farm's own words (never bytes read from the jail): fit for tenants."""
+
+
+class Missing(OutputError):
+    """Nothing at all at the name (not even a link)."""
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_openat2_works: bool | None = None
+
+
+def _openat2(dirfd: int, name: str, flags: int) -> int:
+    how = _OpenHow(flags, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(SYS_OPENAT2, dirfd, name.encode(), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), name)
+    return int(fd)
+
+
+def _walk(dirfd: int, name: str, flags: int) -> int:
+    """The same guarantee without openat2: each component opened with O_NOFOLLOW."""
+    parts = name.split("/")
+    fd = os.dup(dirfd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_beneath(dirfd: int, name: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``name`` under ``dirfd``, refusing every symlink, ``..`` and absolute path."""
+    global _openat2_works
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OutputError(f"bad output name {name!r}")  # the farm's own names never are
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    if not flags & os.O_PATH:
+        flags |= os.O_NONBLOCK | os.O_NOCTTY  # a FIFO must not block the worker
+    if _openat2_works is not False:
+        try:
+            fd = _openat2(dirfd, name, flags)
+            _openat2_works = True
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EPERM) or _openat2_works:
+                raise
+            _openat2_works = False  # no openat2 here (old kernel, seccomp): walk instead
+    return _walk(dirfd, name, flags)
+
+
+@contextlib.contextmanager
+def directory(path: Path) -> Iterator[int]:
+    """A descriptor of a jail's scratch directory (the farm made it; not a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_regular(dirfd: int, name: str, max_bytes: int, what: str) -> tuple[int, int]:
+    try:
+        fd = open_beneath(dirfd, name)
+    except FileNotFoundError:
+        raise Missing(f"the render produced no {what}") from None
+    except OSError:
+        raise OutputError(
+            f"the {what} is not a plain file (a link or a path through one)"
+        ) from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"the {what} is not a regular file (FIFO, device or directory)"
+    elif info.st_nlink != 1:
+        problem = f"the {what} is a hard link"
+    elif info.st_size > max_bytes:
+        problem = f"the {what} is larger than {max_bytes} bytes"
+    if problem:
+        os.close(fd)
+        raise OutputError(problem)
+    return fd, info.st_size
+
+
+def read_output(dirfd: int, name: str, max_bytes: int, what: str = "output") -> bytes:
+    """The bytes of a regular file ``name`` under ``dirfd``, at most ``max_bytes``."""
+    fd, _ = _open_regular(dirfd, name, max_bytes, what)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OutputError(f"the {what} is larger than {max_bytes} bytes")
+    return data
+
+
+def copy_output(
+    dirfd: int, name: str, dest: Path, max_bytes: int, what: str = "output"
+) -> int | None:
+    """Copy a regular file ``name`` under ``dirfd`` to ``dest`` (size-capped); bytes copied, or
+    None when nothing is at ``name`` (a link or anything else there is OutputError)."""
+    try:
+        fd, _ = _open_regular(dirfd, name, max_bytes, what)
+    except Missing:
+        return None
+    copied = 0
+    with os.fdopen(fd, "rb") as src, open(dest, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            copied += len(chunk)
+            if copied > max_bytes:
+                raise OutputError(f"the {what} is larger than {max_bytes} bytes")
+            dst.write(chunk)
+    return copied
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def load_report(raw: bytes) -> dict[str, Any]:
+    """JSON object, with NaN/Infinity refused (Python's json accepts them by default)."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError):
+        raise OutputError("the render left an unreadable report") from None
+    if not isinstance(value, dict):
+        raise OutputError("the render left an unreadable report")
+    return value
+
+
+def _int(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise OutputError("the render's report has a value out of bounds")
+    return value
+
+
+def _number(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OutputError("the render's report has a value out of bounds")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise OutputError("the render's report has a value out of bounds")
+    return number
+
+
+def _keys(report: dict[str, Any], allowed: set[str]) -> None:
+    if not set(report) <= allowed:
+        raise OutputError("the render's report has unknown fields")
+
+
+def parse_failure(report: dict[str, Any]) -> dict[str, Any]:
+    """``{"ok": false, "error": str, "scene_error": bool}``, the error text capped."""
+    _keys(report, {"ok", "error", "scene_error"})
+    error, scene = report.get("error"), report.get("scene_error")
+    if not isinstance(error, str) or not isinstance(scene, bool):
+        raise OutputError("the render left an unreadable report")
+    return {"ok": False, "error": error[:MAX_ERROR_CHARS], "scene_error": scene}
+
+
+def parse_plan(report: dict[str, Any], max_seconds: float) -> list[float]:
+    """The plan's durations: finite, non-negative, each and all within ``max_seconds``."""
+    _keys(report, {"ok", "durations"})
+    durations = report.get("durations")
+    if not isinstance(durations, list) or len(durations) > MAX_ANIMATIONS:
+        raise OutputError(f"the plan's report is not a list of at most {MAX_ANIMATIONS} durations")
+    values = [_number(d, 0.0, max_seconds) for d in durations]
+    return values
+
+
+def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
+    """``{"ok", "frames", "animations", "video", "captions"}`` with bounded counts."""
+    _keys(report, {"ok", "frames", "animations", "video", "captions"})
+    video, captions = report.get("video"), report.get("captions")
+    if not isinstance(video, bool) or not isinstance(captions, bool):
+        raise OutputError("the render left an unreadable report")
+    return {
+        "frames": _int(report.get("frames"), 0, max_frames),
+        "animations": _int(report.get("animations"), 0, MAX_ANIMATIONS),
+        "video": video,
+        "captions": captions,
+    }

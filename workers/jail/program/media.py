@@ -1,0 +1,292 @@
+"""The media jail's program: every ffmpeg/ffprobe run and subtitle parse on scene-made bytes.
+
+Runs inside a jail like the render's (no network, no host files, its own limits and wall
+clock), as ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``, and
+imports nothing of the project. ffmpeg is held to the formats the farm produces: the mov/mp4
+demuxer named explicitly (``-f mp4``, never guessed from the content, so a playlist or a
+manifest posing as a chunk is not followed), the ``file`` protocol only, and a demuxer
+whitelist. Its report holds numbers and problem codes only, never text read from the media
+(the worker shows tenants fixed messages, not ffmpeg's).
+
+Inputs are at the names the worker chose (``in/...``); outputs go to ``out/video.mp4``,
+``out/thumb.jpg``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+MP4_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2"
+# Every ffmpeg/ffprobe run: the file protocol only, no demuxer outside the mp4 family (ffmpeg
+# also gets -nostdin; stdin is /dev/null in the jail anyway).
+_RESTRICT = ["-protocol_whitelist", "file", "-format_whitelist"]
+_TIMEOUT = 600  # the jail's wall clock is the real bound; this only keeps a run from hanging
+
+VIDEO_CODECS = ("h264",)
+AUDIO_CODECS = ("aac", "mp3", "opus")
+MAX_CUES = 100_000
+MAX_CUE_TEXT = 4096
+_TIME = re.compile(r"(\d{1,3}):(\d{2}):(\d{2})[,.](\d{3})")
+
+
+class Problem(Exception):
+    """The media is not what the farm produces; ``code`` is one of a fixed set."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(args, capture_output=True, timeout=_TIMEOUT, check=False)
+
+
+def probe_video(path: str) -> dict[str, Any]:
+    """Geometry, codec and exact frame count of a plain mp4, or Problem."""
+    proc = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            *_RESTRICT,
+            MP4_DEMUXERS,
+            "-f",
+            "mp4",
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height,r_frame_rate,nb_read_packets,duration"
+            ":format=duration",
+            "-of",
+            "json",
+            path,
+        ]
+    )
+    if proc.returncode != 0:
+        raise Problem("not_mp4")
+    try:
+        info = json.loads(proc.stdout)
+        streams = info["streams"]
+        videos = [s for s in streams if s.get("codec_type") == "video"]
+        others = [s for s in streams if s.get("codec_type") != "video"]
+        if len(videos) != 1 or len(others) > 1:
+            raise Problem("streams")
+        if others and (
+            others[0].get("codec_type") != "audio"
+            or others[0].get("codec_name") not in AUDIO_CODECS
+        ):
+            raise Problem("streams")
+        video = videos[0]
+        if video.get("codec_name") not in VIDEO_CODECS:
+            raise Problem("codec")
+        num, den = (int(x) for x in str(video["r_frame_rate"]).split("/"))
+        duration = float(video.get("duration") or info["format"]["duration"])
+        result = {
+            "width": int(video["width"]),
+            "height": int(video["height"]),
+            "fps_num": num,
+            "fps_den": den,
+            "frames": int(video["nb_read_packets"]),
+            "duration": duration,
+        }
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        raise Problem("not_mp4") from None
+    if not math.isfinite(duration) or duration < 0:
+        raise Problem("not_mp4")
+    # Read every packet once: a truncated or corrupt file fails here, not in the stitch.
+    check = _run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *_RESTRICT,
+            MP4_DEMUXERS,
+            "-f",
+            "mp4",
+            "-i",
+            path,
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ]
+    )
+    if check.returncode != 0 or check.stderr.strip():
+        raise Problem("corrupt")
+    return result
+
+
+def parse_srt(path: str) -> list[list[Any]]:
+    """[start_ms, end_ms, text] of each cue of an .srt file, or Problem("captions")."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise Problem("captions") from None
+    cues: list[list[Any]] = []
+    for block in re.split(r"\r?\n\s*\r?\n", text.strip()):
+        lines = block.strip().splitlines()
+        arrow = next((i for i, line in enumerate(lines) if "-->" in line), None)
+        if arrow is None:
+            continue
+        start, _, end = lines[arrow].partition("-->")
+        end_words = end.split()
+        if not end_words:
+            raise Problem("captions")
+        cues.append([_ms(start), _ms(end_words[0]), "\n".join(lines[arrow + 1 :])[:MAX_CUE_TEXT]])
+        if len(cues) > MAX_CUES:
+            raise Problem("captions")
+    return cues
+
+
+def _ms(stamp: str) -> int:
+    match = _TIME.fullmatch(stamp.strip())
+    if not match:
+        raise Problem("captions")
+    h, m, s, ms = (int(g) for g in match.groups())
+    return ((h * 60 + m) * 60 + s) * 1000 + ms
+
+
+def stitch(
+    parts: list[str], video: str, thumb: str, sounds: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Join the parts (concat demuxer, stream copy), lay the scene's sounds on one track beside
+    them (``audio_mix``, as manim's file writer does), then take a thumbnail a third of the way.
+    """
+    if sounds:
+        joined_video = str(Path(video).with_name("video-only.mp4"))
+        _join(parts, joined_video)
+        from . import audio_mix
+
+        placed = [
+            audio_mix.SoundAt(Path(s["file"]), float(s["time"]), s.get("gain_to_background"))
+            for s in sounds
+        ]
+        try:
+            audio_mix.with_audio(Path(joined_video), placed, Path(video))
+        except Exception:
+            raise Problem("audio") from None
+    else:
+        _join(parts, video)
+    return _thumbnail(video, thumb)
+
+
+def _join(parts: list[str], video: str) -> None:
+    if len(parts) == 1:
+        Path(video).write_bytes(Path(parts[0]).read_bytes())
+    else:
+        # Each entry carries its exact stream duration: without it the demuxer offsets the next
+        # part by the container duration, which mp4 rounds to milliseconds, and times drift.
+        listing = Path(video).with_name("parts.ffconcat")
+        listing.write_text(
+            "ffconcat version 1.0\n"
+            + "".join(
+                f"file '{Path(p).resolve()}'\nduration {probe_video(p)['duration']}\n"
+                for p in parts
+            )
+        )
+        joined = _run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                *_RESTRICT,
+                "concat," + MP4_DEMUXERS,
+                "-f",
+                "concat",
+                "-safe",
+                "0",
+                "-i",
+                str(listing),
+                "-c",
+                "copy",
+                "-movflags",
+                "+faststart",
+                "-y",
+                video,
+            ]
+        )
+        if joined.returncode != 0:
+            raise Problem("concat")
+
+
+def _thumbnail(video: str, thumb: str) -> dict[str, Any]:
+    info = probe_video(video)
+    shot = _run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *_RESTRICT,
+            MP4_DEMUXERS,
+            "-ss",
+            str(info["duration"] / 3),
+            "-f",
+            "mp4",
+            "-i",
+            video,
+            "-frames:v",
+            "1",
+            "-q:v",
+            "3",
+            "-y",
+            thumb,
+        ]
+    )
+    if shot.returncode != 0 or not Path(thumb).is_file():
+        raise Problem("thumbnail")
+    return info
+
+
+def signal_started() -> None:
+    """Tell the worker this program runs (one byte on its ready pipe), before any scene code."""
+    fd = os.environ.pop("JAIL_READY_FD", "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+        finally:
+            os.close(int(fd))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``."""
+    signal_started()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] not in ("probe", "stitch"):
+        print("usage: media probe|stitch SPEC.json RESULT.json", file=sys.stderr)
+        return 1
+    command, spec_path, result_path = args
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    result: dict[str, Any]
+    try:
+        if command == "probe":
+            result = {"ok": True, **probe_video(spec["video"])}
+            if spec.get("captions"):
+                result["cues"] = parse_srt(spec["captions"])
+        else:
+            result = {
+                "ok": True,
+                **stitch(spec["parts"], spec["video"], spec["thumb"], spec.get("sounds")),
+            }
+        code = 0
+    except Problem as exc:
+        result, code = {"ok": False, "problem": exc.code}, 2
+    except subprocess.TimeoutExpired:
+        result, code = {"ok": False, "problem": "timeout"}, 2
+    Path(result_path).write_text(json.dumps(result), encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

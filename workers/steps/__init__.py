@@ -1,0 +1,55 @@
+"""One step per module: plan, render (a chunk), stitch, webhook. Each body is a plain function
+of a ``workers.lifecycle.Step`` returning an outcome; the lifecycle does the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from farm import assets
+from workers.jail.jail import Jail, RunResult
+from workers.lifecycle import Step
+
+
+def scene_spec(job: dict[str, Any], renderer: str, inflight_encoders: int) -> dict[str, Any]:
+    """What the jail's runner needs of a job (and nothing else of it)."""
+    return {
+        "max_inflight_encoders": inflight_encoders,
+        "code": job["code"],
+        "class_name": job["class_name"],
+        "width": job["width"],
+        "height": job["height"],
+        "fps": job["fps"],
+        "portrait": job["aspect_ratio"] == "9:16",
+        "renderer": renderer,
+    }
+
+
+def provide_assets(
+    step: Step, job: dict[str, Any], urls: list[str], jail: Jail, any_age: bool = False
+) -> None:
+    """Put the job's URLs into the jail's assets directory (the owner's cache, else fetched)."""
+    assets.provide(
+        urls,
+        owner=str(job.get("user_id") or job["key_id"]),
+        storage=step.rt.storage,
+        policy=assets.Policy.from_settings(step.rt.settings),
+        directory=jail.assets,
+        max_age=None if any_age else -1,
+        keep_going=step.keep_going,
+    )
+
+
+def asked_urls(step: Step, jail: Jail) -> list[str]:
+    """The URLs the scene asked for that were not in its assets (read after the run)."""
+    policy = assets.Policy.from_settings(step.rt.settings)
+    return assets.read_misses(jail.scratch / assets.MISSES_FILE, policy)
+
+
+def store_log(step: Step, run: RunResult) -> str:
+    """Upload this attempt's log under its own key; returns the key."""
+    from farm import objects
+
+    claim = step.claim
+    key = objects.step_log(claim.job_id, claim.kind, claim.idx, claim.attempt)
+    step.rt.storage.put_bytes(key, run.log.encode(), "text/plain; charset=utf-8")
+    return key

@@ -1,0 +1,120 @@
+"""Render: one chunk (animations [first, last)) in a warm jail, checked in a media jail."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from farm import assets, jobs, metrics, objects
+from workers import media, outcomes
+from workers.jail import outputs
+from workers.lifecycle import Step
+from workers.outcomes import Outcome, SceneFault
+from workers.routing import queue_for
+from workers.steps import asked_urls, provide_assets, scene_spec, store_log
+
+log = logging.getLogger("farm.worker")
+
+CAPTIONS_BYTES = 10 * 2**20
+
+
+def _planned_urls(step: Step, job_id: str) -> list[str]:
+    """The URLs the job's plan fetched (its chunks get the same)."""
+    try:
+        raw = step.rt.storage.get_bytes(assets.manifest_key(job_id))
+    except FileNotFoundError:
+        return []
+    return [str(url) for url in json.loads(raw)]
+
+
+def render(step: Step) -> Outcome:
+    rt, claim = step.rt, step.claim
+    settings = rt.settings
+    with step.conn() as conn:
+        job = jobs.get_job(conn, claim.job_id)
+        planned = jobs.planned_frames(conn, claim)
+    spec = scene_spec(job, job["renderer"] or settings.renderer, settings.max_inflight_encoders)
+    if job["chunks_total"] and job["chunks_total"] > 1:
+        spec.update(from_animation=claim.first_animation, upto_animation=claim.last_animation)
+    # Length comes from frames, never from the plan alone: at most the plan's frames, and never
+    # more than the longest video a job may have.
+    max_frames = settings.max_scene_seconds * job["fps"]
+    if planned is not None:
+        max_frames = min(max_frames, planned)
+    limits = rt.jails.limits
+    urls = _planned_urls(step, claim.job_id)
+    metrics.CHUNKS_IN_FLIGHT.inc()
+    started = time.perf_counter()
+    written: list[str] = []
+    try:
+        with rt.jails.take() as jail:
+            # Any age: every chunk must see the bytes the plan saw.
+            provide_assets(step, job, urls, jail, any_age=True)
+            run = jail.run("render", spec, step.keep_going, settings.heartbeat_seconds)
+            asked = asked_urls(step, jail)
+            if asked:
+                raise assets.AssetRefused(
+                    asked[0], "the scene asked for it while rendering but not while planning"
+                )
+            failed = outcomes.of_run(run, limits)
+            if isinstance(failed, outcomes.Stopped):
+                return failed
+            if spec["renderer"] == "opengl" and isinstance(failed, SceneFault):
+                with step.conn() as conn:
+                    again = jobs.fall_back_to_cairo(conn, claim)
+                log.warning("chunk failed under OpenGL; the job renders again with cairo")
+                for chunk in again:
+                    rt.publisher.step(claim.job_id, "chunk", chunk, claim.quality)
+                return outcomes.Done()
+            log_key = store_log(step, run)
+            written.append(log_key)
+            if failed is not None:
+                return outcomes.with_log(failed, log_key)
+            assert run.report is not None
+            report = outputs.parse_render(run.report, max_frames)
+            if not report["video"]:
+                return SceneFault("the scene rendered no frames (no play() or wait() in range)")
+            video = jail.copy_out("video.mp4", settings.max_output_mb * 2**20, "chunk video")
+            if video is None:
+                return SceneFault("the render produced no chunk video")
+            captions = None
+            if report["captions"]:
+                captions = jail.copy_out("captions.srt", CAPTIONS_BYTES, "captions")
+            info, cues = media.check_chunk(
+                settings,
+                video,
+                captions,
+                width=job["width"],
+                height=job["height"],
+                fps=job["fps"],
+                max_frames=max_frames,
+                keep_going=step.keep_going,
+            )
+            video_key = objects.chunk_video(claim.job_id, claim.idx, claim.attempt)
+            rt.storage.put_file(video_key, str(video), "video/mp4")
+            written.append(video_key)
+            cues_key = None
+            if cues:
+                cues_key = objects.chunk_cues(claim.job_id, claim.idx, claim.attempt)
+                body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
+                rt.storage.put_bytes(cues_key, body, "application/json")
+                written.append(cues_key)
+    finally:
+        metrics.CHUNKS_IN_FLIGHT.dec()
+    metrics.CHUNK_RENDER_SECONDS.labels(quality=claim.quality).observe(
+        time.perf_counter() - started
+    )
+    with step.conn() as conn:
+        ready = jobs.record_chunk(conn, claim, video_key, cues_key, info.frames, log_key)
+    if ready is None:
+        # A zombie attempt: another owns the chunk now; leave no trace.
+        for key in written:
+            rt.storage.delete_prefix(key)  # the full key: exactly this object
+        log.info("chunk attempt %s lost its step; its objects were deleted", claim.attempt)
+        return outcomes.Done()
+    metrics.CHUNKS_RENDERED.labels(queue=queue_for("chunk", claim.quality)).inc()
+    metrics.FRAMES_RENDERED.labels(quality=claim.quality).inc(info.frames)
+    if ready:
+        rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
+    return outcomes.Done()

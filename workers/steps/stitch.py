@@ -1,0 +1,94 @@
+"""Stitch: join the chunks in a media jail, add thumbnail, captions and log, complete the job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from contextlib import suppress
+from pathlib import Path
+
+from farm import jobs, metrics, objects
+from farm.captions import Cue, to_webvtt
+from workers import media, outcomes
+from workers.lifecycle import Step, job_ended
+from workers.media.check import _cues
+from workers.outcomes import Outcome, SceneFault
+
+log = logging.getLogger("farm.worker")
+
+
+def _load_cues(raw: bytes, max_ms: int) -> list[Cue]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise media.MediaError("the chunk captions could not be read") from None
+    return _cues(value, max_ms)
+
+
+def stitch(step: Step) -> Outcome:
+    rt, claim = step.rt, step.claim
+    settings = rt.settings
+    started = time.perf_counter()
+    with step.conn() as conn:
+        chunks = jobs.chunk_outputs(conn, claim.job_id)
+        job = jobs.get_job(conn, claim.job_id)
+        log_keys = jobs.step_logs(conn, claim.job_id)
+    max_ms = settings.max_scene_seconds * 1000 * 2
+    written: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="farm-stitch-") as tmp_name:
+        tmp = Path(tmp_name)
+        parts, cues = [], []
+        for chunk in chunks:
+            part = tmp / f"{chunk['idx']:04d}.mp4"
+            rt.storage.get_file(chunk["output_key"], str(part))
+            parts.append(part)
+            if chunk["captions_key"]:
+                cues += _load_cues(rt.storage.get_bytes(chunk["captions_key"]), max_ms)
+        logs = []
+        for key in log_keys:
+            with suppress(FileNotFoundError):
+                logs.append(rt.storage.get_bytes(key).decode("utf-8", "replace"))
+        video, thumb, info = media.stitch(settings, parts, tmp / "out", step.keep_going)
+        if info.frames > settings.max_scene_seconds * job["fps"]:
+            return SceneFault(
+                f"the video is {info.frames / job['fps']:.1f} s long; the limit is "
+                f"{settings.max_scene_seconds} s"
+            )
+        if not step.keep_going():
+            return outcomes.Stopped("job canceled or lease lost")
+        video_key = objects.result_video(claim.job_id, claim.attempt)
+        thumb_key = objects.result_thumbnail(claim.job_id, claim.attempt)
+        rt.storage.put_file(video_key, str(video), "video/mp4")
+        written.append(video_key)
+        rt.storage.put_file(thumb_key, str(thumb), "image/jpeg")
+        written.append(thumb_key)
+        captions_key = None
+        if cues:
+            captions_key = objects.result_captions(claim.job_id, claim.attempt)
+            rt.storage.put_bytes(captions_key, to_webvtt(cues).encode(), "text/vtt; charset=utf-8")
+            written.append(captions_key)
+        log_key = objects.result_log(claim.job_id, claim.attempt)
+        rt.storage.put_bytes(log_key, "".join(logs).encode(), "text/plain; charset=utf-8")
+        written.append(log_key)
+    with step.conn() as conn:
+        ended = jobs.record_result(
+            conn,
+            claim,
+            video_key=video_key,
+            thumbnail_key=thumb_key,
+            captions_key=captions_key,
+            renderer=job["renderer"],
+        )
+        if ended:
+            jobs.set_log_key(conn, claim.job_id, log_key)
+    metrics.STITCH_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
+    if not ended:
+        # Another attempt owns the stitch, or the job ended meanwhile: leave no trace.
+        for key in written:
+            rt.storage.delete_prefix(key)  # the full key: exactly this object
+        return outcomes.Done()
+    rt.storage.delete_prefix(objects.chunks_prefix(claim.job_id))
+    job_ended(rt, claim.job_id)
+    return outcomes.Done()
