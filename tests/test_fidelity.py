@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import scenes as S
 
-
 CORPUS_DIR = S.REPO / "tests" / "corpus"
 CORPUS = sorted(CORPUS_DIR.glob("c*.py"))
 _META = re.compile(r"^# corpus: (?P<cls>\w+)(?: bounds=(?P<bounds>[\d,]+))?\s*$")
