@@ -207,7 +207,8 @@ def parse_failure(report: dict[str, Any]) -> dict[str, Any]:
 
 def parse_plan(report: dict[str, Any], max_seconds: float) -> list[float]:
     """The plan's durations: finite, non-negative, each and all within ``max_seconds``."""
-    return parse_plan_full(report, max_seconds)["durations"]
+    durations: list[float] = parse_plan_full(report, max_seconds)["durations"]
+    return durations
 
 
 MAX_SOUNDS = 1000
