@@ -24,6 +24,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from farm import objects
 from farm.keys import Conn
 
 PREFIX = "anim-cache/"
@@ -36,9 +37,11 @@ __all__ = [
     "job_plays",
     "lookup",
     "object_key",
+    "plan_media",
     "record",
     "scope_of",
     "set_job_plays",
+    "set_plan_media",
 ]
 
 
@@ -88,7 +91,7 @@ def cache_key(
 
 
 def object_key(scope: str, key: str) -> str:
-    return f"{PREFIX}{scope}/{key}.mp4"
+    return objects.anim_movie(scope, key)
 
 
 def lookup(conn: Conn, scope: str, keys: Iterable[str]) -> set[str]:
@@ -141,3 +144,16 @@ def set_job_plays(conn: Conn, job_id: str, plays: list[dict[str, Any]]) -> None:
 def job_plays(conn: Conn, job_id: str) -> list[dict[str, Any]] | None:
     row = conn.execute("SELECT plays FROM jobs WHERE id = %s", (job_id,)).fetchone()
     return None if row is None else row["plays"]
+
+
+def set_plan_media(
+    conn: Conn, job_id: str, cues_key: str | None, sounds: list[tuple[str, float, float | None]]
+) -> None:
+    """The plan's captions (cue list key) and sounds (object key, time, gain_to_background)."""
+    media = {"cues": cues_key, "sounds": [list(s) for s in sounds]}
+    conn.execute("UPDATE jobs SET plan_media = %s WHERE id = %s", (Jsonb(media), job_id))
+
+
+def plan_media(conn: Conn, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT plan_media FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return None if row is None else row["plan_media"]
