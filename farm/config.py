@@ -84,6 +84,12 @@ class Settings:
     # Who an identical earlier job's result is served to: "owner" (the same owner's keys
     # only) or "global" (every tenant; logs are still never served across owners).
     cache_scope: str = "owner"
+    # The animation cache (farm/anim_cache.py): each rendered play's movie, reused by later jobs
+    # within the same cache scope; evicted when unused this long, or least recently used first
+    # beyond this many MB in all.
+    anim_cache: bool = True
+    anim_cache_max_age_seconds: int = 7 * 24 * 3600
+    anim_cache_max_mb: int = 20 * 1024
 
     # Chunking.
     parallelism: int = 2  # chunks a job is split into at most, per scene

@@ -469,6 +469,20 @@ def record_plan(
     return list(range(len(chunks)))
 
 
+def record_plan_without_chunks(conn: Conn, claim: Claim, log_key: str | None = None) -> bool:
+    """Store a plan whose every animation is cached already: no chunk, straight to the stitch.
+    False when this attempt no longer owns the plan."""
+    if not _mark_done(conn, claim, log_key=log_key):
+        return False
+    conn.execute("UPDATE jobs SET chunks_total = 0 WHERE id = %s", (claim.job_id,))
+    conn.execute(
+        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'stitch', 0, now())"
+        " ON CONFLICT DO NOTHING",
+        (claim.job_id,),
+    )
+    return True
+
+
 def record_chunk(
     conn: Conn,
     claim: Claim,
