@@ -42,6 +42,7 @@ __all__ = [
     "scope_of",
     "set_job_plays",
     "set_plan_media",
+    "set_play_object",
 ]
 
 
@@ -157,3 +158,12 @@ def set_plan_media(
 def plan_media(conn: Conn, job_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT plan_media FROM jobs WHERE id = %s", (job_id,)).fetchone()
     return None if row is None else row["plan_media"]
+
+
+def set_play_object(conn: Conn, job_id: str, index: int, object_key: str) -> None:
+    """Where play ``index`` of the job was stored by the chunk that drew it (one statement per
+    play: concurrent chunks update the same row without losing each other's entries)."""
+    conn.execute(
+        "UPDATE jobs SET plays = jsonb_set(plays, %s, to_jsonb(%s::text)) WHERE id = %s",
+        ([str(index), "object"], object_key, job_id),
+    )
