@@ -263,14 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``."""
     signal_started()
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] not in ("probe", "stitch"):
-        print("usage: media probe|stitch SPEC.json RESULT.json", file=sys.stderr)
+    if len(args) != 3 or args[0] not in ("probe", "stitch", "cues"):
+        print("usage: media probe|stitch|cues SPEC.json RESULT.json", file=sys.stderr)
         return 1
     command, spec_path, result_path = args
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     result: dict[str, Any]
     try:
-        if command == "probe":
+        if command == "cues":
+            result = {"ok": True, "cues": parse_srt(spec["captions"])}
+        elif command == "probe":
             result = {"ok": True, **probe_video(spec["video"])}
             if spec.get("captions"):
                 result["cues"] = parse_srt(spec["captions"])
