@@ -99,7 +99,7 @@ def farm_render(
         videos.append(Path(str(spec["out_dir"])) / "video.mp4")
     plan_out = Path(str(plan_spec["out_dir"]))
     sounds = [
-        (plan_out / "sounds" / f"{i:04d}.wav", time, to_background)
+        (plan_out / f"sound-{i:04d}.wav", time, to_background)
         for i, (time, to_background) in enumerate(plan["sounds"])  # type: ignore[arg-type]
     ]
     video = stitch_like_the_farm(videos, sounds, work / "stitched")
@@ -111,9 +111,8 @@ def stitch_like_the_farm(
     parts: list[Path], sounds: list[tuple[Path, float, float | None]], dest: Path
 ) -> Path:
     """The farm's stitch (media jail): stream-copy concat, the one audio track, thumbnail."""
-    from workers.media import stitch
-
     from farm.config import load_settings
+    from workers.media import stitch
 
     video, _, _ = stitch(load_settings({}), parts, dest, sounds=sounds)
     return video
@@ -402,3 +401,41 @@ def test_api_takes_an_optional_seed(
                 "SELECT seed FROM jobs WHERE id = %s", (response.get_json()["jobId"],)
             ).fetchone()
         assert row["seed"] == seed
+
+
+# --- the farm end to end: API, plan, chunks in jails, S3, stitch in a media jail ----------------
+
+LOW = (854, 480)  # the farm's `low` is 854x480 at 15 fps
+
+
+def farm_job_video(client: Any, key: Any, code: str, cls: str, work: Path) -> tuple[Path, dict]:
+    from tests.conftest import submit, wait_for
+    from tests.support import download
+
+    job_id = submit(client, key, S.uncached(code), cls)
+    job = wait_for(client, key, job_id, timeout=300)
+    assert job["status"] == "completed", job
+    work.mkdir(parents=True, exist_ok=True)
+    return download(job["result"]["video"], work / "farm.mp4"), job
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stem", ["c20_sound_every_chunk", "c26_section_skip_opening", "c19_subcaptions"]
+)
+def test_the_farm_end_to_end_is_plain_manim(
+    stem: str, worker: Any, client: Any, api_key: Any, tmp_path: Path
+) -> None:
+    code, cls, _ = corpus_scene(stem)
+    farm, job = farm_job_video(client, api_key, code, cls, tmp_path)
+    assert job["progress"]["chunksTotal"] >= 2  # really split
+    plain, plain_srt = S.plain_manim_render(code, cls, tmp_path / "plain", size=LOW, fps=15)
+    assert S.frame_md5s(farm) == S.frame_md5s(plain)
+    assert audio_md5s(farm) == audio_md5s(plain)
+    assert S.duration_s(farm) == S.duration_s(plain)
+    if plain_srt is not None:
+        from tests.support import download
+
+        vtt = download(job["result"]["captions"], tmp_path / "captions.vtt").read_text()
+        for _, _, text in S.srt_entries(plain_srt.read_text()):
+            assert text in vtt

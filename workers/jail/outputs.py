@@ -226,7 +226,7 @@ def _hash(value: Any) -> str | None:
 
 
 def _sounds(value: Any, max_seconds: float) -> list[tuple[float, float | None]]:
-    """[time, gain_to_background] pairs; sound i's file is ``sounds/{i:04d}.wav``."""
+    """[time, gain_to_background] pairs; sound i's file is ``sound-{i:04d}.wav``."""
     if value is None:
         return []
     if not isinstance(value, list) or len(value) > MAX_SOUNDS:
@@ -265,7 +265,7 @@ def parse_plan_full(report: dict[str, Any], max_seconds: float) -> dict[str, Any
 
 def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
     """``{"ok", "frames", "animations", "video", "captions", "plays"}`` with bounded counts;
-    ``plays``: (index, frames, hash) of each play movie (``plays/{index:04d}.mp4``)."""
+    ``plays``: (index, frames, hash) of each play movie (``play-{index:04d}.mp4``)."""
     _keys(report, {"ok", "frames", "animations", "video", "captions", "sounds", "plays"})
     video, captions = report.get("video"), report.get("captions")
     if not isinstance(video, bool) or not isinstance(captions, bool):

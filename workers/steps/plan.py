@@ -100,7 +100,6 @@ def _copy_media(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) 
             break
         path = jail.copy_out(_sound_name(i), max_bytes, "sound")
         if path is not None:
-            (dest / "sounds").mkdir(exist_ok=True)
             shutil.move(path, dest / _sound_name(i))
 
 
@@ -109,7 +108,7 @@ CAPTIONS_BYTES = 10 * 2**20
 
 
 def _sound_name(index: int) -> str:
-    return f"sounds/{index:04d}.wav"
+    return f"sound-{index:04d}.wav"
 
 
 def _plan(

@@ -168,7 +168,7 @@ def _store_plays(
     for index, frames, play_hash in rendered:
         if plays is None or index >= len(plays) or play_hash is None or frames == 0:
             continue
-        movie = jail.copy_out(f"plays/{index:04d}.mp4", max_bytes, "animation movie")
+        movie = jail.copy_out(f"play-{index:04d}.mp4", max_bytes, "animation movie")
         if movie is None:
             continue
         key = play_cache_key(job, job["renderer"] or rt.settings.renderer, play_hash)

@@ -23,7 +23,7 @@ scene times, so merging chunk ``.srt`` files reproduces the full render's.
 Sounds are assigned the same way and never enter a range's video: each
 ``add_sound`` that plain manim would keep (it drops those made while the scene's own
 section skips) is decoded exactly as manim decodes it (gain applied), written under
-``sounds/`` with a name the runner picks, and listed with its absolute scene time, so
+``sound-NNNN.wav`` with a name the runner picks, and listed with its absolute scene time, so
 the stitch can build the whole scene's one audio track (``audio_mix``, run by the media jail).
 
 Plays the scene itself skips (``next_section(skip_animations=True)``) render no frames,
@@ -58,7 +58,7 @@ SCENE_SEED = 0
 # Attributes manim's cairo camera creates when it first draws (not scene state).
 _CAMERA_DRAW_CACHES = ("display_funcs", "background_colored_vmobject_displayer", "rotation_matrix")
 # Sound files a range hands back, under its out_dir.
-SOUNDS_DIR = "sounds"
+SOUND_PREFIX = "sound-"
 
 __all__ = [
     "RenderOutput",
@@ -431,7 +431,7 @@ def _farm_manager_class() -> type[Any]:
             finally:
                 del writer.add_audio_segment
             for segment, time, to_background in captured:
-                relative = f"{SOUNDS_DIR}/{len(self.sounds):04d}.wav"
+                relative = f"{SOUND_PREFIX}{len(self.sounds):04d}.wav"
                 target = self.out_dir / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 segment.export(str(target), format="wav").close()
@@ -576,13 +576,13 @@ VIDEO_NAME = "video.mp4"
 CAPTIONS_NAME = "captions.srt"
 
 
-# Each reported sound i is out_dir/sounds/{i:04d}.wav; each reported play movie (animation
-# cache) is out_dir/plays/{index:04d}.mp4.
-PLAYS_DIR = "plays"
+# Each reported sound i is out_dir/sound-{i:04d}.wav; each reported play movie (animation
+# cache) is out_dir/play-{index:04d}.mp4 (flat: the worker copies out names, not trees).
+PLAY_PREFIX = "play-"
 
 
 def _sounds_report(sounds: list[Sound]) -> list[list[float | None]]:
-    """[time, gain_to_background] of each sound, in call order (file i is sounds/{i:04d}.wav)."""
+    """[time, gain_to_background] of each sound, in call order (file i is sound-{i:04d}.wav)."""
     return [[s.time, s.gain_to_background] for s in sounds]
 
 
@@ -607,9 +607,8 @@ def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
         os.replace(output.srt, out_dir / CAPTIONS_NAME)
     plays = []
     if spec.hash_plays:
-        (out_dir / PLAYS_DIR).mkdir(exist_ok=True)
         for play in output.plays:
-            os.replace(out_dir / play.file, out_dir / PLAYS_DIR / f"{play.index:04d}.mp4")
+            os.replace(out_dir / play.file, out_dir / f"{PLAY_PREFIX}{play.index:04d}.mp4")
             plays.append([play.index, play.frames, play.hash])
     return {
         "ok": True,
