@@ -104,7 +104,8 @@ class Settings:
     renderer: str = "cairo"
     # manim 0.22 can encode finished animations while drawing the next. More than 1 helps only
     # when a worker slot has spare cores: on 2 cores with 2 slots, 4 made chunks slower.
-    max_inflight_encoders: int = 1
+    # 0: from the CPUs, usable CPUs // render slots (farm/cpus.py).
+    max_inflight_encoders: int = 0
     webhook_allowlist: tuple[str, ...] = field(default_factory=tuple)
     webhook_retry_delays: tuple[float, ...] = (30.0, 300.0, 1800.0)
     webhook_timeout_seconds: float = 10.0

@@ -271,7 +271,7 @@ def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
     config.save_sections = False
     config.transparent = False
     config.seed = spec.seed
-    if spec.max_inflight_encoders is not None:
+    if spec.max_inflight_encoders:  # None or 0: manim's own default
         config.max_inflight_encoders = spec.max_inflight_encoders
     if plan:
         # Nothing is encoded or written; every animation is skipped (and simulated).
