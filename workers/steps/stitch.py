@@ -136,6 +136,9 @@ def _play_objects(
             keys.append(anim_cache.object_key(scope, play["key"]))
         elif play.get("object"):
             keys.append(play["object"])
+        elif any(p["cached"] for p in plays):
+            # The chunk videos lack the cached animations: joining them would drop frames.
+            raise RuntimeError("an animation drawn for this job left no movie to join")
         else:
             return None
     return keys
