@@ -234,9 +234,8 @@ def concat_videos(parts: list[Path], out: Path) -> Path:
     """Concatenate mp4 chunks exactly as the farm's stitcher does (stream copy, media jail)."""
     import shutil
 
-    from workers.media import stitch
-
     from farm.config import load_settings
+    from workers.media import stitch
 
     video, _, _ = stitch(load_settings({}), parts, out.parent / f"{out.stem}-stitch")
     shutil.move(video, out)

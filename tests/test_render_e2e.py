@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workers.media import probe
 
 from tests.conftest import Key, submit, wait_for
 from tests.support import download
+from workers.media import probe
 
 SHAPES = """
 from manim import *

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import requests
+
 from workers.media import probe
 
 
