@@ -215,7 +215,9 @@ def one_round(settings: Settings) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as media_name:
         media = Path(media_name)
         plain_manim(SCENE, CLASS, "high", media=media)  # warms manim's own cache
-        edited_scene = media / "edited.py"
+        # Same module name as the original (manim keys its cache directory by it).
+        (media / "edit").mkdir()
+        edited_scene = media / "edit" / SCENE.name
         edited_scene.write_text(edited)
         out["plain_edit"] = plain_manim(edited_scene, CLASS, "high", media=media)
     out["plain_hello"] = plain_manim(HELLO, "HelloKodisc", "medium")
