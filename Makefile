@@ -7,7 +7,7 @@ FARM := $(VENV)/bin/farm
 # Debian's Python: the render sandbox runs as an unprivileged uid that must be able to read it.
 SYSTEM_PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
 
-.PHONY: help system venv services demo down test test-fast multihost lint bench bench-load clean
+.PHONY: help system venv services demo down test test-fast multihost lint bench bench-load corpus clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ lint: venv ## ruff and mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy farm api workers client/farm_client
+
+corpus: services ## every corpus scene vs plain manim, also split at every animation
+	@FARM_CORPUS=all $(VENV)/bin/pytest -n auto -p no:cacheprovider tests/test_fidelity.py
 
 bench: services ## farm vs plain manim on the benchmark scene, as ratios; then bench-load
 	@$(PY) ops/bench/run.py

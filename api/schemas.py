@@ -128,6 +128,15 @@ class RenderRequestSchema(Schema):
             "format": "uri",
         },
     )
+    seed = fields.Integer(
+        load_default=0,
+        strict=True,
+        validate=validate.Range(min=0, max=2**32 - 1),
+        metadata={
+            "description": "Extension: the scene's random seed (manim's --seed; numpy's range). "
+            "Every scene is seeded, 0 by default, so its chunks agree; plain manim seeds none."
+        },
+    )
 
     @validates("code")
     def _not_blank(self, value: str, **_: Any) -> None:

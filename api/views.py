@@ -135,6 +135,7 @@ def submit() -> tuple[Response, int]:
         fps=data["fps"],
         metadata=data["metadata"],
         webhook_url=webhook_url,
+        seed=data["seed"],
     )
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not (

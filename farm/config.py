@@ -89,6 +89,12 @@ class Settings:
     # Who an identical earlier job's result is served to: "owner" (the same owner's keys
     # only) or "global" (every tenant; logs are still never served across owners).
     cache_scope: str = "owner"
+    # The animation cache (farm/anim_cache.py): each rendered play's movie, reused by later jobs
+    # within the same cache scope; evicted when unused this long, or least recently used first
+    # beyond this many MB in all.
+    anim_cache: bool = True
+    anim_cache_max_age_seconds: int = 7 * 24 * 3600
+    anim_cache_max_mb: int = 20 * 1024
 
     # Chunking.
     parallelism: int = 2  # chunks a job is split into at most, per scene
@@ -108,7 +114,8 @@ class Settings:
     renderer: str = "cairo"
     # manim 0.22 can encode finished animations while drawing the next. More than 1 helps only
     # when a worker slot has spare cores: on 2 cores with 2 slots, 4 made chunks slower.
-    max_inflight_encoders: int = 1
+    # 0: from the CPUs, usable CPUs // render slots (farm/cpus.py).
+    max_inflight_encoders: int = 0
     webhook_allowlist: tuple[str, ...] = field(default_factory=tuple)
     webhook_retry_delays: tuple[float, ...] = (30.0, 300.0, 1800.0)
     webhook_timeout_seconds: float = 10.0

@@ -42,20 +42,22 @@ class JobRequest:
     metadata: Any = None
     # None: use the key's default webhook; "" : the client sent null and opted out.
     webhook_url: str | None = None
+    seed: int = 0  # the scene's random seed (manim's config.seed)
 
     def cache_key(self, manim_version: str) -> str:
         """Same code and settings under the same manim: the same video."""
         geometry = geometry_for(self.quality, self.aspect_ratio, self.fps)
-        material = json.dumps(
-            [
-                self.code,
-                self.class_name,
-                self.quality,
-                self.aspect_ratio,
-                geometry.fps,
-                manim_version,
-            ],
-        )
+        parts: list[Any] = [
+            self.code,
+            self.class_name,
+            self.quality,
+            self.aspect_ratio,
+            geometry.fps,
+            manim_version,
+        ]
+        if self.seed:  # seed 0 keeps the keys stored before seeds existed
+            parts.append(self.seed)
+        material = json.dumps(parts)
         return hashlib.sha256(material.encode()).hexdigest()
 
     def body_hash(self) -> str:
@@ -68,6 +70,7 @@ class JobRequest:
                 self.fps,
                 self.metadata,
                 self.webhook_url,
+                self.seed,
             ],
             sort_keys=True,
             default=str,
@@ -164,8 +167,8 @@ def submit_job(
         reserve,
         insert_job=lambda: conn.execute(
             "INSERT INTO jobs (id, key_id, user_id, code, class_name, quality, aspect_ratio, fps,"
-            " width, height, metadata, webhook_url, cache_key, credits_reserved, held_limit)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " width, height, metadata, webhook_url, cache_key, credits_reserved, held_limit, seed)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 job_id,
                 key_id,
@@ -182,6 +185,7 @@ def submit_job(
                 request.cache_key(manim_version),
                 reserve,
                 held_limit,
+                request.seed,
             ),
         ),
     )
@@ -465,6 +469,20 @@ def record_plan(
         )
     conn.execute("UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id))
     return list(range(len(chunks)))
+
+
+def record_plan_without_chunks(conn: Conn, claim: Claim, log_key: str | None = None) -> bool:
+    """Store a plan whose every animation is cached already: no chunk, straight to the stitch.
+    False when this attempt no longer owns the plan."""
+    if not _mark_done(conn, claim, log_key=log_key):
+        return False
+    conn.execute("UPDATE jobs SET chunks_total = 0 WHERE id = %s", (claim.job_id,))
+    conn.execute(
+        "INSERT INTO steps (job_id, kind, idx, published_at) VALUES (%s, 'stitch', 0, now())"
+        " ON CONFLICT DO NOTHING",
+        (claim.job_id,),
+    )
+    return True
 
 
 def record_chunk(

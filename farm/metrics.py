@@ -105,6 +105,14 @@ HTTP_CLIENT_ERRORS = _counter(
 CHUNKS_RENDERED = _counter(
     "farm_chunks_rendered_total", "Chunks rendered successfully.", ("queue",)
 )
+ANIM_CACHE_PLAYS = _counter(
+    "farm_anim_cache_plays_total",
+    "Animations looked up in the animation cache at planning, by result (hit or miss).",
+    ("result",),
+)
+ANIM_CACHE_EVICTED = _counter(
+    "farm_anim_cache_evicted_total", "Cached animation movies evicted (age or size)."
+)
 CHUNKS_FAILED = _counter(
     "farm_chunks_failed_total", "Chunk render attempts that failed.", ("queue", "kind")
 )

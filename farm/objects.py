@@ -58,3 +58,18 @@ def asset_manifest(job_id: str) -> str:
 def asset_cache(owner: str, digest: str) -> str:
     """An owner's cached copy of a fetched URL (``digest`` names it); ``.json`` beside it."""
     return f"assets/{owner}/{digest}"
+
+
+def plan_sound(job_id: str, attempt: int, index: int) -> str:
+    """A sound the plan recorded (decoded WAV, gain applied), for the stitch's audio track."""
+    return f"jobs/{job_id}/plan-a{attempt}/sound-{index:04d}.wav"
+
+
+def plan_cues(job_id: str, attempt: int) -> str:
+    """The whole scene's subtitles, from its plan, as the farm's JSON cue list."""
+    return f"jobs/{job_id}/plan-a{attempt}/cues.json"
+
+
+def anim_movie(scope: str, key: str) -> str:
+    """One play's movie in the owner's animation cache (farm/anim_cache.py)."""
+    return f"anim-cache/{scope}/{key}.mp4"

@@ -26,13 +26,20 @@ def plan_chunks(
     scene from the top and simulates (without drawing) what comes before its range, so later
     chunks get fewer frames. A scene shorter than ``min_chunk_seconds`` per chunk is not split
     further: start-up would eat the gain.
+
+    An animation of no frames (a play the scene's own section skips) never starts a chunk: it
+    joins the chunk before it (or, before the first drawn animation, the first chunk), so
+    every chunk draws something.
     """
     if not durations:
         return [ChunkPlan(0, 0, 0.0)]
-    frames = [max(1, round(d * fps)) for d in durations]
+    frames = [max(0, round(d * fps)) for d in durations]
+    if sum(frames) == 0:
+        return [ChunkPlan(0, len(durations), sum(durations))]
+    drawn = sum(1 for f in frames if f > 0)
     n = max(
         1,
-        min(parallelism, len(durations), int(sum(durations) // max(min_chunk_seconds, 1e-9))),
+        min(parallelism, drawn, int(sum(durations) // max(min_chunk_seconds, 1e-9))),
     )
     # Smallest cost bound under which a greedy left-to-right split needs at most n chunks.
     low, high = float(max(frames)), float(sum(frames) * (1 + skip_weight))
@@ -53,10 +60,16 @@ def _split(frames: list[int], bound: float, skip_weight: float) -> list[tuple[in
     while start < len(frames):
         cost = skip_weight * sum(frames[:start])
         end = start
-        while end < len(frames) and (end == start or cost + frames[end] <= bound):
+        # A chunk takes at least one drawn animation; no-frame ones join the chunk before.
+        while end < len(frames) and (
+            end == start or cost + frames[end] <= bound or not any(frames[start:end])
+        ):
             cost += frames[end]
             end += 1
-        ranges.append((start, end))
+        if ranges and not any(frames[start:end]):
+            ranges[-1] = (ranges[-1][0], end)  # trailing no-frame animations
+        else:
+            ranges.append((start, end))
         start = end
     return ranges
 

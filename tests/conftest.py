@@ -340,7 +340,7 @@ def job_json(obj: Any) -> str:
 # `make test-fast` deselects these: tests that need a worker (or a stack with one) render, and
 # the sandbox modules run manim in the jail directly.
 RENDER_FIXTURES = {"worker", "opengl_worker", "stack"}
-RENDER_MODULES = {"test_sandbox.py", "test_scene_runner.py"}
+RENDER_MODULES = {"test_sandbox.py", "test_scene_runner.py", "test_fidelity.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -173,6 +173,7 @@ def plain_manim_render(
     renderer: str = "cairo",
     size: tuple[int, int] = (WIDTH, HEIGHT),
     fps: int = FPS,
+    seed: int = 0,
 ) -> tuple[Path, Path | None]:
     """Render a whole scene with the stock manim CLI (no farm code); return (mp4, srt).
 
@@ -209,7 +210,7 @@ def plain_manim_render(
             "--format",
             "mp4",
             "--seed",
-            "0",
+            str(seed),
             "--renderer",
             renderer,
             "--silent",

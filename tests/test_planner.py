@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from farm.planner import plan_chunks, skip_weight
+from farm.planner import ChunkPlan, plan_chunks, skip_weight
 
 
 def _ranges(plan: list) -> list[tuple[int, int]]:
@@ -53,3 +53,24 @@ def test_skip_weight_is_the_ratio_of_plan_to_render_speed() -> None:
     # two short animations still make two chunks at the cap
     plan = plan_chunks([0.6, 0.6], 5, parallelism=2, min_chunk_seconds=0.5, skip_weight=0.5)
     assert len(plan) == 2
+
+
+def test_plays_the_scene_skips_never_form_a_chunk() -> None:
+    # Given plays of no frames (a section with skip_animations=True) at the start, middle, end
+    durations = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    for parallelism in range(1, 8):
+        for weight in (0.0, 0.5, 5.0):
+            chunks = plan_chunks(
+                durations, 15, parallelism=parallelism, min_chunk_seconds=0.1, skip_weight=weight
+            )
+            # Then every animation is in exactly one chunk, and every chunk draws frames
+            assert chunks[0].first == 0 and chunks[-1].last == len(durations)
+            assert all(a.last == b.first for a, b in pairwise(chunks))
+            assert all(c.seconds > 0 for c in chunks), (parallelism, weight, chunks)
+            assert len(chunks) <= min(parallelism, 4)
+
+
+def test_a_scene_skipping_everything_is_one_chunk() -> None:
+    assert plan_chunks([0.0, 0.0], 15, parallelism=4, min_chunk_seconds=0.1) == [
+        ChunkPlan(0, 2, 0.0)
+    ]

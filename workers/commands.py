@@ -22,9 +22,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     multiprocess_dir("worker")  # before the worker imports prometheus_client
     if args.renderer:
         settings = settings.with_(renderer=args.renderer)
+    from farm import cpus
+
+    # The rule (farm/cpus.py): one render slot per usable CPU, and the CPUs a slot has to
+    # itself as manim's encoders in flight, unless the operator set them.
+    concurrency = args.concurrency or cpus.render_slots()
+    if settings.max_inflight_encoders <= 0:
+        settings = settings.with_(max_inflight_encoders=cpus.inflight_encoders(concurrency))
     from workers.worker import run
 
-    run(settings, [q.strip() for q in args.queues.split(",") if q.strip()], args.concurrency)
+    run(settings, [q.strip() for q in args.queues.split(",") if q.strip()], concurrency)
     return 0
 
 
@@ -80,7 +87,12 @@ def register(sub: Any) -> None:
     """The ``farm.commands`` entry point of the workers package."""
     p = sub.add_parser("worker", help="run a Celery worker for some queues")
     p.add_argument("--queues", required=True, help="comma separated, e.g. render.low,stitch")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="render slots; default: the CPUs this process may use (affinity, cgroup quota)",
+    )
     p.add_argument("--renderer", choices=["cairo", "opengl"])
     p.set_defaults(func=with_settings(cmd_worker))
 

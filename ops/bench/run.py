@@ -1,11 +1,21 @@
-"""`make bench`: the farm against plain manim on one scene, in one run, reported as ratios.
+"""`make bench`: the farm against plain manim, one run, interleaved rounds, medians, ratios.
 
-Renders ops/bench/scene.py at `high` (1920x1080, 30 fps):
-  1. plain `manim` with default flags, and with its best flags (--max-inflight-encoders 4);
-  2. the farm end to end (HTTP submit to completed, through sandboxed workers and S3) with one
-     worker process, then with two.
-Prints wall times, farm/plain ratios against the faster plain run, parallel efficiency
-(plain CPU seconds / (cores x farm wall seconds)), and the farm's overheads. Writes
+Contestants (issue 14's table), each timed submit-to-completed (farm) or command start to exit
+(plain `manim`), the farm's `high` 1920x1080@30 unless said:
+
+  full      ops/bench/scene.py rendered whole: plain manim on the machine's cores vs the farm
+            (one worker, one render slot per core);
+  nodes     plain manim pinned to one core (`taskset -c 0`) vs the farm as one-core nodes
+            (one worker process per core, each pinned to its core with one render slot);
+  edit      the scene with only its last animation changed, rendered again after the original:
+            plain manim with its own cache vs the farm (its animation cache), and vs the farm's
+            own full render;
+  hello     HelloKodisc at `medium` (1280x720@30): the `manim` command vs the farm;
+  again     the identical job submitted again (the result cache).
+
+Rounds interleave every contestant so a slow spell of this shared machine hits all of them.
+Also prints CPU seconds (plain manim's against the farm's worker processes, start-up and idle
+included) and the projected wall time on 4, 8 and 16 nodes (see docs/benchmark.md). Writes
 bench-results/latest.json. Uses its own database, Redis database and bucket.
 """
 
@@ -16,11 +26,13 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +44,18 @@ sys.path.insert(0, str(ROOT))
 
 from farm import db, keys  # noqa: E402
 from farm.config import Settings, load_settings  # noqa: E402
+from farm.planner import plan_chunks  # noqa: E402
 from farm.storage import S3Storage  # noqa: E402
 
 SCENE = ROOT / "ops" / "bench" / "scene.py"
 CLASS = "Benchmark"
-QUALITY = "high"
+HELLO = ROOT / "ops" / "bench" / "hello_kodisc.py"
 BIN = Path(sys.prefix) / "bin"
 CORES = os.cpu_count() or 1
+GEOMETRY = {"high": (1920, 1080, 30), "medium": (1280, 720, 30)}
+# The last animation of the benchmark scene, and its edit.
+LAST = "self.play(FadeOut(grid), FadeOut(title), FadeOut(needle), run_time=0.8)"
+EDITED = "self.play(FadeOut(grid), FadeOut(title), FadeOut(needle), run_time=0.9)"
 
 
 def _settings() -> Settings:
@@ -64,178 +81,246 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def plain_manim(extra: list[str]) -> dict[str, float]:
-    """Wall and CPU seconds of one plain manim render (fresh process, no cache)."""
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- plain manim ---------------------------------------------------------------------------
+
+
+def plain_manim(
+    scene: Path, cls: str, quality: str, *, pin: str | None = None, media: Path | None = None
+) -> dict[str, float]:
+    """Wall and CPU seconds of one `manim render` (a fresh process). With ``media``, manim's own
+    cache is on and kept there (for the edit round); without, caching is off."""
+    width, height, fps = GEOMETRY[quality]
     with tempfile.TemporaryDirectory() as tmp:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cmd = [str(BIN / "manim"), "render", str(scene), cls, "-r", f"{width},{height}"]
+        cmd += ["--fps", str(fps), "--progress_bar", "none", "-v", "WARNING"]
+        cmd += ["--media_dir", str(media or tmp)]
+        if media is None:
+            cmd.append("--disable_caching")
+        if pin is not None:
+            cmd = ["taskset", "-c", pin, *cmd]
+        cpu = _cpu_children()
         started = time.perf_counter()
-        subprocess.run(
-            [
-                str(BIN / "manim"),
-                "render",
-                str(SCENE),
-                CLASS,
-                # The farm's `high`: 1920x1080 at 30 fps (manim's -qh would be 60 fps).
-                "-r",
-                "1920,1080",
-                "--fps",
-                "30",
-                "--disable_caching",
-                "--media_dir",
-                tmp,
-                "--progress_bar",
-                "none",
-                "-v",
-                "WARNING",
-                *extra,
-            ],
-            check=True,
-            cwd=tmp,
-        )
+        subprocess.run(cmd, check=True, cwd=tmp)
         wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu}
+    return {"wall": wall, "cpu": _cpu_children() - cpu}
 
 
-def farm_run(settings: Settings, concurrency: int) -> dict[str, Any]:
-    """Submit through the API and time until completed, with `concurrency` render processes."""
-    from api.app import create_app
+# --- the farm ------------------------------------------------------------------------------
 
-    app = create_app(settings)
-    client = app.test_client()
-    pool = db.open_pool(settings, max_size=2)
-    with pool.connection() as conn:
-        key = keys.create_key(conn, "bench", 10**6).key
-    headers = {"Authorization": f"Bearer {key}"}
-    log = ROOT / "bench-results" / f"worker-{concurrency}.log"
-    worker = subprocess.Popen(
-        [
-            str(BIN / "farm"),
-            "worker",
-            "--queues",
-            f"render.{QUALITY},stitch",
-            "--concurrency",
-            str(concurrency),
-        ],
-        env=_env(settings),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        time.sleep(4)  # the worker is up and idle, as a farm is
-        # A unique comment defeats the result cache: every run renders.
-        code = SCENE.read_text() + f"\n# bench run {uuid.uuid4()}\n"
+
+class Farm:
+    """Worker processes (optionally pinned, one per CPU set) and the API, for one contestant."""
+
+    def __init__(self, settings: Settings, pins: list[str | None], concurrency: int) -> None:
+        from api.app import create_app
+
+        self.settings = settings
+        self.client = create_app(settings).test_client()
+        self.pool = db.open_pool(settings, max_size=2)
+        with self.pool.connection() as conn:
+            key = keys.create_key(conn, f"bench-{uuid.uuid4().hex[:6]}", 10**7).key
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.cpu_before = _cpu_children()
+        logs = ROOT / "bench-results"
+        for i, pin in enumerate(pins):
+            cmd = [str(BIN / "farm"), "worker", "--queues", "render.high,render.medium,stitch"]
+            cmd += ["--concurrency", str(concurrency)]
+            if pin is not None:
+                cmd = ["taskset", "-c", pin, *cmd]
+            self.workers.append(
+                subprocess.Popen(
+                    cmd,
+                    env=_env(settings),
+                    stdout=(logs / f"worker-{i}.log").open("a"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        time.sleep(5)  # up and idle, warm jails started, as a farm is
+
+    def render(self, code: str, cls: str, quality: str) -> dict[str, Any]:
         started = time.perf_counter()
-        response = client.post(
+        response = self.client.post(
             "/api/v2/render",
-            headers=headers,
-            json={"code": code, "className": CLASS, "quality": QUALITY},
+            headers=self.headers,
+            json={"code": code, "className": cls, "quality": quality},
         )
         job_id = response.get_json()["jobId"]
         while True:
-            job = client.get(f"/api/v2/render/{job_id}", headers=headers).get_json()
+            job = self.client.get(f"/api/v2/render/{job_id}", headers=self.headers).get_json()
             if job["status"] in ("completed", "failed"):
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         wall = time.perf_counter() - started
         if job["status"] != "completed":
             raise SystemExit(f"farm job failed: {job['error']}")
-        with pool.connection() as conn:
+        return {"wall": wall, **self._steps(job_id)}
+
+    def _steps(self, job_id: str) -> dict[str, Any]:
+        with self.pool.connection() as conn:
             steps = conn.execute(
-                "SELECT kind, idx, started_at, finished_at FROM steps WHERE job_id = %s", (job_id,)
+                "SELECT kind, idx, started_at, finished_at, first_animation, last_animation"
+                " FROM steps WHERE job_id = %s",
+                (job_id,),
             ).fetchall()
-            created = conn.execute(
-                "SELECT created_at FROM jobs WHERE id = %s", (job_id,)
-            ).fetchone()["created_at"]
+        plan = [s for s in steps if s["kind"] == "plan" and s["finished_at"]]
+        chunks = [s for s in steps if s["kind"] == "chunk" and s["finished_at"]]
+        stitch = [s for s in steps if s["kind"] == "stitch" and s["finished_at"]]
+
+        def seconds(s: dict[str, Any]) -> float:
+            return float((s["finished_at"] - s["started_at"]).total_seconds())
+
+        return {
+            "plan": seconds(plan[0]) if plan else 0.0,
+            "chunks": sorted(seconds(c) for c in chunks),
+            "chunk_ranges": [
+                [c["first_animation"], c["last_animation"], seconds(c)]
+                for c in sorted(chunks, key=lambda c: c["idx"])
+            ],
+            "stitch": seconds(stitch[0]) if stitch else 0.0,
+        }
+
+    def close(self) -> float:
+        """Stop the workers; their CPU seconds (children included) while they ran."""
+        for worker in self.workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in self.workers:
+            worker.wait(timeout=60)
+        self.pool.close()
+        return _cpu_children() - self.cpu_before
+
+
+def unique(code: str) -> str:
+    """The same scene under a new result-cache key (comments never reach a play's hash)."""
+    return code + f"\n# bench run {uuid.uuid4()}\n"
+
+
+# --- rounds --------------------------------------------------------------------------------
+
+
+def one_round(settings: Settings) -> dict[str, dict[str, Any]]:
+    code = SCENE.read_text()
+    assert LAST in code
+    edited = code.replace(LAST, EDITED)
+    hello = HELLO.read_text()
+    out: dict[str, dict[str, Any]] = {}
+    out["plain_full"] = plain_manim(SCENE, CLASS, "high")
+    out["plain_one_core"] = plain_manim(SCENE, CLASS, "high", pin="0")
+    with tempfile.TemporaryDirectory() as media_name:
+        media = Path(media_name)
+        plain_manim(SCENE, CLASS, "high", media=media)  # warms manim's own cache
+        # Same module name as the original (manim keys its cache directory by it).
+        (media / "edit").mkdir()
+        edited_scene = media / "edit" / SCENE.name
+        edited_scene.write_text(edited)
+        out["plain_edit"] = plain_manim(edited_scene, CLASS, "high", media=media)
+    out["plain_hello"] = plain_manim(HELLO, "HelloKodisc", "medium")
+
+    farm = Farm(settings, [None], concurrency=CORES)
+    try:
+        # A fresh owner per round: its animation cache starts cold.
+        out["farm_full"] = farm.render(unique(code), CLASS, "high")
+        out["farm_edit"] = farm.render(unique(edited), CLASS, "high")
+        hello_code = unique(hello)
+        out["farm_hello"] = farm.render(hello_code, "HelloKodisc", "medium")
+        out["farm_again"] = farm.render(hello_code, "HelloKodisc", "medium")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
-        pool.close()
-
-    plan = next(s for s in steps if s["kind"] == "plan")
-    chunks = [s for s in steps if s["kind"] == "chunk"]
-    stitch = next(s for s in steps if s["kind"] == "stitch")
-    first_chunk = min(c["started_at"] for c in chunks)
-    return {
-        "wall": wall,
-        "chunks": len(chunks),
-        "enqueue_to_plan": (plan["started_at"] - created).total_seconds(),
-        "plan": (plan["finished_at"] - plan["started_at"]).total_seconds(),
-        "enqueue_to_first_chunk": (first_chunk - created).total_seconds(),
-        "chunk_seconds": sorted(
-            (c["finished_at"] - c["started_at"]).total_seconds() for c in chunks
-        ),
-        "stitch_and_upload": (stitch["finished_at"] - stitch["started_at"]).total_seconds(),
-    }
-
-
-TINY = """
-from manim import *
-
-class Tiny(Scene):
-    def construct(self):
-        self.play(Create(Square()), run_time=0.2)
-"""
-
-
-def sandbox_cost(settings: Settings, repeats: int = 3) -> dict[str, float]:
-    """Seconds for a tiny low-quality chunk: no sandbox, a cold jail, a warm jail (as workers
-    render), and the media jail that checks each chunk's video before it is uploaded."""
-    from workers import media
-    from workers.jail.jail import Jail
-    from workers.jail.limits import Limits
-
-    spec = {
-        "code": TINY,
-        "class_name": "Tiny",
-        "width": 854,
-        "height": 480,
-        "fps": 15,
-        "portrait": False,
-        "renderer": "cairo",
-    }
-    limits = Limits.from_settings(settings, wall_seconds=60)
-    out: dict[str, float] = {}
-    checks: list[float] = []
-    for name, kind in (("no sandbox", "none"), ("cold jail", "bwrap"), ("warm jail", "warm")):
-        jail_settings = settings.with_(sandbox="none" if kind == "none" else "bwrap")
-        times = []
-        for _ in range(repeats):
-            jail = Jail(jail_settings, limits, warm=kind == "warm")
-            try:
-                if kind == "warm":
-                    time.sleep(2)  # warmed while the worker idles
-                started = time.perf_counter()
-                run = jail.run("render", spec)
-                times.append(time.perf_counter() - started)
-                if not run.ok:
-                    raise SystemExit(f"sandbox cost run failed ({name}): {run.log[-500:]}")
-                if kind == "warm":
-                    video = jail.copy_out("video.mp4", 2**30, "chunk video")
-                    assert video is not None
-                    started = time.perf_counter()
-                    media.check_chunk(
-                        settings, video, None, width=854, height=480, fps=15, max_frames=10**6
-                    )
-                    checks.append(time.perf_counter() - started)
-            finally:
-                jail.close()
-        out[name] = sorted(times)[len(times) // 2]
-    out["chunk media check"] = sorted(checks)[len(checks) // 2]
+        cpu = farm.close()
+    out["farm_full"]["cpu_all_jobs"] = cpu
+    nodes = Farm(settings, [str(c) for c in range(CORES)], concurrency=1)
+    try:
+        out["farm_nodes"] = nodes.render(unique(code), CLASS, "high")
+    finally:
+        out["farm_nodes"]["cpu"] = nodes.close()
     return out
 
 
-def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median wall time (its own overhead figures stay consistent)."""
-    ordered = sorted(runs, key=lambda r: float(r["wall"]))
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["walls"] = [round(float(r["wall"]), 2) for r in runs]
-    return chosen
+def median_of(rounds: list[dict[str, dict[str, Any]]], name: str, field: str = "wall") -> float:
+    return float(statistics.median(r[name][field] for r in rounds))
+
+
+# --- projection ----------------------------------------------------------------------------
+
+
+def plan_durations(settings: Settings, code: str) -> list[float]:
+    """Each animation's seconds in the video, from the farm's runner (no jail: numbers only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {
+            "code": code,
+            "class_name": CLASS,
+            "width": 1920,
+            "height": 1080,
+            "fps": 30,
+            "portrait": False,
+            "out_dir": tmp,
+        }
+        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+        module = _runner_module()
+        subprocess.run(
+            [sys.executable, "-m", module, "plan", f"{tmp}/spec.json", f"{tmp}/result.json"],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
+        result = json.loads((Path(tmp) / "result.json").read_text())
+    return [float(d) for d in result["durations"]]
+
+
+def _runner_module() -> str:
+    for module in ("workers.jail.program.runner", "workers.scene_runner"):
+        if (ROOT / (module.replace(".", "/") + ".py")).exists():
+            return module
+    raise SystemExit("no scene runner found")
+
+
+def project(
+    durations: list[float],
+    fps: int,
+    *,
+    plan: float,
+    stitch: float,
+    start_up: float,
+    render_per_frame: float,
+    skip_per_frame: float,
+    nodes: int,
+) -> tuple[float, int]:
+    """Projected wall seconds on ``nodes`` one-core nodes, and the chunk count: planning, then
+    the longest chunk (start-up + simulating its prefix + rendering its frames), then stitch."""
+    chunks = plan_chunks(
+        durations,
+        fps,
+        parallelism=nodes,
+        min_chunk_seconds=0.0,
+        skip_weight=skip_per_frame / render_per_frame,
+    )
+    frames = [round(d * fps) for d in durations]
+    longest = max(
+        start_up
+        + skip_per_frame * sum(frames[: c.first])
+        + render_per_frame * sum(frames[c.first : c.last])
+        for c in chunks
+    )
+    return plan + longest + stitch, len(chunks)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def _row(label: str, plain: float | None, farm: float, ratio_of: float | None = None) -> str:
+    left = f"{plain:7.2f} s" if plain is not None else " " * 9
+    ratio = f"{farm / ratio_of:6.2f}" if ratio_of else " " * 6
+    return f"| {label:<64} | {left} | {farm:7.2f} s | {ratio} |"
 
 
 def main() -> int:
+    # Stopped from outside: unwind, so the worker processes the bench started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = _settings()
     repeats = int(os.environ.get("FARM_BENCH_REPEATS", "3"))
     out_dir = ROOT / "bench-results"
@@ -244,75 +329,109 @@ def main() -> int:
     db.migrate(settings.database_url)
     S3Storage(settings).ensure_bucket()
     redis.Redis.from_url(settings.redis_url).flushdb()
-    if shutil.which("ffmpeg") is None:
-        raise SystemExit("ffmpeg is missing: run `make system`")
-
+    if shutil.which("ffmpeg") is None or shutil.which("taskset") is None:
+        raise SystemExit("ffmpeg and taskset are needed: run `make system`")
     print(
-        f"benchmark: {SCENE.name} ({CLASS}) at {QUALITY} (1920x1080, 30 fps), {CORES} cores, "
+        f"benchmark: {SCENE.name} ({CLASS}) at high (1920x1080@30), {CORES} cores, "
         f"median of {repeats} interleaved rounds",
         flush=True,
     )
-    # Rounds interleave every contestant, so a slow spell of the machine hits all of them.
-    rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in ("default", "best", "f1", "f2")}
+    rounds = []
     for r in range(repeats):
-        rounds["default"].append(plain_manim([]))
-        rounds["best"].append(plain_manim(["--max-inflight-encoders", "4"]))
-        rounds["f1"].append(farm_run(settings, 1))
-        rounds["f2"].append(farm_run(settings, 2))
+        rounds.append(one_round(settings))
         print(
-            f"  round {r + 1}: plain {rounds['default'][-1]['wall']:.1f} s, plain best "
-            f"{rounds['best'][-1]['wall']:.1f} s, farm x1 {rounds['f1'][-1]['wall']:.1f} s, "
-            f"farm x2 {rounds['f2'][-1]['wall']:.1f} s",
+            f"  round {r + 1}: " + ", ".join(f"{k} {v['wall']:.2f}" for k, v in rounds[-1].items()),
             flush=True,
         )
-    plain_default, plain_best = _median_run(rounds["default"]), _median_run(rounds["best"])
+    m: Callable[..., float] = lambda name, field="wall": median_of(rounds, name, field)  # noqa: E731
+    farm_full, farm_edit = m("farm_full"), m("farm_edit")
+    print()
+    print(f"| {'':<64} | plain     | farm      | ratio  |")
+    print(f"|{'-' * 66}|{'-' * 11}|{'-' * 11}|{'-' * 8}|")
+    print(_row(f"full render, same {CORES} cores", m("plain_full"), farm_full, m("plain_full")))
     print(
-        f"  plain manim, default flags        {plain_default['wall']:6.1f} s wall, "
-        f"{plain_default['cpu']:6.1f} s CPU"
+        _row(
+            f"plain on one core (taskset) vs the farm as {CORES} one-core nodes",
+            m("plain_one_core"),
+            m("farm_nodes"),
+            m("plain_one_core"),
+        )
     )
     print(
-        f"  plain manim, inflight encoders 4  {plain_best['wall']:6.1f} s wall, "
-        f"{plain_best['cpu']:6.1f} s CPU"
+        _row(
+            "edit the last animation, render again (plain: manim's own cache)",
+            m("plain_edit"),
+            farm_edit,
+            m("plain_edit"),
+        )
     )
-    results: dict[str, Any] = {
-        "plain_default": plain_default,
-        "plain_best": plain_best,
+    print(_row("  the same edit against the farm's own full render", None, farm_edit, farm_full))
+    print(
+        _row(
+            "HelloKodisc at medium, submit to completed vs the manim command",
+            m("plain_hello"),
+            m("farm_hello"),
+            m("plain_hello"),
+        )
+    )
+    print(_row("identical job again (result cache)", None, m("farm_again")))
+    print()
+    plain_cpu, farm_cpu = m("plain_full", "cpu"), m("farm_nodes", "cpu")
+    print(
+        f"CPU seconds, full render: plain manim {plain_cpu:.1f} s; the farm's worker processes "
+        f"(one-core nodes run, start-up and idle included) {farm_cpu:.1f} s "
+        f"({farm_cpu / plain_cpu:.2f}x)"
+    )
+    steps = sorted(rounds, key=lambda r: r["farm_nodes"]["wall"])[len(rounds) // 2]["farm_nodes"]
+    print(
+        f"farm overheads (median one-core-nodes round): plan {steps['plan']:.2f} s, chunks "
+        + ", ".join(f"{c:.2f}" for c in steps["chunks"])
+        + f" s, stitch {steps['stitch']:.2f} s"
+    )
+
+    # Projection: per-frame costs from this run's measurements.
+    durations = plan_durations(settings, SCENE.read_text())
+    frames = sum(round(d * 30) for d in durations)
+    render_per_frame = m("plain_one_core") / frames  # one core, whole scene, start-up included
+    skip_per_frame = steps["plan"] / frames  # the plan simulates every frame, drawing none
+    # A chunk's fixed cost: what its measured time leaves after simulating and rendering.
+    offsets = []
+    for first, last, seconds in steps["chunk_ranges"]:
+        first, last = first or 0, last if last is not None else len(durations)
+        prefix = sum(round(d * 30) for d in durations[:first])
+        own = sum(round(d * 30) for d in durations[first:last])
+        offsets.append(seconds - skip_per_frame * prefix - render_per_frame * own)
+    start_up = max(0.0, statistics.mean(offsets)) if offsets else 0.0
+    projections = {}
+    for nodes in (1, 2, 4, 8, 16):
+        seconds, n_chunks = project(
+            durations,
+            30,
+            plan=steps["plan"],
+            stitch=steps["stitch"],
+            start_up=start_up,
+            render_per_frame=render_per_frame,
+            skip_per_frame=skip_per_frame,
+            nodes=nodes,
+        )
+        projections[nodes] = {"seconds": seconds, "chunks": n_chunks}
+    print(
+        "projected wall time on N one-core nodes (plan + longest chunk with its prefix + "
+        "stitch): "
+        + ", ".join(
+            f"{n}: {p['seconds']:.2f} s ({p['chunks']} chunks)" for n, p in projections.items()
+        )
+    )
+    results = {
         "cores": CORES,
-        "quality": QUALITY,
         "repeats": repeats,
+        "rounds": rounds,
+        "medians": {name: m(name) for name in rounds[0]},
+        "projection": projections,
+        "per_frame": {"render": render_per_frame, "skip": skip_per_frame},
+        "chunk_start_up": start_up,
     }
-    fastest = min(plain_default["wall"], plain_best["wall"])
-    plain_cpu = min(plain_default["cpu"], plain_best["cpu"])
-    for concurrency, key in ((1, "f1"), (2, "f2")):
-        run = _median_run(rounds[key])
-        run["ratio_vs_default"] = run["wall"] / plain_default["wall"]
-        run["ratio_vs_best"] = run["wall"] / plain_best["wall"]
-        run["ratio_vs_fastest"] = run["wall"] / fastest
-        run["parallel_efficiency"] = plain_cpu / (CORES * run["wall"])
-        results[f"farm_{concurrency}_workers"] = run
-        print(
-            f"  farm, {concurrency} worker process(es)         {run['wall']:6.1f} s wall, "
-            f"{run['chunks']} chunks"
-        )
-        print(
-            f"      farm/plain default {run['ratio_vs_default']:.2f}   farm/plain best "
-            f"{run['ratio_vs_best']:.2f}   parallel efficiency "
-            f"{run['parallel_efficiency']:.0%}"
-        )
-        print(
-            f"      overhead: enqueue->plan {run['enqueue_to_plan']:.2f} s, plan "
-            f"{run['plan']:.2f} s, enqueue->first chunk {run['enqueue_to_first_chunk']:.2f} s,"
-            f" stitch+upload {run['stitch_and_upload']:.2f} s; chunks "
-            + ", ".join(f"{c:.1f}" for c in run["chunk_seconds"])
-            + " s"
-        )
-    costs = sandbox_cost(settings)
-    results["sandbox_cost_seconds"] = costs
-    print(
-        "  one tiny chunk (854x480, 3 frames), median of 3: "
-        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in costs.items())
-    )
-    (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"written {out_dir / 'latest.json'}")
     return 0
 

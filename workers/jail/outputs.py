@@ -18,6 +18,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,17 +207,66 @@ def parse_failure(report: dict[str, Any]) -> dict[str, Any]:
 
 def parse_plan(report: dict[str, Any], max_seconds: float) -> list[float]:
     """The plan's durations: finite, non-negative, each and all within ``max_seconds``."""
-    _keys(report, {"ok", "durations"})
+    durations: list[float] = parse_plan_full(report, max_seconds)["durations"]
+    return durations
+
+
+MAX_SOUNDS = 1000
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _hash(value: Any) -> str | None:
+    """A play's manim hash (64 hex) or None. Computed in the jail, so only ever a cache key
+    within the owner's own scope: a forged one can mislead nobody but the scene's owner."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HASH.fullmatch(value):
+        raise OutputError("the render's report has a malformed play hash")
+    return value
+
+
+def _sounds(value: Any, max_seconds: float) -> list[tuple[float, float | None]]:
+    """[time, gain_to_background] pairs; sound i's file is ``sound-{i:04d}.wav``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_SOUNDS:
+        raise OutputError(f"the report lists more than {MAX_SOUNDS} sounds")
+    sounds = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise OutputError("the render left an unreadable report")
+        time = _number(item[0], 0.0, max_seconds)
+        gain = None if item[1] is None else _number(item[1], -200.0, 200.0)
+        sounds.append((time, gain))
+    return sounds
+
+
+def parse_plan_full(report: dict[str, Any], max_seconds: float) -> dict[str, Any]:
+    """``{"durations", "hashes", "sounds", "captions"}``: durations finite, non-negative, each
+    and all within ``max_seconds``; one hash (or None) per play; sounds within the scene."""
+    _keys(report, {"ok", "durations", "hashes", "sounds", "captions"})
     durations = report.get("durations")
     if not isinstance(durations, list) or len(durations) > MAX_ANIMATIONS:
         raise OutputError(f"the plan's report is not a list of at most {MAX_ANIMATIONS} durations")
     values = [_number(d, 0.0, max_seconds) for d in durations]
-    return values
+    hashes = report.get("hashes", [None] * len(values))
+    if not isinstance(hashes, list) or len(hashes) != len(values):
+        raise OutputError("the plan's report has not one hash per animation")
+    captions = report.get("captions", False)
+    if not isinstance(captions, bool):
+        raise OutputError("the render left an unreadable report")
+    return {
+        "durations": values,
+        "hashes": [_hash(h) for h in hashes],
+        "sounds": _sounds(report.get("sounds"), max_seconds),
+        "captions": captions,
+    }
 
 
 def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
-    """``{"ok", "frames", "animations", "video", "captions"}`` with bounded counts."""
-    _keys(report, {"ok", "frames", "animations", "video", "captions"})
+    """``{"ok", "frames", "animations", "video", "captions", "plays"}`` with bounded counts;
+    ``plays``: (index, frames, hash) of each play movie (``play-{index:04d}.mp4``)."""
+    _keys(report, {"ok", "frames", "animations", "video", "captions", "sounds", "plays"})
     video, captions = report.get("video"), report.get("captions")
     if not isinstance(video, bool) or not isinstance(captions, bool):
         raise OutputError("the render left an unreadable report")
@@ -226,9 +276,22 @@ def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
             f"the chunk rendered {frames} frames where its plan had {max_frames}"
             " (the scene is longer when drawn than when planned)"
         )
+    if report.get("sounds"):
+        raise OutputError("a range reported sounds; the farm takes them from the plan")
+    plays_raw = report.get("plays") or []
+    if not isinstance(plays_raw, list) or len(plays_raw) > MAX_ANIMATIONS:
+        raise OutputError("the render left an unreadable report")
+    plays = []
+    for item in plays_raw:
+        if not isinstance(item, list) or len(item) != 3:
+            raise OutputError("the render left an unreadable report")
+        plays.append(
+            (_int(item[0], 0, MAX_ANIMATIONS), _int(item[1], 0, max_frames), _hash(item[2]))
+        )
     return {
         "frames": frames,
         "animations": _int(report.get("animations"), 0, MAX_ANIMATIONS),
         "video": video,
         "captions": captions,
+        "plays": plays,
     }

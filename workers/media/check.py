@@ -160,6 +160,16 @@ def check_chunk(
     return info, cues
 
 
+def parse_captions(
+    settings: Settings, captions: Path, keep_going: Callable[[], bool] = lambda: True
+) -> list[Cue]:
+    """A scene's .srt (its plan's) as the farm's cue list, parsed in a media jail."""
+    with _media_jail(settings) as jail:
+        spec = {"captions": jail.put("scene.srt", captions)}
+        report = run_media(jail, "cues", spec, "captions", keep_going, settings.heartbeat_seconds)
+    return _cues(report.get("cues", []), settings.max_scene_seconds * 1000 * 2)
+
+
 def probe(video: Path, settings: Settings | None = None) -> dict[str, Any]:
     """Width, height, fps, duration and frames of a video, read in a media jail."""
     from farm.config import load_settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from farm.config import Settings
 from workers.jail.jail import Jail
@@ -19,17 +20,25 @@ def stitch(
     parts: list[Path],
     dest: Path,
     keep_going: Callable[[], bool] = lambda: True,
+    sounds: list[tuple[Path, float, float | None]] | None = None,
 ) -> tuple[Path, Path, VideoInfo]:
-    """``dest/video.mp4`` and ``dest/thumb.jpg`` from the parts, in order, and the video's info."""
+    """``dest/video.mp4`` and ``dest/thumb.jpg`` from the parts, in order, and the video's info;
+    with ``sounds`` (a decoded WAV, its time in the scene, its gain to background), one audio
+    track laid as manim lays it (jail/program/audio_mix.py) beside the joined video."""
     limits = Limits.for_media(settings, settings.stitch_timeout_seconds)
     max_bytes = settings.max_output_mb * 2**20
     with Jail(settings, limits, "media") as jail:
         names = [jail.put(f"{i:04d}.mp4", part) for i, part in enumerate(parts)]
-        spec = {
+        spec: dict[str, Any] = {
             "parts": names,
             "video": f"{names[0].rsplit('/in/', 1)[0]}/out/video.mp4",
             "thumb": f"{names[0].rsplit('/in/', 1)[0]}/out/thumb.jpg",
         }
+        if sounds:
+            spec["sounds"] = [
+                {"file": jail.put(f"sound-{i:04d}.wav", path), "time": at, "gain_to_background": g}
+                for i, (path, at, g) in enumerate(sounds)
+            ]
         report = run_media(
             jail, "stitch", spec, "job video", keep_going, settings.heartbeat_seconds
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm import assets
+from farm import anim_cache, assets
+from farm.config import Settings
+from workers.jail.bwrap import PROGRAM_DIR
 from workers.jail.jail import Jail, RunResult
 from workers.lifecycle import Step
 
@@ -21,7 +23,30 @@ def scene_spec(job: dict[str, Any], renderer: str, inflight_encoders: int) -> di
         "fps": job["fps"],
         "portrait": job["aspect_ratio"] == "9:16",
         "renderer": renderer,
+        "seed": int(job.get("seed") or 0),
+        # A range's subcaptions and sounds come from the plan (the whole scene's), never twice.
+        "range_media": False,
     }
+
+
+def cache_scope(settings: Settings, job: dict[str, Any]) -> str:
+    """The animation cache scope of a job: its owner's, or one for all (FARM_CACHE_SCOPE)."""
+    if settings.cache_scope == "global":
+        return anim_cache.scope_of("*global*")
+    return anim_cache.scope_of(str(job.get("user_id") or job["key_id"]))
+
+
+def play_cache_key(job: dict[str, Any], renderer: str, play_hash: str) -> str:
+    """The cache key of one play of this job: manim's hash plus what else changes pixels."""
+    return anim_cache.cache_key(
+        play_hash,
+        width=job["width"],
+        height=job["height"],
+        fps=job["fps"],
+        renderer=renderer,
+        seed=int(job.get("seed") or 0),
+        environment=anim_cache.environment(tuple(sorted(PROGRAM_DIR.glob("*.py")))),
+    )
 
 
 def provide_assets(

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-from farm import assets, jobs, metrics
+from farm import anim_cache, assets, jobs, metrics, objects
 from farm.planner import plan_chunks, skip_weight
-from workers import outcomes
+from workers import media, outcomes
 from workers.jail import outputs
-from workers.jail.jail import RunResult
+from workers.jail.jail import Jail, RunResult
 from workers.jail.limits import Limits
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
-from workers.steps import asked_urls, provide_assets, scene_spec, store_log
+from workers.steps import (
+    asked_urls,
+    cache_scope,
+    play_cache_key,
+    provide_assets,
+    scene_spec,
+    store_log,
+)
 
 log = logging.getLogger("farm.worker")
 
@@ -39,20 +50,27 @@ def plan(step: Step) -> Outcome:
     started = time.perf_counter()
 
     fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
+    # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
+    # video only).
+    media_dir = Path(tempfile.mkdtemp(prefix="farm-plan-"))
 
     def plan_with(renderer: str) -> RunResult:
         new: list[str] = []
+        spec = scene_spec(job, renderer, settings.max_inflight_encoders)
+        spec["hash_plays"] = settings.anim_cache and renderer == "cairo"
         for _ in range(ASSET_ROUNDS + 1):
             with rt.jails.take() as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
-                    scene_spec(job, renderer, settings.max_inflight_encoders),
+                    spec,
                     step.keep_going,
                     settings.heartbeat_seconds,
                     wall_seconds=limits.wall_seconds,
                 )
                 asked = asked_urls(step, jail)
+                if run.ok and run.report is not None:
+                    _copy_media(jail, run.report, media_dir, settings.max_output_mb * 2**20)
             new = [url for url in asked if url not in fetched]
             if not new or run.stopped is not None:
                 return run
@@ -62,6 +80,49 @@ def plan(step: Step) -> Outcome:
             new[0], f"the scene still asked for new URLs after {ASSET_ROUNDS} rounds of fetching"
         )
 
+    try:
+        return _plan(step, job, renderer, plan_with, limits, started, fetched, media_dir)
+    finally:
+        shutil.rmtree(media_dir, ignore_errors=True)
+
+
+def _copy_media(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) -> None:
+    """The plan's captions and sounds, out of the jail, at the names the runner was given."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    if report.get("captions") is True:
+        path = jail.copy_out(CAPTIONS, CAPTIONS_BYTES, "captions")
+        if path is not None:
+            shutil.move(path, dest / CAPTIONS)
+    sounds = report.get("sounds")
+    for i in range(len(sounds) if isinstance(sounds, list) else 0):
+        if i >= outputs.MAX_SOUNDS:
+            break
+        path = jail.copy_out(_sound_name(i), max_bytes, "sound")
+        if path is not None:
+            shutil.move(path, dest / _sound_name(i))
+
+
+CAPTIONS = "captions.srt"
+CAPTIONS_BYTES = 10 * 2**20
+
+
+def _sound_name(index: int) -> str:
+    return f"sound-{index:04d}.wav"
+
+
+def _plan(
+    step: Step,
+    job: dict[str, Any],
+    renderer: str,
+    plan_with: Any,
+    limits: Limits,
+    started: float,
+    fetched: list[str],
+    media_dir: Path,
+) -> Outcome:
+    rt, claim = step.rt, step.claim
+    settings = rt.settings
     run = plan_with(renderer)
     if _opengl_scene_error(run, limits, renderer):
         log.warning("scene failed under OpenGL; planning it with cairo instead")
@@ -79,30 +140,90 @@ def plan(step: Step) -> Outcome:
     if failed is not None:
         return outcomes.with_log(failed, log_key)
     assert run.report is not None
-    durations = outputs.parse_plan(run.report, float(settings.max_scene_seconds))
+    report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds))
+    durations: list[float] = report["durations"]
     total = sum(durations)
     if total > settings.max_scene_seconds:
         return SceneFault(
             f"the scene is {total:.1f} s long; the limit is {settings.max_scene_seconds} s"
         )
     fps = job["fps"]
-    frames = [max(1, round(d * fps)) for d in durations]
-    chunks = plan_chunks(
-        durations,
-        fps,
-        parallelism=settings.parallelism,
-        min_chunk_seconds=settings.min_chunk_seconds,
-        skip_weight=skip_weight(planned_in, sum(frames), job["width"], job["height"]),
-    )
-    planned = [sum(frames[c.first : c.last]) for c in chunks]
+    frames = [round(d * fps) for d in durations]
+    written = _store_media(step, report, media_dir)
+
+    # The animation cache: plays whose movie the owner's cache holds render nowhere.
+    keys: list[str | None] = [None] * len(durations)
+    if settings.anim_cache and renderer == "cairo":
+        keys = [
+            play_cache_key(job, renderer, h) if h is not None and n > 0 else None
+            for h, n in zip(report["hashes"], frames, strict=True)
+        ]
+    scope = cache_scope(settings, job)
+    with step.conn() as conn:
+        cached = anim_cache.lookup(conn, scope, [k for k in keys if k])
+    looked_up = sum(1 for k in keys if k)
+    metrics.ANIM_CACHE_PLAYS.labels(result="hit").inc(len(cached))
+    metrics.ANIM_CACHE_PLAYS.labels(result="miss").inc(looked_up - len(cached))
+    plays = [
+        {"frames": n, "key": k, "cached": k in cached} for n, k in zip(frames, keys, strict=True)
+    ]
+    to_render = [0.0 if p["cached"] else d for p, d in zip(plays, durations, strict=True)]
+    render_frames = [0 if p["cached"] else n for p, n in zip(plays, frames, strict=True)]
+    chunks = []
+    if sum(render_frames) > 0:
+        chunks = plan_chunks(
+            to_render,
+            fps,
+            parallelism=settings.parallelism,
+            min_chunk_seconds=settings.min_chunk_seconds,
+            skip_weight=skip_weight(planned_in, max(1, sum(frames)), job["width"], job["height"]),
+        )
+    planned = [max(1, sum(frames[c.first : c.last])) for c in chunks]
     if fetched:  # the chunks get the same assets
         manifest = json.dumps(fetched).encode()
         rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
     with step.conn() as conn:
-        indices = jobs.record_plan(conn, claim, chunks, planned, log_key)
-    if not indices:  # this attempt lost the step: what it wrote must not stay
-        rt.storage.delete_prefix(log_key)  # the full key: exactly this object
+        anim_cache.set_job_plays(conn, claim.job_id, plays)
+        anim_cache.set_plan_media(conn, claim.job_id, written["cues"], written["sounds"])
+        if chunks:
+            indices = jobs.record_plan(conn, claim, chunks, planned, log_key)
+            owned = bool(indices)
+        else:
+            indices = []
+            owned = jobs.record_plan_without_chunks(conn, claim, log_key)
+    if not owned:  # this attempt lost the step: what it wrote must not stay
+        for key in [log_key, *written["keys"]]:
+            rt.storage.delete_prefix(key)  # the full key: exactly this object
         return outcomes.Done()
+    log.info(
+        "planned %d animations (%d cached) into %d chunks", len(durations), len(cached), len(chunks)
+    )
+    if not chunks:  # every animation cached: the stitch step is this job's next and last
+        rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
-    log.info("planned %d animations into %d chunks", len(durations), len(indices))
     return outcomes.Done()
+
+
+def _store_media(step: Step, report: dict[str, Any], media_dir: Path) -> dict[str, Any]:
+    """Upload the plan's sounds and its captions (as cues, parsed in a media jail)."""
+    rt, claim = step.rt, step.claim
+    keys: list[str] = []
+    sounds: list[tuple[str, float, float | None]] = []
+    for i, (time_, gain) in enumerate(report["sounds"]):
+        path = media_dir / _sound_name(i)
+        if not path.is_file():
+            raise media.MediaError("a sound the scene added could not be read")
+        key = objects.plan_sound(claim.job_id, claim.attempt, i)
+        rt.storage.put_file(key, str(path), "audio/wav")
+        keys.append(key)
+        sounds.append((key, time_, gain))
+    cues_key = None
+    captions = media_dir / CAPTIONS
+    if report["captions"] and captions.is_file():
+        cues = media.parse_captions(rt.settings, captions, step.keep_going)
+        if cues:
+            cues_key = objects.plan_cues(claim.job_id, claim.attempt)
+            body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
+            rt.storage.put_bytes(cues_key, body, "application/json")
+            keys.append(cues_key)
+    return {"keys": keys, "sounds": sounds, "cues": cues_key}

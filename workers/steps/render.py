@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
-from farm import assets, jobs, metrics, objects
+from farm import anim_cache, assets, jobs, metrics, objects
 from workers import media, outcomes
 from workers.jail import outputs
+from workers.jail.jail import Jail
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
 from workers.routing import queue_for
-from workers.steps import asked_urls, provide_assets, scene_spec, store_log
+from workers.steps import (
+    asked_urls,
+    cache_scope,
+    play_cache_key,
+    provide_assets,
+    scene_spec,
+    store_log,
+)
 
 log = logging.getLogger("farm.worker")
 
@@ -34,9 +43,18 @@ def render(step: Step) -> Outcome:
     with step.conn() as conn:
         job = jobs.get_job(conn, claim.job_id)
         planned = jobs.planned_frames(conn, claim)
+        plays = anim_cache.job_plays(conn, claim.job_id)
     spec = scene_spec(job, job["renderer"] or settings.renderer, settings.max_inflight_encoders)
     if job["chunks_total"] and job["chunks_total"] > 1:
         spec.update(from_animation=claim.first_animation, upto_animation=claim.last_animation)
+    # The animation cache: the plays of this range the owner's cache holds are simulated, not
+    # drawn; every drawn play's movie comes back on its own for the cache and the stitch.
+    caching = plays is not None and any(p["key"] for p in plays) and spec["renderer"] == "cairo"
+    if caching and plays is not None:
+        first = claim.first_animation or 0
+        last = claim.last_animation if claim.last_animation is not None else len(plays)
+        spec["hash_plays"] = True
+        spec["skip_plays"] = [i for i in range(first, last) if plays[i]["cached"]]
     # Length comes from frames, never from the plan alone: at most the plan's frames, and never
     # more than the longest video a job may have.
     max_frames = settings.max_scene_seconds * job["fps"]
@@ -94,6 +112,7 @@ def render(step: Step) -> Outcome:
             video_key = objects.chunk_video(claim.job_id, claim.idx, claim.attempt)
             rt.storage.put_file(video_key, str(video), "video/mp4")
             written.append(video_key)
+            stored = _store_plays(step, job, jail, report["plays"], plays) if caching else {}
             cues_key = None
             if cues:
                 cues_key = objects.chunk_cues(claim.job_id, claim.idx, claim.attempt)
@@ -107,6 +126,9 @@ def render(step: Step) -> Outcome:
     )
     with step.conn() as conn:
         ready = jobs.record_chunk(conn, claim, video_key, cues_key, info.frames, log_key)
+        if ready is not None:
+            for index, object_key in stored.items():
+                anim_cache.set_play_object(conn, claim.job_id, index, object_key)
     if ready is None:
         # A zombie attempt: another owns the chunk now; leave no trace.
         for key in written:
@@ -115,6 +137,45 @@ def render(step: Step) -> Outcome:
         return outcomes.Done()
     metrics.CHUNKS_RENDERED.labels(queue=queue_for("chunk", claim.quality)).inc()
     metrics.FRAMES_RENDERED.labels(quality=claim.quality).inc(info.frames)
-    if ready:
+    if ready and job["chunks_total"] == 1:
+        # A single-chunk job finishes where it rendered: no hop through the stitch queue.
+        from workers import lifecycle
+        from workers.steps.stitch import stitch
+
+        lifecycle.run_step(rt, "stitch", claim.job_id, 0, stitch)
+    elif ready:
         rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
     return outcomes.Done()
+
+
+def _store_plays(
+    step: Step,
+    job: dict[str, Any],
+    jail: Jail,
+    rendered: list[tuple[int, int, str | None]],
+    plays: list[dict[str, Any]] | None,
+) -> dict[int, str]:
+    """Put each drawn play's movie in the owner's animation cache; returns {play: object key}.
+
+    The key is the one this render computed: the scene's state as this chunk reached the play
+    (the plan's key when they agree, which is the rule). A play the plan gave no key is stored
+    under none and the job is assembled from chunk videos instead.
+    """
+    rt, claim = step.rt, step.claim
+    scope = cache_scope(rt.settings, job)
+    stored: dict[int, str] = {}
+    max_bytes = rt.settings.max_output_mb * 2**20
+    for index, frames, play_hash in rendered:
+        if plays is None or index >= len(plays) or play_hash is None or frames == 0:
+            continue
+        movie = jail.copy_out(f"play-{index:04d}.mp4", max_bytes, "animation movie")
+        if movie is None:
+            continue
+        key = play_cache_key(job, job["renderer"] or rt.settings.renderer, play_hash)
+        object_key = anim_cache.object_key(scope, key)
+        rt.storage.put_file(object_key, str(movie), "video/mp4")
+        with step.conn() as conn:
+            anim_cache.record(conn, scope, key, movie.stat().st_size, frames)
+        stored[index] = object_key
+        log.debug("play %d of job %s cached as %s", index, claim.job_id, key[:12])
+    return stored

@@ -8,13 +8,16 @@ import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
-from farm import jobs, metrics, objects
+from farm import anim_cache, jobs, metrics, objects
 from farm.captions import Cue, to_webvtt
+from farm.config import Settings
 from workers import media, outcomes
 from workers.lifecycle import Step, job_ended
 from workers.media.check import _cues
 from workers.outcomes import Outcome, SceneFault
+from workers.steps import cache_scope
 
 log = logging.getLogger("farm.worker")
 
@@ -37,20 +40,42 @@ def stitch(step: Step) -> Outcome:
         log_keys = jobs.step_logs(conn, claim.job_id)
     max_ms = settings.max_scene_seconds * 1000 * 2
     written: list[str] = []
+    with step.conn() as conn:
+        plays = anim_cache.job_plays(conn, claim.job_id)
+        plan_media = anim_cache.plan_media(conn, claim.job_id)
     with tempfile.TemporaryDirectory(prefix="farm-stitch-") as tmp_name:
         tmp = Path(tmp_name)
         parts, cues = [], []
-        for chunk in chunks:
-            part = tmp / f"{chunk['idx']:04d}.mp4"
-            rt.storage.get_file(chunk["output_key"], str(part))
-            parts.append(part)
-            if chunk["captions_key"]:
-                cues += _load_cues(rt.storage.get_bytes(chunk["captions_key"]), max_ms)
+        play_objects = _play_objects(settings, job, plays)
+        if play_objects is not None:  # assembled by key from the animation cache
+            for i, key in enumerate(play_objects):
+                part = tmp / f"play-{i:05d}.mp4"
+                rt.storage.get_file(key, str(part))
+                parts.append(part)
+        else:
+            for chunk in chunks:
+                part = tmp / f"{chunk['idx']:04d}.mp4"
+                rt.storage.get_file(chunk["output_key"], str(part))
+                parts.append(part)
+        if plan_media is not None:  # the plan's captions and sounds: the whole scene's
+            if plan_media.get("cues"):
+                cues += _load_cues(rt.storage.get_bytes(plan_media["cues"]), max_ms)
+        else:
+            for chunk in chunks:
+                if chunk["captions_key"]:
+                    cues += _load_cues(rt.storage.get_bytes(chunk["captions_key"]), max_ms)
+        sounds = []
+        for i, (key, at, gain) in enumerate((plan_media or {}).get("sounds") or []):
+            path = tmp / f"sound-{i:04d}.wav"
+            rt.storage.get_file(key, str(path))
+            sounds.append((path, float(at), None if gain is None else float(gain)))
         logs = []
         for key in log_keys:
             with suppress(FileNotFoundError):
                 logs.append(rt.storage.get_bytes(key).decode("utf-8", "replace"))
-        video, thumb, info = media.stitch(settings, parts, tmp / "out", step.keep_going)
+        video, thumb, info = media.stitch(
+            settings, parts, tmp / "out", step.keep_going, sounds=sounds
+        )
         if info.frames > settings.max_scene_seconds * job["fps"]:
             return SceneFault(
                 f"the video is {info.frames / job['fps']:.1f} s long; the limit is "
@@ -90,4 +115,44 @@ def stitch(step: Step) -> Outcome:
         return outcomes.Done()
     rt.storage.delete_prefix(objects.chunks_prefix(claim.job_id))
     job_ended(rt, claim.job_id)
+    _evict(step)
     return outcomes.Done()
+
+
+def _play_objects(
+    settings: Settings, job: dict[str, Any], plays: list[dict[str, Any]] | None
+) -> list[str] | None:
+    """The object of every play that has frames, in order, when each is known: cached ones
+    under the plan's key, drawn ones where their chunk stored them. None: use chunk videos."""
+    if not plays or not any(p["key"] for p in plays):
+        return None
+    scope = cache_scope(settings, job)
+    keys = []
+    for play in plays:
+        if play["frames"] == 0:
+            continue
+        if play["cached"]:
+            keys.append(anim_cache.object_key(scope, play["key"]))
+        elif play.get("object"):
+            keys.append(play["object"])
+        elif any(p["cached"] for p in plays):
+            # The chunk videos lack the cached animations: joining them would drop frames.
+            raise RuntimeError("an animation drawn for this job left no movie to join")
+        else:
+            return None
+    return keys
+
+
+def _evict(step: Step) -> None:
+    """Keep the animation cache within its age and size (cheap SQL; objects deleted after)."""
+    settings = step.rt.settings
+    with step.conn() as conn:
+        gone = anim_cache.evict(
+            conn,
+            max_age_seconds=settings.anim_cache_max_age_seconds,
+            max_bytes=settings.anim_cache_max_mb * 2**20,
+        )
+    for key in gone:
+        step.rt.storage.delete_prefix(key)  # the full key: exactly this object
+    if gone:
+        metrics.ANIM_CACHE_EVICTED.inc(len(gone))

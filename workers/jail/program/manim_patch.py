@@ -14,6 +14,11 @@ not stitch into the frames of a full render.
 rendered one while drawing and encoding nothing, so the state at the start of any
 rendered range equals the state a full render has at that point.  The patch is
 written against manim 0.22.0 only; ``check_manim_version()`` guards the pin.
+
+Plays the *scene itself* skips (a section with ``skip_animations=True``) are left
+exactly as plain manim skips them: one step of the nominal run time, no frames.  Only
+the plays the farm skips (outside the rendered range) are simulated frame by frame.
+``scene_skips(renderer)`` tells which kind the current (or last) play was.
 """
 
 from __future__ import annotations
@@ -27,12 +32,24 @@ from manim.renderer.cairo_renderer import CairoRenderer
 from manim.renderer.opengl_renderer import OpenGLRenderer
 from manim.scene.scene import Scene
 
-__all__ = ["PINNED_MANIM_VERSION", "apply_exact_skipping", "check_manim_version", "frames_of"]
+__all__ = [
+    "PINNED_MANIM_VERSION",
+    "apply_exact_skipping",
+    "check_manim_version",
+    "farm_skips",
+    "frames_of",
+    "on_play_start",
+    "scene_skips",
+    "skip_plays",
+]
 
 PINNED_MANIM_VERSION = "0.22.0"
 
 _FRAMES_ATTR = "_farm_frames"
 _PLAY_START_ATTR = "_farm_play_start_time"
+_SCENE_SKIP_ATTR = "_farm_scene_skips"
+_SKIP_PLAYS_ATTR = "_farm_skip_plays"
+_PLAY_HOOK_ATTR = "_farm_play_hook"
 _applied = False
 
 
@@ -50,6 +67,33 @@ def frames_of(renderer: CairoRenderer | OpenGLRenderer) -> int:
     return int(getattr(renderer, _FRAMES_ATTR, 0))
 
 
+def scene_skips(renderer: object) -> bool:
+    """Whether the scene itself skips the current play (or skipped the last one).
+
+    True in a section with ``skip_animations=True``: plain manim skips such a play too,
+    renders no frame for it and, until the next play starts, drops ``add_sound``.
+    """
+    return bool(getattr(renderer, _SCENE_SKIP_ATTR, False))
+
+
+def farm_skips(renderer: CairoRenderer | OpenGLRenderer) -> bool:
+    """Whether the current play is skipped by the farm only (outside the rendered range)."""
+    return bool(renderer.skip_animations) and not scene_skips(renderer)
+
+
+def skip_plays(renderer: object, indices: Iterable[int]) -> None:
+    """Also skip (and simulate) these plays inside the rendered range: rendered elsewhere."""
+    setattr(renderer, _SKIP_PLAYS_ATTR, frozenset(indices))
+
+
+def on_play_start(renderer: object, hook: Callable[[Scene], None] | None) -> None:
+    """Call ``hook(scene)`` at the start of every play, once its animations are compiled.
+
+    The scene's state then is what manim hashes to name the play's partial movie.
+    """
+    setattr(renderer, _PLAY_HOOK_ATTR, hook)
+
+
 def _count_frames(renderer: object, n: int) -> None:
     setattr(renderer, _FRAMES_ATTR, getattr(renderer, _FRAMES_ATTR, 0) + n)
 
@@ -61,9 +105,26 @@ def apply_exact_skipping() -> None:
         return
     check_manim_version()
     _patch_scene()
+    _patch_skipping_status(CairoRenderer)
+    _patch_skipping_status(OpenGLRenderer)
     _patch_cairo()
     _patch_opengl()
     _applied = True
+
+
+def _patch_skipping_status(renderer_class: type[CairoRenderer] | type[OpenGLRenderer]) -> None:
+    orig = renderer_class.update_skipping_status
+
+    # Why: manim decides at the start of every play whether to skip it, for the
+    # section's skip_animations as much as for the range; remember which, so the
+    # scene's own skips stay plain manim's and only the farm's are simulated.
+    def update_skipping_status(self: Any) -> None:
+        setattr(self, _SCENE_SKIP_ATTR, bool(self.file_writer.sections[-1].skip_animations))
+        orig(self)
+        if self.num_plays in getattr(self, _SKIP_PLAYS_ATTR, ()):
+            self.skip_animations = True
+
+    renderer_class.update_skipping_status = update_skipping_status  # type: ignore[method-assign]
 
 
 def _patch_scene() -> None:
@@ -82,8 +143,9 @@ def _patch_scene() -> None:
         n_iterations: int | None = None,
         override_skip_animations: bool = False,
     ) -> Any:
+        override = override_skip_animations or farm_skips(self.renderer)
         return orig_get_time_progression(
-            self, run_time, description, n_iterations, override_skip_animations=True
+            self, run_time, description, n_iterations, override_skip_animations=override
         )
 
     # Why: a rendered play ends with update_mobjects(0) ("if not skip_animations"),
@@ -91,7 +153,7 @@ def _patch_scene() -> None:
     # of times in both.
     def play_internal(self: Scene, skip_rendering: bool = False) -> None:
         orig_play_internal(self, skip_rendering)
-        if self.renderer.skip_animations:
+        if farm_skips(self.renderer):
             self.update_mobjects(0)
 
     # Why: CairoRenderer.play adds the nominal run time to the clock up front when
@@ -103,9 +165,12 @@ def _patch_scene() -> None:
         renderer = self.renderer
         start = getattr(renderer, _PLAY_START_ATTR, None)
         if start is not None:
-            if isinstance(renderer, CairoRenderer) and renderer.skip_animations:
+            if isinstance(renderer, CairoRenderer) and farm_skips(renderer):
                 renderer.time = start
             setattr(renderer, _PLAY_START_ATTR, None)
+        hook = getattr(renderer, _PLAY_HOOK_ATTR, None)
+        if hook is not None:
+            hook(self)
         orig_begin_animations(self)
 
     Scene.get_time_progression = get_time_progression  # type: ignore[method-assign]
@@ -133,6 +198,8 @@ def _patch_cairo() -> None:
     # (seen by updaters and subcaptions) is bit-identical, and count frames for plans.
     # This covers per-frame render() calls and a frozen wait's int(duration/dt) frames.
     def add_frame(self: CairoRenderer, frame: Any, num_frames: int = 1) -> None:
+        if scene_skips(self) and self.skip_animations:
+            return  # plain manim's skip: no frame, the clock moved up front
         _count_frames(self, num_frames)
         if self.skip_animations:
             dt = 1 / self.camera.frame_rate
@@ -182,7 +249,8 @@ def _patch_opengl() -> None:
     def render(
         self: OpenGLRenderer, scene: Scene, frame_offset: float, moving_mobjects: Any
     ) -> None:
-        _count_frames(self, 1)
+        if not (scene_skips(self) and self.skip_animations):
+            _count_frames(self, 1)
         if self.skip_animations:
             return
         orig_render(self, scene, frame_offset, moving_mobjects)
@@ -196,7 +264,9 @@ def _patch_opengl() -> None:
     # Why: count the int(fps * duration) frames a frozen wait writes, for plans.
     def play(self: OpenGLRenderer, scene: Scene, *args: Any, **kwargs: Any) -> None:
         orig_play(self, scene, *args, **kwargs)
-        if scene.is_current_animation_frozen_frame():
+        if scene.is_current_animation_frozen_frame() and not (
+            scene_skips(self) and self.skip_animations
+        ):
             _count_frames(self, int(config.frame_rate * scene.duration))
 
     OpenGLRenderer.render = render  # type: ignore[method-assign]

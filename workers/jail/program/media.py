@@ -135,8 +135,31 @@ def _ms(stamp: str) -> int:
     return ((h * 60 + m) * 60 + s) * 1000 + ms
 
 
-def stitch(parts: list[str], video: str, thumb: str) -> dict[str, Any]:
-    """Join the parts (concat demuxer, stream copy), then take a thumbnail a third of the way."""
+def stitch(
+    parts: list[str], video: str, thumb: str, sounds: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Join the parts (concat demuxer, stream copy), lay the scene's sounds on one track beside
+    them (``audio_mix``, as manim's file writer does), then take a thumbnail a third of the way.
+    """
+    if sounds:
+        joined_video = str(Path(video).with_name("video-only.mp4"))
+        _join(parts, joined_video)
+        from . import audio_mix
+
+        placed = [
+            audio_mix.SoundAt(Path(s["file"]), float(s["time"]), s.get("gain_to_background"))
+            for s in sounds
+        ]
+        try:
+            audio_mix.with_audio(Path(joined_video), placed, Path(video))
+        except Exception:
+            raise Problem("audio") from None
+    else:
+        _join(parts, video)
+    return _thumbnail(video, thumb)
+
+
+def _join(parts: list[str], video: str) -> None:
     if len(parts) == 1:
         Path(video).write_bytes(Path(parts[0]).read_bytes())
     else:
@@ -174,6 +197,9 @@ def stitch(parts: list[str], video: str, thumb: str) -> dict[str, Any]:
         )
         if joined.returncode != 0:
             raise Problem("concat")
+
+
+def _thumbnail(video: str, thumb: str) -> dict[str, Any]:
     info = probe_video(video)
     shot = _run(
         [
@@ -216,19 +242,24 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``."""
     signal_started()
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] not in ("probe", "stitch"):
-        print("usage: media probe|stitch SPEC.json RESULT.json", file=sys.stderr)
+    if len(args) != 3 or args[0] not in ("probe", "stitch", "cues"):
+        print("usage: media probe|stitch|cues SPEC.json RESULT.json", file=sys.stderr)
         return 1
     command, spec_path, result_path = args
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     result: dict[str, Any]
     try:
-        if command == "probe":
+        if command == "cues":
+            result = {"ok": True, "cues": parse_srt(spec["captions"])}
+        elif command == "probe":
             result = {"ok": True, **probe_video(spec["video"])}
             if spec.get("captions"):
                 result["cues"] = parse_srt(spec["captions"])
         else:
-            result = {"ok": True, **stitch(spec["parts"], spec["video"], spec["thumb"])}
+            result = {
+                "ok": True,
+                **stitch(spec["parts"], spec["video"], spec["thumb"], spec.get("sounds")),
+            }
         code = 0
     except Problem as exc:
         result, code = {"ok": False, "problem": exc.code}, 2

@@ -19,6 +19,15 @@ Subcaptions are assigned to the animation they were added during (or, for
 ``add_subcaption`` between plays, to the preceding animation; before the first
 play, to animation 0); a range's ``.srt`` holds exactly its own, with absolute
 scene times, so merging chunk ``.srt`` files reproduces the full render's.
+
+Sounds are assigned the same way and never enter a range's video: each
+``add_sound`` that plain manim would keep (it drops those made while the scene's own
+section skips) is decoded exactly as manim decodes it (gain applied), written under
+``sound-NNNN.wav`` with a name the runner picks, and listed with its absolute scene time, so
+the stitch can build the whole scene's one audio track (``audio_mix``, run by the media jail).
+
+Plays the scene itself skips (``next_section(skip_animations=True)``) render no frames,
+in a plan as in a render: their planned duration is 0.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import traceback
 import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +52,13 @@ USER_MODULE = "scene"
 USER_FILENAME = "scene.py"
 # manim modules whose failures are the farm's (encoding, writing files), not the scene's.
 _ENCODING_FILES = frozenset({"scene_file_writer.py", "video_segment_encoder.py"})
-# Random seed given to every scene, so chunks rendered in different processes agree.
+# Default random seed of every scene, so chunks rendered in different processes agree
+# (plain manim seeds nothing; the farm matches `manim --seed 0`). A job may choose another.
 SCENE_SEED = 0
+# Attributes manim's cairo camera creates when it first draws (not scene state).
+_CAMERA_DRAW_CACHES = ("display_funcs", "background_colored_vmobject_displayer", "rotation_matrix")
+# Sound files a range hands back, under its out_dir.
+SOUND_PREFIX = "sound-"
 
 __all__ = [
     "RenderOutput",
@@ -75,6 +89,33 @@ class RenderSpec:
     # where the URLs it asked for that are not there are recorded (assets_shim.py).
     assets_dir: str | None = None
     assets_missing: str | None = None
+    seed: int = SCENE_SEED
+    # The animation cache: report manim's hash of each play in range (cairo only), and skip
+    # (simulating them) the plays of the range whose movies are cached already.
+    hash_plays: bool = False
+    skip_plays: tuple[int, ...] = ()
+    # Whether a range reports its own subcaptions and sounds. The farm takes them from the plan
+    # (which always reports the whole scene's), so a cached play's are never lost.
+    range_media: bool = True
+
+
+@dataclass(frozen=True)
+class Sound:
+    """One ``add_sound`` of the scene: a decoded WAV (gain applied) and where it plays."""
+
+    file: str  # relative to out_dir
+    time: float  # absolute scene time, seconds
+    gain_to_background: float | None = None
+
+
+@dataclass(frozen=True)
+class PlayMovie:
+    """One rendered play's own movie (manim's partial movie file), for the animation cache."""
+
+    index: int
+    file: str  # relative to out_dir
+    frames: int
+    hash: str | None
 
 
 @dataclass(frozen=True)
@@ -85,6 +126,19 @@ class RenderOutput:
     srt: str | None
     frames: int
     animations: int
+    sounds: list[Sound] = field(default_factory=list)
+    plays: list[PlayMovie] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Each play's duration in the video (0 for plays the scene skips) and, if asked, hash;
+    the whole scene's sounds and subcaptions (an .srt under out_dir, or None)."""
+
+    durations: list[float]
+    hashes: list[str | None]
+    sounds: list[Sound] = field(default_factory=list)
+    srt: str | None = None
 
 
 class SceneError(Exception):
@@ -97,8 +151,23 @@ def plan_scene(spec: RenderSpec) -> list[float]:
     A duration is the animation's length in the rendered video: whole frames / fps
     (a run time that is not a whole number of frames rounds up, as manim renders it).
     """
-    frames = _run(spec, plan=True).play_frames
-    return [n / spec.fps for n in frames]
+    return plan_scene_full(spec).durations
+
+
+def plan_scene_full(spec: RenderSpec) -> Plan:
+    """``plan_scene`` plus each play's manim hash when the spec asks for them."""
+    run = _run(spec, plan=True)
+    if run.play_frames and all(run.play_scene_skipped):
+        raise SceneError(
+            "Every animation of the scene is in a section with skip_animations=True: "
+            "there is nothing to render"
+        )
+    return Plan(
+        [n / spec.fps for n in run.play_frames],
+        [run.play_hashes.get(i) for i in range(len(run.play_frames))],
+        run.sounds,
+        str(run.srt) if run.srt else None,
+    )
 
 
 def render_scene(spec: RenderSpec) -> RenderOutput:
@@ -113,8 +182,12 @@ def render_scene(spec: RenderSpec) -> RenderOutput:
 class _RunResult:
     play_frames: list[int]
     play_rendered: list[bool]
-    video: Path | None
-    srt: Path | None
+    play_scene_skipped: list[bool]
+    play_hashes: dict[int, str]
+    video: Path | None = None
+    srt: Path | None = None
+    sounds: list[Sound] = field(default_factory=list)
+    plays: list[PlayMovie] = field(default_factory=list)
 
     def output(self) -> RenderOutput:
         rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
@@ -123,6 +196,8 @@ class _RunResult:
             srt=str(self.srt) if self.srt else None,
             frames=sum(rendered),
             animations=len(rendered),
+            sounds=self.sounds,
+            plays=self.plays,
         )
 
 
@@ -197,8 +272,8 @@ def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
     config.write_all = False
     config.save_sections = False
     config.transparent = False
-    config.seed = SCENE_SEED
-    if spec.max_inflight_encoders is not None:
+    config.seed = spec.seed
+    if spec.max_inflight_encoders:  # None or 0: manim's own default
         config.max_inflight_encoders = spec.max_inflight_encoders
     if plan:
         # Nothing is encoded or written; every animation is skipped (and simulated).
@@ -221,7 +296,7 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
     manager_class = _farm_manager_class()
     try:
         scene = scene_class()
-        manager = manager_class(scene, spec.from_animation or 0, spec.upto_animation)
+        manager = manager_class(scene, spec, plan)
         manager.render()
     except (Exception, SystemExit) as exc:
         if isinstance(exc, SceneError):
@@ -229,37 +304,142 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
         if not _is_scene_fault(exc):
             raise
         raise SceneError(_user_traceback(exc)) from None
-    if plan:
-        return _RunResult(manager.play_frames, manager.play_rendered, None, None)
+    run = _RunResult(
+        manager.play_frames,
+        manager.play_rendered,
+        manager.play_scene_skipped,
+        manager.play_hashes,
+    )
     file_writer = manager.file_writer
+    run.sounds = manager.sounds
+    if plan:
+        if file_writer.subcaptions:
+            import srt
+
+            run.srt = Path(spec.out_dir).resolve() / "captions.srt"
+            run.srt.parent.mkdir(parents=True, exist_ok=True)
+            run.srt.write_text(srt.compose(file_writer.subcaptions), encoding="utf-8")
+        return run
     movie = Path(file_writer.movie_file_path)
-    video = movie if movie.is_file() else None
+    run.video = movie if movie.is_file() else None
     srt_path = file_writer.output_plan.subcaption_file
-    srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
-    return _RunResult(manager.play_frames, manager.play_rendered, video, srt)
+    run.srt = Path(srt_path) if srt_path is not None and Path(srt_path).is_file() else None
+    out_dir = Path(spec.out_dir).resolve()
+    for index, partial in enumerate(file_writer.partial_movie_files):
+        if partial is not None and manager.play_rendered[index]:
+            run.plays.append(
+                PlayMovie(
+                    index,
+                    str(Path(partial).resolve().relative_to(out_dir)),
+                    manager.play_frames[index],
+                    manager.play_hashes.get(index),
+                )
+            )
+    return run
 
 
 def _farm_manager_class() -> type[Any]:
     """Build the Manager subclass lazily, so importing this module does not import manim."""
     from manim.manager import Manager
 
-    from .manim_patch import frames_of
+    from .manim_patch import frames_of, on_play_start, scene_skips, skip_plays
 
     class FarmManager(Manager[Any]):
-        """Records per-animation frame counts and which animation owns each subcaption."""
+        """Records per-animation frames, and which animation owns each subcaption and sound."""
 
-        def __init__(self, scene: Any, start: int, end: int | None) -> None:
+        def __init__(self, scene: Any, spec: RenderSpec, plan: bool) -> None:
             super().__init__(scene)
-            self.range_start, self.range_end = start, end
+            self.range_start, self.range_end = spec.from_animation or 0, spec.upto_animation
+            # None: record no sounds nor subcaptions (a range whose plan reports them)
+            media = plan or spec.range_media
+            self.out_dir = Path(spec.out_dir).resolve() if media else None
             self.play_frames: list[int] = []
             self.play_rendered: list[bool] = []
+            self.play_scene_skipped: list[bool] = []
+            self.play_hashes: dict[int, str] = {}
             self.subcaption_owners: list[int] = []
+            self.sounds: list[Sound] = []
+            skip_plays(self.renderer, spec.skip_plays)
+            if spec.hash_plays and spec.renderer == "cairo":
+                on_play_start(self.renderer, self._hash_play)
+
+        def _hash_play(self, scene: Any) -> None:
+            """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""
+            index = self.num_plays
+            if scene_skips(self.renderer) or not self._owns(index):
+                return
+            from manim.utils.hashing import get_hash_from_play_call
+
+            camera = self.camera
+            # Why: the camera keeps caches it builds on its first draw; a plan (nothing drawn)
+            # and a render must hash the same state, so hash without them.
+            transient = {
+                k: camera.__dict__.pop(k) for k in _CAMERA_DRAW_CACHES if k in vars(camera)
+            }
+            try:
+                self.play_hashes[index] = get_hash_from_play_call(
+                    scene,
+                    camera,
+                    scene.animations,
+                    scene.mobjects,
+                    backend="cairo",
+                    # Why: a plan has no encoder (dry run); the farm's encoder settings are
+                    # fixed and go into the cache key with the size, fps and versions instead.
+                    encoder_fingerprint="farm",
+                    renderer_state=(),
+                )
+            finally:
+                camera.__dict__.update(transient)
+
+        def _owns(self, owner: int) -> bool:
+            return self.range_start <= owner and (self.range_end is None or owner < self.range_end)
 
         def play(self, *args: Any, **kwargs: Any) -> None:
             before = frames_of(self.renderer)
             super().play(*args, **kwargs)
             self.play_frames.append(frames_of(self.renderer) - before)
             self.play_rendered.append(not self.renderer.skip_animations)
+            self.play_scene_skipped.append(scene_skips(self.renderer))
+
+        def add_sound(
+            self,
+            sound_file: str,
+            time_offset: float = 0,
+            gain: float | None = None,
+            **kwargs: Any,
+        ) -> None:
+            # Why: plain manim drops a sound while it skips; of the farm's skips only the
+            # scene's own (its section's) are plain manim's, the range's are not.
+            if self.skip_animations and scene_skips(self.renderer):
+                return
+            # Owned like a subcaption; other ranges report the sound, not this one.
+            if self.out_dir is None or not self._owns(max(self.num_plays - 1, 0)):
+                return
+            writer = self.file_writer
+            captured: list[tuple[Any, float | None, float | None]] = []
+
+            def capture(
+                segment: Any, time: float | None = None, gain_to_background: float | None = None
+            ) -> None:
+                if time is not None and time < 0:
+                    raise ValueError("Adding sound at timestamp < 0")
+                captured.append((segment, time, gain_to_background))
+
+            # Why: manim's own add_sound finds, converts and applies the gain exactly as a
+            # plain render does; only the mixing into the track is left for the stitch.
+            writer.add_audio_segment = capture  # type: ignore[method-assign,assignment]
+            try:
+                writer.add_sound(sound_file, self.time + time_offset, gain, **kwargs)
+            finally:
+                del writer.add_audio_segment
+            for segment, time, to_background in captured:
+                relative = f"{SOUND_PREFIX}{len(self.sounds):04d}.wav"
+                target = self.out_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                segment.export(str(target), format="wav").close()
+                self.sounds.append(
+                    Sound(relative, float(self.time if time is None else time), to_background)
+                )
 
         def add_subcaption(self, content: str, duration: float = 1, offset: float = 0) -> None:
             super().add_subcaption(content, duration, offset)
@@ -271,14 +451,15 @@ def _farm_manager_class() -> type[Any]:
             if self.num_plays == 0:
                 raise SceneError(
                     "The scene has no animations: construct() called neither "
-                    "self.play() nor self.wait()"
+                    "self.play() nor self.wait(). Plain manim saves such a still scene as "
+                    "a PNG image; the farm renders videos only: end construct() with "
+                    "self.wait() for a one-second video of the final frame"
                 )
-            start, end = self.range_start, self.range_end
             subs = self.file_writer.subcaptions
             self.file_writer.subcaptions = [
                 s
                 for s, owner in zip(subs, self.subcaption_owners, strict=True)
-                if start <= owner and (end is None or owner < end)
+                if self.out_dir is not None and self._owns(owner)
             ]
             super().post_construct()
 
@@ -369,6 +550,8 @@ def _format_exception_only(exc: BaseException) -> str:
 
 
 def _spec_from_json(data: dict[str, Any]) -> RenderSpec:
+    if "skip_plays" in data:
+        data = {**data, "skip_plays": tuple(int(i) for i in data["skip_plays"])}
     return RenderSpec(**data)
 
 
@@ -395,19 +578,48 @@ VIDEO_NAME = "video.mp4"
 CAPTIONS_NAME = "captions.srt"
 
 
+# Each reported sound i is out_dir/sound-{i:04d}.wav; each reported play movie (animation
+# cache) is out_dir/play-{index:04d}.mp4 (flat: the worker copies out names, not trees).
+PLAY_PREFIX = "play-"
+
+
+def _sounds_report(sounds: list[Sound]) -> list[list[float | None]]:
+    """[time, gain_to_background] of each sound, in call order (file i is sound-{i:04d}.wav)."""
+    return [[s.time, s.gain_to_background] for s in sounds]
+
+
+def _publish_plan(plan: Plan) -> dict[str, Any]:
+    """The plan's report: durations, hashes, sounds; its captions are out_dir/captions.srt."""
+    return {
+        "ok": True,
+        "durations": plan.durations,
+        "hashes": plan.hashes,
+        "sounds": _sounds_report(plan.sounds),
+        "captions": plan.srt is not None,
+    }
+
+
 def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
-    """Move the range's movie (and .srt) to the fixed names; the report holds only counts."""
+    """Move the range's movie (and .srt, and each play's movie) to the fixed names; the report
+    holds only numbers."""
     out_dir = Path(spec.out_dir)
     if output.video:
         os.replace(output.video, out_dir / VIDEO_NAME)
     if output.srt:
         os.replace(output.srt, out_dir / CAPTIONS_NAME)
+    plays = []
+    if spec.hash_plays:
+        for play in output.plays:
+            os.replace(out_dir / play.file, out_dir / f"{PLAY_PREFIX}{play.index:04d}.mp4")
+            plays.append([play.index, play.frames, play.hash])
     return {
         "ok": True,
         "frames": output.frames,
         "animations": output.animations,
         "video": output.video is not None,
         "captions": output.srt is not None,
+        "sounds": _sounds_report(output.sounds),
+        "plays": plays,
     }
 
 
@@ -438,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
         if command == "plan":
-            result = {"ok": True, "durations": plan_scene(spec)}
+            result = _publish_plan(plan_scene_full(spec))
         else:
             result = _publish_outputs(spec, render_scene(spec))
         code = 0

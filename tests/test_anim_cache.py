@@ -1,0 +1,170 @@
+"""The shared animation cache: keys, scopes, lookups and eviction (real PostgreSQL), and that a
+hit never changes a video (real renders, cache cold and warm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm import anim_cache
+from tests.conftest import unique
+
+BASE: dict[str, Any] = dict(
+    width=854, height=480, fps=15, renderer="cairo", seed=0, environment="env-1"
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"width": 1280},
+        {"height": 720},
+        {"fps": 30},
+        {"renderer": "opengl"},
+        {"seed": 1},
+        {"environment": "env-2"},  # another manim, patch, runner, plugin or package version
+    ],
+)
+def test_everything_that_changes_pixels_changes_the_key(change: dict[str, Any]) -> None:
+    assert anim_cache.cache_key("h", **{**BASE, **change}) != anim_cache.cache_key("h", **BASE)
+    assert anim_cache.cache_key("h2", **BASE) != anim_cache.cache_key("h", **BASE)
+    assert anim_cache.cache_key("h", **BASE) == anim_cache.cache_key("h", **BASE)
+
+
+def test_lookup_finds_only_the_owners_own_entries(pool: Any) -> None:
+    mine, theirs = anim_cache.scope_of(f"user-{unique()}"), anim_cache.scope_of(f"u-{unique()}")
+    key = anim_cache.cache_key(unique(), **BASE)
+    with pool.connection() as conn:
+        assert anim_cache.lookup(conn, mine, [key]) == set()
+        anim_cache.record(conn, mine, key, size=1000, frames=12)
+        assert anim_cache.lookup(conn, mine, [key, "other"]) == {key}
+        assert anim_cache.lookup(conn, theirs, [key]) == set()
+    assert anim_cache.object_key(mine, key).startswith(f"{anim_cache.PREFIX}{mine}/")
+
+
+def test_eviction_by_age_then_size_least_recently_used_first(pool: Any) -> None:
+    scope = anim_cache.scope_of(f"user-{unique()}")
+    with pool.connection() as conn:
+        conn.execute("DELETE FROM anim_cache")
+        for name, age in (("old", 7200), ("a", 300), ("b", 200), ("c", 100)):
+            anim_cache.record(conn, scope, name, size=1000, frames=1)
+            conn.execute(
+                "UPDATE anim_cache SET last_used_at = now() - make_interval(secs => %s)"
+                " WHERE key = %s",
+                (age, name),
+            )
+        gone = anim_cache.evict(conn, max_age_seconds=3600, max_bytes=2000)
+        assert sorted(gone) == sorted(anim_cache.object_key(scope, k) for k in ("old", "a"))
+        left = conn.execute("SELECT key FROM anim_cache ORDER BY key").fetchall()
+        assert [r["key"] for r in left] == ["b", "c"]
+
+
+def test_environment_fingerprint_covers_the_jail_program(tmp_path: Any) -> None:
+    program = tmp_path / "runner.py"
+    program.write_text("# v1\n")
+    first = anim_cache.environment((program,))
+    program.write_text("# v2\n")
+    anim_cache.environment.cache_clear()
+    assert anim_cache.environment((program,)) != first
+
+
+# --- end to end: a hit never changes the video; what changes pixels misses ---------------------
+
+CHAIN = Path(__file__).parent / "corpus" / "c13_transform_chain.py"
+
+
+def _plays(pool: Any, job_id: str) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        plays = anim_cache.job_plays(conn, job_id)
+    assert plays is not None
+    return plays
+
+
+def _job(client: Any, key: Any, code: str, cls: str, **fields: Any) -> dict[str, Any]:
+    from tests.conftest import submit, wait_for
+
+    job_id = submit(client, key, code, cls, **fields)
+    job = wait_for(client, key, job_id, timeout=300)
+    assert job["status"] == "completed", job
+    return job
+
+
+@pytest.mark.slow
+def test_cache_cold_then_warm_then_edited_then_other_size(
+    worker: Any, client: Any, api_key: Any, pool: Any, tmp_path: Any
+) -> None:
+    import scenes as S
+
+    from tests.support import download
+
+    code = CHAIN.read_text()
+    marker = f"# owner run {unique()}\n"
+    # Given the scene rendered once (cold: every animation drawn)
+    cold = _job(client, api_key, code + marker, "TransformChain")
+    plays = _plays(pool, cold["jobId"])
+    assert len(plays) == 6 and not any(p["cached"] for p in plays)
+    # When the same animations are asked for again (a new job: the result cache misses)
+    warm = _job(client, api_key, code + marker + "# again\n", "TransformChain")
+    # Then every animation comes from the cache, nothing is drawn, and the video is the same
+    assert all(p["cached"] for p in _plays(pool, warm["jobId"]))
+    assert warm["progress"]["chunksTotal"] == 0
+    plain, _ = S.plain_manim_render(code, "TransformChain", tmp_path / "plain", size=(854, 480))
+    expected = S.frame_md5s(plain)
+    for job, name in ((cold, "cold"), (warm, "warm")):
+        video = download(job["result"]["video"], tmp_path / f"{name}.mp4")
+        assert S.frame_md5s(video) == expected, name
+        assert S.duration_s(video) == S.duration_s(plain)
+    # When only the last animation is edited
+    edited = code.replace(
+        "ReplacementTransform(m, Dot())", "ReplacementTransform(m, Dot(color=RED))"
+    )
+    assert edited != code
+    job = _job(client, api_key, edited + marker, "TransformChain")
+    # Then only it misses, and the video is plain manim's of the edited scene
+    assert [p["cached"] for p in _plays(pool, job["jobId"])] == [True] * 5 + [False]
+    plain_edit, _ = S.plain_manim_render(edited, "TransformChain", tmp_path / "pe", size=(854, 480))
+    video = download(job["result"]["video"], tmp_path / "edited.mp4")
+    assert S.frame_md5s(video) == S.frame_md5s(plain_edit)
+    # And another resolution misses everywhere
+    medium = _job(client, api_key, code + marker, "TransformChain", quality="medium")
+    assert not any(p["cached"] for p in _plays(pool, medium["jobId"]))
+
+
+def test_a_changed_mobject_or_camera_changes_the_play_hash(tmp_path: Any) -> None:
+    import scenes as S
+
+    code = CHAIN.read_text()
+
+    def hashes(source: str, name: str) -> list[str | None]:
+        result = S.runner_subprocess(
+            "plan",
+            {
+                "code": source,
+                "class_name": "TransformChain",
+                "width": S.WIDTH,
+                "height": S.HEIGHT,
+                "fps": S.FPS,
+                "portrait": False,
+                "out_dir": str(tmp_path / name),
+                "hash_plays": True,
+            },
+            tmp_path / name,
+        )
+        assert result["ok"], result
+        return result["hashes"]  # type: ignore[return-value]
+
+    base = hashes(code, "base")
+    assert all(base) and len(set(base)) == len(base)
+    # A mobject changed in the third animation (its Transform target): that animation misses,
+    # and so does the next (it starts from the changed square); earlier ones, and later ones
+    # whose state is the same again, still hit
+    mob = hashes(code.replace("Triangle(color=GREEN)", "Triangle(color=BLUE)"), "mob")
+    assert mob[:2] == base[:2] and mob[2] != base[2] and mob[3] != base[3]
+    # The camera (background) changed: every animation changes
+    camera = hashes(
+        code.replace("from manim import *", "from manim import *\nconfig.background_color = GREY"),
+        "cam",
+    )
+    assert all(c != b for c, b in zip(camera, base, strict=True))
