@@ -338,16 +338,20 @@ class NetBed:
 
     def start_s3(self) -> None:
         data = self.workdir / "svc" / "s3"
-        (data / "tmp").mkdir(parents=True)
+        (data / "tmp" / "data").mkdir(parents=True)
+        # Inside its mount namespace data/tmp is /tmp: its data and config are named from there.
+        shutil.copy(ROOT / "ops/dev/s3.json", data / "tmp" / "s3.json")
         addr = self.addr("s3")
-        weed = [WEED, "mini", f"-dir={data}", f"-ip={addr}", f"-ip.bind={addr}",
-                f"-s3.port={self.port('s3')}", f"-s3.config={ROOT / 'ops/dev/s3.json'}",
+        weed = [WEED, "mini", "-dir=/tmp/data", f"-ip={addr}", f"-ip.bind={addr}",
+                f"-s3.port={self.port('s3')}", "-s3.config=/tmp/s3.json",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.port=9633",
                 "-volume.port=9640", "-filer.port=9188", "-admin.port=23946", "-admin.ui=false",
                 "-webdav=false", "-master.telemetry=false"]  # fmt: skip
         # Its own /tmp (a private mount namespace): weed puts unix sockets there, named only by
-        # port, which the machine's own SeaweedFS would otherwise share.
-        private_tmp = 'mount --bind "$0" /tmp && exec "$@"'
+        # port, which the machine's own SeaweedFS would otherwise share. The binary is opened
+        # before the mount and run through its descriptor: a checkout under /tmp (a CI clone)
+        # is hidden once /tmp is replaced.
+        private_tmp = 'exec 3<"$1" && mount --bind "$0" /tmp && shift && exec /proc/self/fd/3 "$@"'
         self.spawn(
             "s3",
             "svc",
