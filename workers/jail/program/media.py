@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from .ready import signal_started
 
 MP4_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2"
 # Every ffmpeg/ffprobe run: the file protocol only, no demuxer outside the mp4 family (ffmpeg
@@ -226,16 +227,6 @@ def _thumbnail(video: str, thumb: str) -> dict[str, Any]:
     if shot.returncode != 0 or not Path(thumb).is_file():
         raise Problem("thumbnail")
     return info
-
-
-def signal_started() -> None:
-    """Tell the worker this program runs (one byte on its ready pipe), before any scene code."""
-    fd = os.environ.pop("JAIL_READY_FD", "")
-    if fd.isdigit():
-        try:
-            os.write(int(fd), b"1")
-        finally:
-            os.close(int(fd))
 
 
 def main(argv: list[str] | None = None) -> int:

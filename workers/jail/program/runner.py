@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ready import signal_started
+
 # Frame dimensions in manim units: manim's default 16:9 frame, 8 units tall.
 _FRAME_SHORT_SIDE = 8.0
 _FRAME_LONG_SIDE = 8.0 * 16.0 / 9.0
@@ -621,16 +623,6 @@ def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
         "sounds": _sounds_report(output.sounds),
         "plays": plays,
     }
-
-
-def signal_started() -> None:
-    """Tell the worker this program runs (one byte on its ready pipe), before any scene code."""
-    fd = os.environ.pop("JAIL_READY_FD", "")
-    if fd.isdigit():
-        try:
-            os.write(int(fd), b"1")
-        finally:
-            os.close(int(fd))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
