@@ -322,6 +322,7 @@ def test_openapi_document(client: Any) -> None:
         "fps",
         "metadata",
         "webhookUrl",
+        "seed",  # an extension: the scene's random seed
     }
     assert props["quality"]["enum"] == ["low", "medium", "high", "twok", "fourk"]
 

@@ -38,9 +38,10 @@ DASHBOARD_SCRIPT = ROOT / "ops" / "grafana" / "build_dashboard.py"
 # used as a selector.
 FARM_NAME = re.compile(r"\bfarm_[A-Za-z0-9_]+\b")
 UP_NAME = re.compile(r"(?<![\w:$.])up(?=\s*[{\[)]|\s|$)")
-# owner is bounded by the dispatcher: top-N owners, the rest as "other" (farm.dispatch).
+# owner is bounded by the dispatcher: top-N owners, the rest as "other" (farm.dispatch);
+# result is the animation cache's hit or miss.
 BOUNDED_LABELS = {"route", "method", "status", "quality", "code", "queue", "kind", "task",
-                  "outcome", "owner"}  # fmt: skip
+                  "outcome", "owner", "result"}  # fmt: skip
 
 
 def metric_names(expr: str) -> set[str]:

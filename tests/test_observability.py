@@ -385,6 +385,8 @@ ALLOWED_LABELS = {
     "kind",
     "task",
     "outcome",
+    "owner",  # the dispatcher's busiest owners and "other"
+    "result",  # the animation cache's hit or miss
 }
 
 
