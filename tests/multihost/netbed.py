@@ -162,6 +162,9 @@ class NetBed:
             "FARM_PLAN_TIMEOUT_SECONDS": "60",
             "FARM_MIN_CHUNK_SECONDS": "0.5",
             "FARM_PARALLELISM": "2",
+            # The bed's tests repeat a few scenes to watch queues, leases and faults: each job
+            # must render its chunks, not find them in the animation cache (tests/test_anim_cache).
+            "FARM_ANIM_CACHE": "false",
             "FARM_RATE_LIMIT_PER_SECOND": "1000",
             "FARM_RATE_LIMIT_BURST": "1000",
             "FARM_MAX_ACTIVE_JOBS_PER_USER": "500",
