@@ -32,7 +32,7 @@ from farm import assets, netguard
 from farm.assets import AssetFailed, AssetRefused, Policy
 from farm.config import SettingsError, load_settings
 from tests.conftest import submit, unique, wait_for
-from tests.support import download
+from tests.support import download, self_signed_cert
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,36 +125,7 @@ class AssetServer:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("asset-tls")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ),
-            *(
-                "-nodes",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-            ),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_cert(tmp_path_factory.mktemp("asset-tls"))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from api.app import get_services
 from farm import jobs, webhooks
 from farm.config import Settings
 from tests.conftest import FARM, Key, unique, wait_for
-from tests.support import RecordingPublisher
+from tests.support import RecordingPublisher, self_signed_cert
 
 TINY = """
 from manim import *
@@ -141,32 +141,7 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver(settings: Settings, artifacts: Path, tmp_path_factory: Any) -> Iterator[Receiver]:
     """A receiver whose self-signed certificate is the CA bundle the workers trust."""
-    tmp = tmp_path_factory.mktemp("webhook-tls")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path_factory.mktemp("webhook-tls"))
     shutil.copyfile(cert, settings.webhook_ca_bundle)
     r = Receiver(cert, key)
     yield r

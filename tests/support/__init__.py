@@ -5,6 +5,7 @@ Nothing here imports ``tests.conftest`` at import time: conftest imports this pa
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -96,3 +97,17 @@ def failing_scene(message: str) -> str:
         "    def construct(self):\n"
         f"        raise ValueError({message!r})\n"
     )
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 (cert.pem, key.pem): the tests'
+    HTTPS servers (webhook receiver, asset server) present it and the farm trusts it as a CA."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
