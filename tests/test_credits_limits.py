@@ -11,6 +11,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -494,11 +495,12 @@ def test_users_and_keys_commands(farm_env: Any, pool: Any) -> None:
     assert user["userId"] in {u["userId"] for u in listed}
 
 
-def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> None:
-    # Given a database at the last migration before users, with two keys, a job and a ledger
+@contextmanager
+def database_before(settings: Settings, migration: int, tag: str) -> Iterator[str]:
+    """The URL of a fresh database migrated up to (not including) ``migration``; dropped after."""
     import psycopg
 
-    name = f"farm_test_{3 + 100}_users_{unique()}"
+    name = f"farm_test_{SLOT + 100}_{tag}_{unique()}"
     admin = psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres")
     url = psycopg.conninfo.make_conninfo(settings.database_url, dbname=name)
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -510,9 +512,21 @@ def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> N
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             for number, file, sql in db.migrations():
-                if number < 10:
+                if number < migration:
                     conn.execute(sql.encode())
                     conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (number, file))
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> None:
+    # Given a database at the last migration before users, with two keys, a job and a ledger
+    import psycopg
+
+    with database_before(settings, 10, "users") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
             for key_id in ("key_00000000000000a1", "key_00000000000000b2"):
                 conn.execute(
                     "INSERT INTO api_keys (id, name, prefix, key_hash, webhook_secret)"
@@ -545,9 +559,6 @@ def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> N
                     Decimal(7), Decimal(0)
                 )
             assert keys.get_key(conn, "key_00000000000000b2").user_id == "usr_00000000000000b2"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_migration_scopes_idempotency_keys_to_the_user(settings: Settings) -> None:
@@ -555,21 +566,8 @@ def test_migration_scopes_idempotency_keys_to_the_user(settings: Settings) -> No
     # (the second later), and a stranger used it too
     import psycopg
 
-    name = f"farm_test_{SLOT + 100}_idem_{unique()}"
-    admin = psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres")
-    url = psycopg.conninfo.make_conninfo(settings.database_url, dbname=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
+    with database_before(settings, 12, "idem") as url:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations (number integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for number, file, sql in db.migrations():
-                if number < 12:
-                    conn.execute(sql.encode())
-                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (number, file))
             conn.execute("INSERT INTO users (id, name) VALUES ('usr_a', 'a'), ('usr_b', 'b')")
             for key_id, user_id in (("key_a1", "usr_a"), ("key_a2", "usr_a"), ("key_b", "usr_b")):
                 conn.execute(
@@ -598,6 +596,3 @@ def test_migration_scopes_idempotency_keys_to_the_user(settings: Settings) -> No
                 "SELECT user_id, key_id, job_id FROM idempotency_keys ORDER BY user_id"
             ).fetchall()
         assert rows == [("usr_a", "key_a2", "job_key_a2"), ("usr_b", "key_b", "job_key_b")]
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
