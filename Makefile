@@ -39,11 +39,14 @@ demo: services ## bring up the whole farm locally and render examples/hello.py
 down: ## stop what `make demo` started (and nothing else)
 	@bash ops/dev/stack.sh down
 
+# Two pytest-xdist processes, each with its own slot (database, Redis, bucket, ports); a module
+# (or the multi-host bed) stays in one process (tests/conftest.py's groups).
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 test: services ## run the test suite against real services and renders
-	@$(VENV)/bin/pytest
+	@$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
 test-fast: services ## the tests that render nothing (no worker, no sandbox, not slow)
-	@$(VENV)/bin/pytest -m "not slow and not render"
+	@$(VENV)/bin/pytest $(PYTEST_PARALLEL) -m "not slow and not render"
 
 multihost: services ## the multi-host fault tests: namespaces as hosts, links cut, services restarted (root)
 	@$(VENV)/bin/pytest tests/multihost

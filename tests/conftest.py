@@ -25,15 +25,19 @@ import redis
 from farm import db, keys
 from farm.config import Settings, load_settings
 from farm.storage import S3Storage
-from tests.support import wait_until_answers
+from tests.support import new_database, wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 FARM = str(Path(sys.prefix) / "bin" / "farm")
 
 
 # Several suites may run at once on one machine (FARM_TEST_SLOT=0..7): each gets its own
-# database, Redis database, bucket and ports.
-SLOT = int(os.environ.get("FARM_TEST_SLOT", "0"))
+# database, Redis database, bucket and ports. `make test` runs two pytest-xdist processes
+# (gw0, gw1): each takes its own slot, FARM_TEST_SLOT + its number, and passes it on to the
+# processes it starts (the multi-host bed reads it too).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or unset
+SLOT = int(os.environ.get("FARM_TEST_SLOT", "0")) + (int(_XDIST_WORKER[2:]) if _XDIST_WORKER else 0)
+os.environ["FARM_TEST_SLOT"] = str(SLOT)
 TEST_DB = f"farm_test_{SLOT}"
 
 
@@ -103,11 +107,7 @@ def settings() -> Settings:
     _require("Redis", lambda: redis.Redis.from_url(s.redis_url, socket_timeout=3).ping())
     storage = S3Storage(s)
     _require("S3", storage.ensure_bucket)
-    admin = psycopg.conninfo.make_conninfo(s.database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEST_DB}")
-    db.migrate(s.database_url)
+    db.migrate(new_database(s.database_url, TEST_DB))
     redis.Redis.from_url(s.redis_url).flushdb()
     return s
 
@@ -348,3 +348,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & RENDER_FIXTURES or item.path.name in RENDER_MODULES:
             item.add_marker(pytest.mark.render)
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    """Under `pytest -n N --dist loadgroup`, the tests of one group run in one process, in
+    order: a module keeps its module-scoped stack, and the multi-host tests share one bed."""
+    if item.path.parent.name == "multihost":
+        return "multihost"
+    return item.path.stem

@@ -22,7 +22,7 @@ from farm import credits, db, jobs, keys, users
 from farm.config import Settings
 from farm.presets import PRESETS
 from tests.conftest import FARM, SLOT, Key, unique, wait_for
-from tests.support import RecordingPublisher
+from tests.support import RecordingPublisher, drop_database, new_database
 
 SCENE = """
 from manim import *
@@ -500,11 +500,7 @@ def database_before(settings: Settings, migration: int, tag: str) -> Iterator[st
     """The URL of a fresh database migrated up to (not including) ``migration``; dropped after."""
     import psycopg
 
-    name = f"farm_test_{SLOT + 100}_{tag}_{unique()}"
-    admin = psycopg.conninfo.make_conninfo(settings.database_url, dbname="postgres")
-    url = psycopg.conninfo.make_conninfo(settings.database_url, dbname=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+    url = new_database(settings.database_url, f"farm_test_{SLOT + 100}_{tag}_{unique()}")
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -517,8 +513,7 @@ def database_before(settings: Settings, migration: int, tag: str) -> Iterator[st
                     conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (number, file))
         yield url
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(url)
 
 
 def test_migration_gives_each_existing_key_its_own_user(settings: Settings) -> None:

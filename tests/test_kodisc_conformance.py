@@ -30,7 +30,7 @@ from farm.captions import EMPTY_CAPTIONS_KEY
 from tests.conftest import SLOT, Key, Process, unique
 from tests.test_webhooks import Receiver, receiver  # noqa: F401  (the HTTPS receiver fixture)
 
-API_PORT = 8000 + 200 + SLOT
+API_PORT = 8400 + SLOT  # test_observability has 8200+slot
 TERMINAL = ("completed", "failed")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 # Kodisc's fields of GET /api/v2/render/{jobId}, all "required".

@@ -7,9 +7,11 @@ Prometheus's query API, the logs endpoint and the processes' JSON log files.
 
 This module runs its own stack rather than the session ``worker`` fixture: it needs an idle
 queue to fill (``render.twok``) and counters nobody else moves. The stack shares the
-session's PostgreSQL database and bucket but uses its own Redis database (7 - slot) and
-ports (API 8200+slot, Prometheus 9090+10*slot, worker/scheduler metrics 9115/9116+10*slot),
-so the session worker, if another module started it, never sees these jobs.
+session's bucket but has its own PostgreSQL database (``farm_obs_<slot>``), Redis database
+(7 - slot) and ports (API 8200+slot, Prometheus 9090+10*slot, worker/scheduler metrics
+9115/9116+10*slot), so the session's scheduler and worker, if another module started them,
+never see these jobs (a shared database would let the session's dispatcher publish this
+stack's steps to the session's worker).
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import pytest
 import redis
 import requests
 
-from farm import keys, objects
+from farm import db, keys, objects
 from farm.config import Settings
 from farm.storage import S3Storage
 from tests.conftest import SLOT, Process, settings_env
+from tests.support import drop_database, new_database
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +146,6 @@ def _prometheus_config(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def stack(
     settings: Settings,
-    pool: Any,
     farm_env: dict[str, str],
     artifacts: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -154,6 +156,7 @@ def stack(
     if REDIS_DB < 1:
         pytest.skip("no spare Redis database for this slot (database 0 is the dev stack's)")
     obs = settings.with_(
+        database_url=new_database(settings.database_url, f"farm_obs_{SLOT}"),
         redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
         log_format="json",
         log_level="INFO",
@@ -161,6 +164,7 @@ def stack(
         scheduler_metrics_port=SCHEDULER_METRICS_PORT,
         chunk_log_bytes=LOG_CAP,
     )
+    db.migrate(obs.database_url)
     redis.Redis.from_url(obs.redis_url).flushdb()
     env = {**farm_env, **settings_env(obs)}
     logs = {
@@ -204,8 +208,9 @@ def stack(
             lambda: _up(f"http://127.0.0.1:{SCHEDULER_METRICS_PORT}/metrics"),
         )
         _wait("Prometheus", lambda: _up(f"{prom_url}/-/ready"))
-        owner, owner_key = _key(pool, "obs-owner")
-        stranger, stranger_key = _key(pool, "obs-stranger")
+        with db.open_pool(obs, max_size=1) as pool:
+            owner, owner_key = _key(pool, "obs-owner")
+            stranger, stranger_key = _key(pool, "obs-stranger")
         yield Stack(obs, api, prom_url, logs, owner, stranger, [owner_key, stranger_key])
     finally:
         for process in reversed(processes):
@@ -218,6 +223,7 @@ def stack(
                 prom.kill()
                 prom.wait()
         redis.Redis.from_url(obs.redis_url).flushdb()
+        drop_database(obs.database_url)
 
 
 def _submit(stack: Stack, code: str, class_name: str) -> str:

@@ -44,6 +44,29 @@ def wait_until_answers(
     raise AssertionError(f"{what} did not answer on {url} within {timeout} s")
 
 
+def new_database(database_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``database_url``; returns its URL.
+
+    A stack that runs its own scheduler needs its own database: the dispatcher publishes every
+    queued step it finds in its database, so two stacks sharing one would take each other's."""
+    import psycopg
+
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return str(psycopg.conninfo.make_conninfo(database_url, dbname=name))
+
+
+def drop_database(database_url: str) -> None:
+    import psycopg
+
+    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 class RecordingPublisher:
     """A publisher that only records what it was asked to send (nothing reaches Redis)."""
 
