@@ -34,6 +34,7 @@ __all__ = [
     "cache_key",
     "environment",
     "evict",
+    "held_hashes",
     "job_plays",
     "lookup",
     "object_key",
@@ -43,6 +44,7 @@ __all__ = [
     "set_job_plays",
     "set_plan_media",
     "set_play_object",
+    "variant",
 ]
 
 
@@ -66,20 +68,12 @@ def scope_of(owner: str) -> str:
     return hashlib.sha256(f"owner:{owner}".encode()).hexdigest()[:32]
 
 
-def cache_key(
-    play_hash: str,
-    *,
-    width: int,
-    height: int,
-    fps: int,
-    renderer: str,
-    seed: int,
-    environment: str,
+def variant(
+    *, width: int, height: int, fps: int, renderer: str, seed: int, environment: str
 ) -> str:
-    """The key of one play's movie: manim's play hash plus all else that changes its pixels."""
+    """All that changes a play's pixels besides the play itself, as one digest."""
     material = json.dumps(
         {
-            "play": play_hash,
             "size": [width, height],
             "fps": fps,
             "renderer": renderer,
@@ -89,6 +83,11 @@ def cache_key(
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def cache_key(play_hash: str, variant: str) -> str:
+    """The key of one play's movie: manim's play hash in its variant (``variant``)."""
+    return hashlib.sha256(f"{variant}:{play_hash}".encode()).hexdigest()
 
 
 def object_key(scope: str, key: str) -> str:
@@ -108,14 +107,28 @@ def lookup(conn: Conn, scope: str, keys: Iterable[str]) -> set[str]:
     return {r["key"] for r in rows}
 
 
-def record(conn: Conn, scope: str, key: str, size: int, frames: int) -> None:
-    """Index a movie just stored at ``object_key(scope, key)``."""
+def held_hashes(conn: Conn, scope: str, variant: str, limit: int = 20_000) -> list[str]:
+    """manim hashes of the plays whose movie the scope holds in ``variant``, most recently used
+    first (at most ``limit``): what a plan that renders need not draw."""
+    rows = conn.execute(
+        "SELECT play_hash FROM anim_cache WHERE scope = %s AND variant = %s"
+        " AND play_hash IS NOT NULL ORDER BY last_used_at DESC LIMIT %s",
+        (scope, variant, limit),
+    ).fetchall()
+    return [r["play_hash"] for r in rows]
+
+
+def record(conn: Conn, scope: str, variant: str, play_hash: str, size: int, frames: int) -> str:
+    """Index a movie just stored at ``object_key(scope, key)``; returns its key."""
+    key = cache_key(play_hash, variant)
     conn.execute(
-        "INSERT INTO anim_cache (scope, key, object_key, bytes, frames) VALUES (%s, %s, %s, %s, %s)"
+        "INSERT INTO anim_cache (scope, key, object_key, bytes, frames, variant, play_hash)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (scope, key) DO UPDATE SET last_used_at = now(), bytes = EXCLUDED.bytes,"
         " frames = EXCLUDED.frames",
-        (scope, key, object_key(scope, key), size, frames),
+        (scope, key, object_key(scope, key), size, frames, variant, play_hash),
     )
+    return key
 
 
 def evict(conn: Conn, *, max_age_seconds: float, max_bytes: int) -> list[str]:

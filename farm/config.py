@@ -99,6 +99,11 @@ class Settings:
     # Chunking.
     parallelism: int = 2  # chunks a job is split into at most, per scene
     min_chunk_seconds: float = 2.0
+    # The plan renders while it plans (cairo, with the animation cache on): it draws the plays
+    # the owner's cache lacks until it has spent this many seconds drawing, and only the rest
+    # becomes chunks. A short scene, or an edit of a cached one, is done by its plan pass.
+    # 0: a plan draws nothing.
+    plan_render_seconds: float = 3.0
     # Reliability.
     max_attempts: int = 2
     lease_seconds: int = 30

@@ -56,6 +56,10 @@ def _base_settings() -> Settings:
         chunk_timeout_seconds=60,
         plan_timeout_seconds=60,
         min_chunk_seconds=0.5,
+        # The session's plans draw nothing, so every test scene reaches the chunk path (the
+        # jail, checks and faults of a long scene's chunks). tests/test_plan_render.py runs its
+        # own worker at the default, where short scenes and edits finish in their plan.
+        plan_render_seconds=0.0,
         parallelism=2,
         worker_metrics_port=9111 + 10 * SLOT,
         scheduler_metrics_port=9112 + 10 * SLOT,

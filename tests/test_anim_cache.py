@@ -28,37 +28,47 @@ BASE: dict[str, Any] = dict(
     ],
 )
 def test_everything_that_changes_pixels_changes_the_key(change: dict[str, Any]) -> None:
-    assert anim_cache.cache_key("h", **{**BASE, **change}) != anim_cache.cache_key("h", **BASE)
-    assert anim_cache.cache_key("h2", **BASE) != anim_cache.cache_key("h", **BASE)
-    assert anim_cache.cache_key("h", **BASE) == anim_cache.cache_key("h", **BASE)
+    base, changed = anim_cache.variant(**BASE), anim_cache.variant(**{**BASE, **change})
+    assert changed != base
+    assert anim_cache.cache_key("h", changed) != anim_cache.cache_key("h", base)
+    assert anim_cache.cache_key("h2", base) != anim_cache.cache_key("h", base)
+    assert anim_cache.cache_key("h", base) == anim_cache.cache_key("h", anim_cache.variant(**BASE))
 
 
 def test_lookup_finds_only_the_owners_own_entries(pool: Any) -> None:
     mine, theirs = anim_cache.scope_of(f"user-{unique()}"), anim_cache.scope_of(f"u-{unique()}")
-    key = anim_cache.cache_key(unique(), **BASE)
+    variant, other_size = anim_cache.variant(**BASE), anim_cache.variant(**{**BASE, "fps": 30})
+    play = unique()
     with pool.connection() as conn:
-        assert anim_cache.lookup(conn, mine, [key]) == set()
-        anim_cache.record(conn, mine, key, size=1000, frames=12)
+        assert anim_cache.held_hashes(conn, mine, variant) == []
+        key = anim_cache.record(conn, mine, variant, play, size=1000, frames=12)
+        assert key == anim_cache.cache_key(play, variant)
         assert anim_cache.lookup(conn, mine, [key, "other"]) == {key}
         assert anim_cache.lookup(conn, theirs, [key]) == set()
+        # What a plan that renders may skip: the owner's plays, in this variant only
+        assert anim_cache.held_hashes(conn, mine, variant) == [play]
+        assert anim_cache.held_hashes(conn, mine, other_size) == []
+        assert anim_cache.held_hashes(conn, theirs, variant) == []
     assert anim_cache.object_key(mine, key).startswith(f"{anim_cache.PREFIX}{mine}/")
 
 
 def test_eviction_by_age_then_size_least_recently_used_first(pool: Any) -> None:
-    scope = anim_cache.scope_of(f"user-{unique()}")
+    scope, variant = anim_cache.scope_of(f"user-{unique()}"), anim_cache.variant(**BASE)
     with pool.connection() as conn:
         conn.execute("DELETE FROM anim_cache")
+        keys = {}
         for name, age in (("old", 7200), ("a", 300), ("b", 200), ("c", 100)):
-            anim_cache.record(conn, scope, name, size=1000, frames=1)
+            keys[name] = anim_cache.record(conn, scope, variant, name, size=1000, frames=1)
             conn.execute(
                 "UPDATE anim_cache SET last_used_at = now() - make_interval(secs => %s)"
                 " WHERE key = %s",
-                (age, name),
+                (age, keys[name]),
             )
         gone = anim_cache.evict(conn, max_age_seconds=3600, max_bytes=2000)
-        assert sorted(gone) == sorted(anim_cache.object_key(scope, k) for k in ("old", "a"))
-        left = conn.execute("SELECT key FROM anim_cache ORDER BY key").fetchall()
-        assert [r["key"] for r in left] == ["b", "c"]
+        assert sorted(gone) == sorted(anim_cache.object_key(scope, keys[k]) for k in ("old", "a"))
+        left = conn.execute("SELECT play_hash FROM anim_cache ORDER BY play_hash").fetchall()
+        assert [r["play_hash"] for r in left] == ["b", "c"]
+        assert anim_cache.held_hashes(conn, scope, variant) == ["c", "b"]
 
 
 def test_environment_fingerprint_covers_the_jail_program(tmp_path: Any) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import json
 import math
 import os
@@ -241,10 +242,19 @@ def _sounds(value: Any, max_seconds: float) -> list[tuple[float, float | None]]:
     return sounds
 
 
-def parse_plan_full(report: dict[str, Any], max_seconds: float) -> dict[str, Any]:
-    """``{"durations", "hashes", "sounds", "captions"}``: durations finite, non-negative, each
-    and all within ``max_seconds``; one hash (or None) per play; sounds within the scene."""
-    _keys(report, {"ok", "durations", "hashes", "sounds", "captions"})
+# What a render reports of what it drew (and a plan that renders while it plans, too).
+_DRAWN_KEYS = {"frames", "animations", "video", "captions", "plays"}
+
+
+def parse_plan_full(
+    report: dict[str, Any], max_seconds: float, fps: int | None = None
+) -> dict[str, Any]:
+    """``{"durations", "hashes", "sounds", "captions", "drawn"}``: durations finite,
+    non-negative, each and all within ``max_seconds``; one hash (or None) per play; sounds
+    within the scene. ``drawn``: what a plan that renders while it plans (``fps`` given) drew,
+    as ``parse_render`` reads it, each drawn play with exactly its planned frames and hash;
+    None for a plan that drew nothing."""
+    _keys(report, {"ok", "durations", "hashes", "sounds", *_DRAWN_KEYS})
     durations = report.get("durations")
     if not isinstance(durations, list) or len(durations) > MAX_ANIMATIONS:
         raise OutputError(f"the plan's report is not a list of at most {MAX_ANIMATIONS} durations")
@@ -255,18 +265,37 @@ def parse_plan_full(report: dict[str, Any], max_seconds: float) -> dict[str, Any
     captions = report.get("captions", False)
     if not isinstance(captions, bool):
         raise OutputError("the render left an unreadable report")
+    parsed_hashes = [_hash(h) for h in hashes]
+    drawn = None
+    if "plays" in report:
+        if fps is None:
+            raise OutputError("the plan drew animations it was not asked to draw")
+        frames = [round(v * fps) for v in values]
+        drawn = _drawn(report, sum(frames))
+        for index, n, play_hash in drawn["plays"]:
+            if index >= len(values) or n != frames[index] or play_hash != parsed_hashes[index]:
+                raise OutputError(f"the plan's movie of animation {index} is not the one planned")
+        if sum(n for _, n, _ in drawn["plays"]) != drawn["frames"]:
+            raise OutputError("the plan's report does not add up")
     return {
         "durations": values,
-        "hashes": [_hash(h) for h in hashes],
+        "hashes": parsed_hashes,
         "sounds": _sounds(report.get("sounds"), max_seconds),
         "captions": captions,
+        "drawn": drawn,
     }
 
 
 def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
     """``{"ok", "frames", "animations", "video", "captions", "plays"}`` with bounded counts;
     ``plays``: (index, frames, hash) of each play movie (``play-{index:04d}.mp4``)."""
-    _keys(report, {"ok", "frames", "animations", "video", "captions", "sounds", "plays"})
+    _keys(report, {"ok", "sounds", *_DRAWN_KEYS})
+    if report.get("sounds"):
+        raise OutputError("a range reported sounds; the farm takes them from the plan")
+    return _drawn(report, max_frames)
+
+
+def _drawn(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
     video, captions = report.get("video"), report.get("captions")
     if not isinstance(video, bool) or not isinstance(captions, bool):
         raise OutputError("the render left an unreadable report")
@@ -276,8 +305,6 @@ def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
             f"the chunk rendered {frames} frames where its plan had {max_frames}"
             " (the scene is longer when drawn than when planned)"
         )
-    if report.get("sounds"):
-        raise OutputError("a range reported sounds; the farm takes them from the plan")
     plays_raw = report.get("plays") or []
     if not isinstance(plays_raw, list) or len(plays_raw) > MAX_ANIMATIONS:
         raise OutputError("the render left an unreadable report")
@@ -288,6 +315,8 @@ def parse_render(report: dict[str, Any], max_frames: int) -> dict[str, Any]:
         plays.append(
             (_int(item[0], 0, MAX_ANIMATIONS), _int(item[1], 0, max_frames), _hash(item[2]))
         )
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(plays)):
+        raise OutputError("the render left an unreadable report")  # each play once, in order
     return {
         "frames": frames,
         "animations": _int(report.get("animations"), 0, MAX_ANIMATIONS),

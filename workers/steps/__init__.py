@@ -3,6 +3,7 @@ of a ``workers.lifecycle.Step`` returning an outcome; the lifecycle does the res
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from farm import anim_cache, assets
@@ -36,10 +37,9 @@ def cache_scope(settings: Settings, job: dict[str, Any]) -> str:
     return anim_cache.scope_of(str(job.get("user_id") or job["key_id"]))
 
 
-def play_cache_key(job: dict[str, Any], renderer: str, play_hash: str) -> str:
-    """The cache key of one play of this job: manim's hash plus what else changes pixels."""
-    return anim_cache.cache_key(
-        play_hash,
+def cache_variant(job: dict[str, Any], renderer: str) -> str:
+    """What changes this job's pixels besides each play (``farm.anim_cache.variant``)."""
+    return anim_cache.variant(
         width=job["width"],
         height=job["height"],
         fps=job["fps"],
@@ -47,6 +47,49 @@ def play_cache_key(job: dict[str, Any], renderer: str, play_hash: str) -> str:
         seed=int(job.get("seed") or 0),
         environment=anim_cache.environment(tuple(sorted(PROGRAM_DIR.glob("*.py")))),
     )
+
+
+def play_cache_key(job: dict[str, Any], renderer: str, play_hash: str) -> str:
+    """The cache key of one play of this job: manim's hash plus what else changes pixels."""
+    return anim_cache.cache_key(play_hash, cache_variant(job, renderer))
+
+
+def store_plays(
+    step: Step,
+    job: dict[str, Any],
+    movies: dict[int, Path],
+    drawn: list[tuple[int, int, str | None]],
+    plays: list[dict[str, Any]] | None,
+) -> dict[int, str]:
+    """Put each drawn play's movie (``movies``: play index -> file copied out of the jail) in
+    the owner's animation cache; returns {play: object key}.
+
+    The key is the one this run computed: the scene's state as it reached the play (the
+    plan's key when they agree, which is the rule). A play the plan gave no key is stored
+    under none and the job is assembled from chunk videos instead.
+    """
+    rt = step.rt
+    scope = cache_scope(rt.settings, job)
+    variant = cache_variant(job, job["renderer"] or rt.settings.renderer)
+    stored: dict[int, str] = {}
+    for index, frames, play_hash in drawn:
+        movie = movies.get(index)
+        if plays is None or index >= len(plays) or play_hash is None or frames == 0:
+            continue
+        if movie is None:
+            continue
+        key = anim_cache.cache_key(play_hash, variant)
+        object_key = anim_cache.object_key(scope, key)
+        rt.storage.put_file(object_key, str(movie), "video/mp4")
+        with step.conn() as conn:
+            anim_cache.record(conn, scope, variant, play_hash, movie.stat().st_size, frames)
+        stored[index] = object_key
+    return stored
+
+
+def play_movie_name(index: int) -> str:
+    """Where the jail's runner leaves play ``index``'s own movie (runner.PLAY_PREFIX)."""
+    return f"play-{index:04d}.mp4"
 
 
 def provide_assets(

@@ -1,4 +1,6 @@
-"""Plan: run the scene with every animation skipped to learn its animations, then fan out."""
+"""Plan: run the scene to learn its animations, drawing those the owner's cache lacks until its
+drawing budget is spent (``plan_render_seconds``); the rest fan out as chunks. A short scene, or
+an edit of a cached one, is finished here: the stitch runs in this worker."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import anim_cache, assets, jobs, metrics, objects
+from farm.captions import Cue
 from farm.planner import plan_chunks, skip_weight
 from workers import media, outcomes
 from workers.jail import outputs
@@ -21,11 +24,15 @@ from workers.outcomes import Outcome, SceneFault
 from workers.steps import (
     asked_urls,
     cache_scope,
+    cache_variant,
     play_cache_key,
+    play_movie_name,
     provide_assets,
     scene_spec,
     store_log,
+    store_plays,
 )
+from workers.steps.stitch import stitch_here
 
 log = logging.getLogger("farm.worker")
 
@@ -58,6 +65,12 @@ def plan(step: Step) -> Outcome:
         new: list[str] = []
         spec = scene_spec(job, renderer, settings.max_inflight_encoders)
         spec["hash_plays"] = settings.anim_cache and renderer == "cairo"
+        if spec["hash_plays"] and settings.plan_render_seconds > 0:
+            spec["render_budget_seconds"] = settings.plan_render_seconds
+            with step.conn() as conn:
+                spec["cached_hashes"] = anim_cache.held_hashes(
+                    conn, cache_scope(settings, job), cache_variant(job, renderer)
+                )
         for _ in range(ASSET_ROUNDS + 1):
             with rt.jails.take() as jail:
                 provide_assets(step, job, fetched, jail)
@@ -69,10 +82,12 @@ def plan(step: Step) -> Outcome:
                     wall_seconds=limits.wall_seconds,
                 )
                 asked = asked_urls(step, jail)
-                if run.ok and run.report is not None:
-                    _copy_media(jail, run.report, media_dir, settings.max_output_mb * 2**20)
-            new = [url for url in asked if url not in fetched]
-            if not new or run.stopped is not None:
+                new = [url for url in asked if url not in fetched]
+                final = not new or run.stopped is not None
+                # Only the last pass's outputs count: an earlier one drew stand-ins for URLs.
+                if final and run.ok and run.report is not None:
+                    _copy_out(jail, run.report, media_dir, settings.max_output_mb * 2**20)
+            if final:
                 return run
             log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
             fetched.extend(new)
@@ -86,25 +101,32 @@ def plan(step: Step) -> Outcome:
         shutil.rmtree(media_dir, ignore_errors=True)
 
 
-def _copy_media(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) -> None:
-    """The plan's captions and sounds, out of the jail, at the names the runner was given."""
+def _copy_out(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) -> None:
+    """The plan's captions and sounds and what it drew, out of the jail, at the names the
+    runner was given (the report is read only for which of those names to look for)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
+    names = []
     if report.get("captions") is True:
-        path = jail.copy_out(CAPTIONS, CAPTIONS_BYTES, "captions")
-        if path is not None:
-            shutil.move(path, dest / CAPTIONS)
+        names.append((CAPTIONS, CAPTIONS_BYTES, "captions"))
     sounds = report.get("sounds")
-    for i in range(len(sounds) if isinstance(sounds, list) else 0):
-        if i >= outputs.MAX_SOUNDS:
-            break
-        path = jail.copy_out(_sound_name(i), max_bytes, "sound")
+    for i in range(min(len(sounds), outputs.MAX_SOUNDS) if isinstance(sounds, list) else 0):
+        names.append((_sound_name(i), max_bytes, "sound"))
+    if report.get("video") is True:
+        names.append((VIDEO, max_bytes, "video"))
+    plays = report.get("plays")
+    for item in plays[: outputs.MAX_ANIMATIONS] if isinstance(plays, list) else []:
+        if isinstance(item, list) and item and type(item[0]) is int and item[0] >= 0:
+            names.append((play_movie_name(item[0]), max_bytes, "animation movie"))
+    for name, limit, what in names:
+        path = jail.copy_out(name, limit, what)
         if path is not None:
-            shutil.move(path, dest / _sound_name(i))
+            shutil.move(path, dest / name)
 
 
 CAPTIONS = "captions.srt"
 CAPTIONS_BYTES = 10 * 2**20
+VIDEO = "video.mp4"
 
 
 def _sound_name(index: int) -> str:
@@ -140,16 +162,16 @@ def _plan(
     if failed is not None:
         return outcomes.with_log(failed, log_key)
     assert run.report is not None
-    report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds))
+    fps = job["fps"]
+    report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds), fps)
     durations: list[float] = report["durations"]
     total = sum(durations)
     if total > settings.max_scene_seconds:
         return SceneFault(
             f"the scene is {total:.1f} s long; the limit is {settings.max_scene_seconds} s"
         )
-    fps = job["fps"]
     frames = [round(d * fps) for d in durations]
-    written = _store_media(step, report, media_dir)
+    written = _store_media(step, job, report, media_dir)
 
     # The animation cache: plays whose movie the owner's cache holds render nowhere.
     keys: list[str | None] = [None] * len(durations)
@@ -164,11 +186,18 @@ def _plan(
     looked_up = sum(1 for k in keys if k)
     metrics.ANIM_CACHE_PLAYS.labels(result="hit").inc(len(cached))
     metrics.ANIM_CACHE_PLAYS.labels(result="miss").inc(looked_up - len(cached))
-    plays = [
+    plays: list[dict[str, Any]] = [
         {"frames": n, "key": k, "cached": k in cached} for n, k in zip(frames, keys, strict=True)
     ]
-    to_render = [0.0 if p["cached"] else d for p, d in zip(plays, durations, strict=True)]
-    render_frames = [0 if p["cached"] else n for p, n in zip(plays, frames, strict=True)]
+    drawn = report["drawn"]
+    if drawn is not None and drawn["plays"]:  # what the plan drew: cached and joined by key
+        movies = {i: media_dir / play_movie_name(i) for i, _, _ in drawn["plays"]}
+        movies = {i: path for i, path in movies.items() if path.is_file()}
+        for index, object_key in store_plays(step, job, movies, drawn["plays"], plays).items():
+            plays[index]["object"] = object_key
+    done = [p["cached"] or "object" in p for p in plays]
+    to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
+    render_frames = [0 if d else n for d, n in zip(done, frames, strict=True)]
     chunks = []
     if sum(render_frames) > 0:
         chunks = plan_chunks(
@@ -196,16 +225,23 @@ def _plan(
             rt.storage.delete_prefix(key)  # the full key: exactly this object
         return outcomes.Done()
     log.info(
-        "planned %d animations (%d cached) into %d chunks", len(durations), len(cached), len(chunks)
+        "planned %d animations (%d cached, %d drawn while planning) into %d chunks",
+        len(durations),
+        len(cached),
+        sum(1 for p in plays if "object" in p),
+        len(chunks),
     )
-    if not chunks:  # every animation cached: the stitch step is this job's next and last
-        rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
+    if not chunks:  # every animation cached or drawn: the stitch is this job's last step
+        stitch_here(rt, claim.job_id)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
     return outcomes.Done()
 
 
-def _store_media(step: Step, report: dict[str, Any], media_dir: Path) -> dict[str, Any]:
-    """Upload the plan's sounds and its captions (as cues, parsed in a media jail)."""
+def _store_media(
+    step: Step, job: dict[str, Any], report: dict[str, Any], media_dir: Path
+) -> dict[str, Any]:
+    """Upload the plan's sounds and its captions (as cues, parsed in a media jail). What the
+    plan drew is checked in that same media jail, as a chunk's video is."""
     rt, claim = step.rt, step.claim
     keys: list[str] = []
     sounds: list[tuple[str, float, float | None]] = []
@@ -217,13 +253,30 @@ def _store_media(step: Step, report: dict[str, Any], media_dir: Path) -> dict[st
         rt.storage.put_file(key, str(path), "audio/wav")
         keys.append(key)
         sounds.append((key, time_, gain))
-    cues_key = None
-    captions = media_dir / CAPTIONS
-    if report["captions"] and captions.is_file():
+    captions: Path | None = media_dir / CAPTIONS
+    if not (report["captions"] and captions is not None and captions.is_file()):
+        captions = None
+    drawn, video = report["drawn"], media_dir / VIDEO
+    cues: list[Cue] = []
+    if drawn is not None and drawn["video"]:
+        if not video.is_file():
+            raise media.MediaError("the animations the plan drew could not be read")
+        _, cues = media.check_chunk(
+            rt.settings,
+            video,
+            captions,
+            width=job["width"],
+            height=job["height"],
+            fps=job["fps"],
+            max_frames=drawn["frames"],
+            keep_going=step.keep_going,
+        )
+    elif captions is not None:
         cues = media.parse_captions(rt.settings, captions, step.keep_going)
-        if cues:
-            cues_key = objects.plan_cues(claim.job_id, claim.attempt)
-            body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
-            rt.storage.put_bytes(cues_key, body, "application/json")
-            keys.append(cues_key)
+    cues_key = None
+    if cues:
+        cues_key = objects.plan_cues(claim.job_id, claim.attempt)
+        body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
+        rt.storage.put_bytes(cues_key, body, "application/json")
+        keys.append(cues_key)
     return {"keys": keys, "sounds": sounds, "cues": cues_key}

@@ -16,12 +16,13 @@ from workers.outcomes import Outcome, SceneFault
 from workers.routing import queue_for
 from workers.steps import (
     asked_urls,
-    cache_scope,
-    play_cache_key,
+    play_movie_name,
     provide_assets,
     scene_spec,
     store_log,
+    store_plays,
 )
+from workers.steps.stitch import stitch_here
 
 log = logging.getLogger("farm.worker")
 
@@ -54,7 +55,10 @@ def render(step: Step) -> Outcome:
         first = claim.first_animation or 0
         last = claim.last_animation if claim.last_animation is not None else len(plays)
         spec["hash_plays"] = True
-        spec["skip_plays"] = [i for i in range(first, last) if plays[i]["cached"]]
+        # Cached ones, and those the plan drew while it planned.
+        spec["skip_plays"] = [
+            i for i in range(first, last) if plays[i]["cached"] or plays[i].get("object")
+        ]
     # Length comes from frames, never from the plan alone: at most the plan's frames, and never
     # more than the longest video a job may have.
     max_frames = settings.max_scene_seconds * job["fps"]
@@ -138,11 +142,7 @@ def render(step: Step) -> Outcome:
     metrics.CHUNKS_RENDERED.labels(queue=queue_for("chunk", claim.quality)).inc()
     metrics.FRAMES_RENDERED.labels(quality=claim.quality).inc(info.frames)
     if ready and job["chunks_total"] == 1:
-        # A single-chunk job finishes where it rendered: no hop through the stitch queue.
-        from workers import lifecycle
-        from workers.steps.stitch import stitch
-
-        lifecycle.run_step(rt, "stitch", claim.job_id, 0, stitch)
+        stitch_here(rt, claim.job_id)  # a single-chunk job finishes where it rendered
     elif ready:
         rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
     return outcomes.Done()
@@ -152,30 +152,15 @@ def _store_plays(
     step: Step,
     job: dict[str, Any],
     jail: Jail,
-    rendered: list[tuple[int, int, str | None]],
+    drawn: list[tuple[int, int, str | None]],
     plays: list[dict[str, Any]] | None,
 ) -> dict[int, str]:
-    """Put each drawn play's movie in the owner's animation cache; returns {play: object key}.
-
-    The key is the one this render computed: the scene's state as this chunk reached the play
-    (the plan's key when they agree, which is the rule). A play the plan gave no key is stored
-    under none and the job is assembled from chunk videos instead.
-    """
-    rt, claim = step.rt, step.claim
-    scope = cache_scope(rt.settings, job)
-    stored: dict[int, str] = {}
-    max_bytes = rt.settings.max_output_mb * 2**20
-    for index, frames, play_hash in rendered:
-        if plays is None or index >= len(plays) or play_hash is None or frames == 0:
-            continue
-        movie = jail.copy_out(f"play-{index:04d}.mp4", max_bytes, "animation movie")
-        if movie is None:
-            continue
-        key = play_cache_key(job, job["renderer"] or rt.settings.renderer, play_hash)
-        object_key = anim_cache.object_key(scope, key)
-        rt.storage.put_file(object_key, str(movie), "video/mp4")
-        with step.conn() as conn:
-            anim_cache.record(conn, scope, key, movie.stat().st_size, frames)
-        stored[index] = object_key
-        log.debug("play %d of job %s cached as %s", index, claim.job_id, key[:12])
-    return stored
+    """Copy each drawn play's movie out of the jail into the owner's animation cache."""
+    max_bytes = step.rt.settings.max_output_mb * 2**20
+    movies = {}
+    for index, frames, play_hash in drawn:
+        if play_hash is not None and frames > 0:
+            movie = jail.copy_out(play_movie_name(index), max_bytes, "animation movie")
+            if movie is not None:
+                movies[index] = movie
+    return store_plays(step, job, movies, drawn, plays)

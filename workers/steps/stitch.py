@@ -13,10 +13,11 @@ from typing import Any
 from farm import anim_cache, jobs, metrics, objects
 from farm.captions import Cue, to_webvtt
 from farm.config import Settings
-from workers import media, outcomes
+from workers import lifecycle, media, outcomes
 from workers.lifecycle import Step, job_ended
 from workers.media.check import _cues
 from workers.outcomes import Outcome, SceneFault
+from workers.runtime import Runtime
 from workers.steps import cache_scope
 
 log = logging.getLogger("farm.worker")
@@ -117,6 +118,11 @@ def stitch(step: Step) -> Outcome:
     job_ended(rt, claim.job_id)
     _evict(step)
     return outcomes.Done()
+
+
+def stitch_here(rt: Runtime, job_id: str) -> None:
+    """Stitch the job in this worker, which just finished its last render: no queue hop."""
+    lifecycle.run_step(rt, "stitch", job_id, 0, stitch)
 
 
 def _play_objects(

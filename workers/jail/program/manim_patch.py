@@ -89,7 +89,9 @@ def skip_plays(renderer: object, indices: Iterable[int]) -> None:
 def on_play_start(renderer: object, hook: Callable[[Scene], None] | None) -> None:
     """Call ``hook(scene)`` at the start of every play, once its animations are compiled.
 
-    The scene's state then is what manim hashes to name the play's partial movie.
+    The scene's state then is what manim hashes to name the play's partial movie, and manim
+    has not yet decided whether to draw it: the hook may set ``renderer.skip_animations`` to
+    have the play simulated instead (as manim does with a play its own cache holds).
     """
     setattr(renderer, _PLAY_HOOK_ATTR, hook)
 
@@ -131,6 +133,7 @@ def _patch_scene() -> None:
     orig_get_time_progression = Scene.get_time_progression
     orig_play_internal = Scene.play_internal
     orig_begin_animations = Scene.begin_animations
+    orig_compile_animation_data = Scene.compile_animation_data
 
     # Why: a skipped animation gets the single time [run_time]; updaters then see one
     # dt=run_time step instead of the per-frame dts a rendered animation sees, and
@@ -168,14 +171,21 @@ def _patch_scene() -> None:
             if isinstance(renderer, CairoRenderer) and farm_skips(renderer):
                 renderer.time = start
             setattr(renderer, _PLAY_START_ATTR, None)
-        hook = getattr(renderer, _PLAY_HOOK_ATTR, None)
+        orig_begin_animations(self)
+
+    # Why: CairoRenderer.play compiles the play, then checks skip_animations (manim's own cache
+    # hit sets it there): the one point where a play's hash is known and its drawing not begun.
+    def compile_animation_data(self: Scene, *animations: Any, **play_kwargs: Any) -> Any:
+        compiled = orig_compile_animation_data(self, *animations, **play_kwargs)
+        hook = getattr(self.renderer, _PLAY_HOOK_ATTR, None)
         if hook is not None:
             hook(self)
-        orig_begin_animations(self)
+        return compiled
 
     Scene.get_time_progression = get_time_progression  # type: ignore[method-assign]
     Scene.play_internal = play_internal  # type: ignore[method-assign]
     Scene.begin_animations = begin_animations  # type: ignore[method-assign]
+    Scene.compile_animation_data = compile_animation_data  # type: ignore[method-assign]
 
 
 def _patch_cairo() -> None:

@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from .ready import signal_started
@@ -99,6 +100,11 @@ class RenderSpec:
     # Whether a range reports its own subcaptions and sounds. The farm takes them from the plan
     # (which always reports the whole scene's), so a cached play's are never lost.
     range_media: bool = True
+    # A plan that renders while it plans (cairo): it draws the plays whose hash is not in
+    # cached_hashes until it has spent this many seconds drawing, then simulates the rest, and
+    # hands back each drawn play's movie. None: a plan draws nothing.
+    render_budget_seconds: float | None = None
+    cached_hashes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,14 @@ class RenderOutput:
 @dataclass(frozen=True)
 class Plan:
     """Each play's duration in the video (0 for plays the scene skips) and, if asked, hash;
-    the whole scene's sounds and subcaptions (an .srt under out_dir, or None)."""
+    the whole scene's sounds and subcaptions (an .srt under out_dir, or None); and, for a plan
+    that renders while it plans, what it drew."""
 
     durations: list[float]
     hashes: list[str | None]
     sounds: list[Sound] = field(default_factory=list)
     srt: str | None = None
+    rendered: RenderOutput | None = None
 
 
 class SceneError(Exception):
@@ -169,7 +177,12 @@ def plan_scene_full(spec: RenderSpec) -> Plan:
         [run.play_hashes.get(i) for i in range(len(run.play_frames))],
         run.sounds,
         str(run.srt) if run.srt else None,
+        run.output() if _renders_while_planning(spec) else None,
     )
+
+
+def _renders_while_planning(spec: RenderSpec) -> bool:
+    return spec.render_budget_seconds is not None and spec.renderer == "cairo"
 
 
 def render_scene(spec: RenderSpec) -> RenderOutput:
@@ -230,16 +243,17 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
         assets_shim.install(spec.assets_dir, spec.assets_missing, placeholders=plan)
     out_dir = Path(spec.out_dir).resolve()
     with tempconfig({}), _user_source_registered(spec.code):
-        _configure(spec, out_dir, plan=plan)
+        draws = not plan or _renders_while_planning(spec)
+        _configure(spec, out_dir, draws=draws)
         module = _exec_user_module(spec.code)
         # The user's module may set config at import (background colour is common);
         # what the farm promised the job (size, fps, range, output place) wins.
-        _configure(spec, out_dir, plan=plan)
+        _configure(spec, out_dir, draws=draws)
         scene_class = _find_scene_class(module, spec.class_name)
         return _render_scene_class(scene_class, spec, plan=plan)
 
 
-def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
+def _configure(spec: RenderSpec, out_dir: Path, *, draws: bool) -> None:
     from manim import config
 
     config.renderer = spec.renderer
@@ -277,7 +291,7 @@ def _configure(spec: RenderSpec, out_dir: Path, *, plan: bool) -> None:
     config.seed = spec.seed
     if spec.max_inflight_encoders:  # None or 0: manim's own default
         config.max_inflight_encoders = spec.max_inflight_encoders
-    if plan:
+    if not draws:
         # Nothing is encoded or written; every animation is skipped (and simulated).
         config.dry_run = True
         config.format = "auto"
@@ -314,7 +328,7 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
     )
     file_writer = manager.file_writer
     run.sounds = manager.sounds
-    if plan:
+    if plan and not _renders_while_planning(spec):
         if file_writer.subcaptions:
             import srt
 
@@ -362,14 +376,27 @@ def _farm_manager_class() -> type[Any]:
             self.subcaption_owners: list[int] = []
             self.sounds: list[Sound] = []
             skip_plays(self.renderer, spec.skip_plays)
-            if spec.hash_plays and spec.renderer == "cairo":
-                on_play_start(self.renderer, self._hash_play)
+            # A plan that renders while it plans: its drawing budget and what it need not draw.
+            self.budget = spec.render_budget_seconds if plan else None
+            self.cached = frozenset(spec.cached_hashes)
+            self.drawing_seconds = 0.0
+            if spec.renderer == "cairo" and (spec.hash_plays or self.budget is not None):
+                on_play_start(self.renderer, self._start_play)
 
-        def _hash_play(self, scene: Any) -> None:
+        def _start_play(self, scene: Any) -> None:
+            """Hash the play starting now; a plan that renders simulates it instead of drawing
+            it when the owner's cache has its movie or the plan's drawing budget is spent."""
+            play_hash = self._hash_play(scene)
+            if self.budget is None or self.renderer.skip_animations:
+                return
+            if play_hash in self.cached or self.drawing_seconds >= self.budget:
+                self.renderer.skip_animations = True
+
+        def _hash_play(self, scene: Any) -> str | None:
             """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""
             index = self.num_plays
             if scene_skips(self.renderer) or not self._owns(index):
-                return
+                return None
             from manim.utils.hashing import get_hash_from_play_call
 
             camera = self.camera
@@ -392,15 +419,18 @@ def _farm_manager_class() -> type[Any]:
                 )
             finally:
                 camera.__dict__.update(transient)
+            return self.play_hashes[index]
 
         def _owns(self, owner: int) -> bool:
             return self.range_start <= owner and (self.range_end is None or owner < self.range_end)
 
         def play(self, *args: Any, **kwargs: Any) -> None:
-            before = frames_of(self.renderer)
+            before, started = frames_of(self.renderer), monotonic()
             super().play(*args, **kwargs)
             self.play_frames.append(frames_of(self.renderer) - before)
             self.play_rendered.append(not self.renderer.skip_animations)
+            if self.play_rendered[-1]:
+                self.drawing_seconds += monotonic() - started
             self.play_scene_skipped.append(scene_skips(self.renderer))
 
         def add_sound(
@@ -590,9 +620,12 @@ def _sounds_report(sounds: list[Sound]) -> list[list[float | None]]:
     return [[s.time, s.gain_to_background] for s in sounds]
 
 
-def _publish_plan(plan: Plan) -> dict[str, Any]:
-    """The plan's report: durations, hashes, sounds; its captions are out_dir/captions.srt."""
+def _publish_plan(spec: RenderSpec, plan: Plan) -> dict[str, Any]:
+    """The plan's report: durations, hashes, sounds; its captions are out_dir/captions.srt.
+    A plan that rendered while it planned adds what it drew (as a render reports it)."""
+    drawn = {} if plan.rendered is None else _publish_outputs(spec, plan.rendered, plays=True)
     return {
+        **drawn,
         "ok": True,
         "durations": plan.durations,
         "hashes": plan.hashes,
@@ -601,7 +634,7 @@ def _publish_plan(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
+def _publish_outputs(spec: RenderSpec, output: RenderOutput, *, plays: bool) -> dict[str, Any]:
     """Move the range's movie (and .srt, and each play's movie) to the fixed names; the report
     holds only numbers."""
     out_dir = Path(spec.out_dir)
@@ -609,11 +642,11 @@ def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
         os.replace(output.video, out_dir / VIDEO_NAME)
     if output.srt:
         os.replace(output.srt, out_dir / CAPTIONS_NAME)
-    plays = []
-    if spec.hash_plays:
+    movies = []
+    if plays:
         for play in output.plays:
             os.replace(out_dir / play.file, out_dir / f"{PLAY_PREFIX}{play.index:04d}.mp4")
-            plays.append([play.index, play.frames, play.hash])
+            movies.append([play.index, play.frames, play.hash])
     return {
         "ok": True,
         "frames": output.frames,
@@ -621,7 +654,7 @@ def _publish_outputs(spec: RenderSpec, output: RenderOutput) -> dict[str, Any]:
         "video": output.video is not None,
         "captions": output.srt is not None,
         "sounds": _sounds_report(output.sounds),
-        "plays": plays,
+        "plays": movies,
     }
 
 
@@ -642,9 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
         if command == "plan":
-            result = _publish_plan(plan_scene_full(spec))
+            result = _publish_plan(spec, plan_scene_full(spec))
         else:
-            result = _publish_outputs(spec, render_scene(spec))
+            result = _publish_outputs(spec, render_scene(spec), plays=spec.hash_plays)
         code = 0
     except SceneError as exc:
         print(exc, file=sys.stderr)  # the render log shows the scene's error too

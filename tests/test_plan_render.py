@@ -1,0 +1,194 @@
+"""A plan that renders while it plans (``plan_render_seconds``), through the whole farm.
+
+The session's worker plans without drawing (conftest), so every other test reaches the chunk
+path; this module swaps it for one at the production default, as ``test_opengl`` swaps in its
+OpenGL pool, and checks what the issue asks: a short scene is finished by its plan pass, an
+edit of a cached scene draws only the edited animation and in the plan, and a plan whose budget
+runs out hands the rest to chunks. Every video is compared frame by frame with plain manim's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm import anim_cache
+from farm.config import Settings
+from tests import scenes
+from tests.conftest import ALL_QUEUES, Key, Process, submit, unique, wait_for
+from tests.support import download, wait_until_answers
+from workers.jail.outputs import OutputError, parse_plan_full
+
+pytestmark = pytest.mark.slow
+
+CHAIN = (Path(__file__).parent / "corpus" / "c13_transform_chain.py").read_text()
+
+# Four plays and a subcaption: what a plan that draws some of them must keep.
+FOUR = """
+from manim import *
+
+class Four(Scene):
+    def construct(self):
+        s = Square()
+        self.play(Create(s), run_time=0.4)
+        self.add_subcaption("turning", duration=0.5)
+        self.play(Rotate(s, PI / 3), run_time=0.4)
+        self.play(s.animate.shift(LEFT), run_time=0.4)
+        self.wait(0.2)
+"""
+
+
+@contextmanager
+def _worker_with(
+    worker: Process, settings: Settings, farm_env: dict[str, str], log: Path, **env: str
+) -> Iterator[Process]:
+    """The session's worker swapped for one with these FARM_* values, then swapped back."""
+    worker.stop()
+    swapped = Process(
+        ["worker", "--queues", ALL_QUEUES, "--concurrency", "2"], {**farm_env, **env}, log
+    ).start()
+    try:
+        wait_until_answers(
+            f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
+            lambda: swapped.proc is not None and swapped.proc.poll() is None,
+            f"the swapped worker (see {log})",
+        )
+        yield swapped
+    finally:
+        swapped.stop()
+        worker.start()
+
+
+@pytest.fixture(scope="module")
+def default_worker(
+    worker: Process, settings: Settings, farm_env: dict[str, str], artifacts: Path
+) -> Iterator[Process]:
+    """A worker whose plans render at the production default (``Settings.plan_render_seconds``)."""
+    default = str(Settings.plan_render_seconds)
+    log = artifacts / "plan-render-worker.log"
+    with _worker_with(worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=default) as w:
+        yield w
+
+
+def _render(client: Any, key: Key, code: str, cls: str) -> dict[str, Any]:
+    job = wait_for(client, key, submit(client, key, code, cls), timeout=240)
+    assert job["status"] == "completed", job.get("error")
+    return job
+
+
+def _plays(pool: Any, job_id: str) -> list[dict[str, Any]]:
+    """The job's plays, each with how many chunk steps the job had and the frames they drew."""
+    with pool.connection() as conn:
+        plays = anim_cache.job_plays(conn, job_id)
+        chunks = conn.execute(
+            "SELECT count(*) AS n, coalesce(sum(frames), 0) AS frames FROM steps"
+            " WHERE job_id = %s AND kind = 'chunk'",
+            (job_id,),
+        ).fetchone()
+    assert plays is not None
+    for play in plays:
+        play["chunk_steps"], play["chunk_frames"] = chunks["n"], chunks["frames"]
+    return plays
+
+
+def _same_as_plain(job: dict[str, Any], code: str, cls: str, work: Path) -> None:
+    video = download(job["result"]["video"], work / "farm.mp4")
+    plain, _ = scenes.plain_manim_render(code, cls, work / "plain", size=(854, 480), fps=15)
+    assert scenes.frame_md5s(video) == scenes.frame_md5s(plain)
+    assert scenes.duration_s(video) == scenes.duration_s(plain)
+
+
+def test_a_short_scene_is_finished_by_its_plan(
+    default_worker: Process, client: Any, make_key: Any, pool: Any, tmp_path: Path
+) -> None:
+    # Given a short scene nobody rendered before
+    key = make_key()
+    code = FOUR + f"# {unique()}\n"
+    # When it is rendered
+    job = _render(client, key, code, "Four")
+    # Then its plan drew every animation: no chunk step, nothing left for another worker
+    plays = _plays(pool, job["jobId"])
+    assert plays[0]["chunk_steps"] == 0
+    assert job["progress"]["chunksTotal"] == 0
+    assert all(p["object"] for p in plays if p["frames"])
+    # And the video and its captions are plain manim's
+    _same_as_plain(job, code, "Four", tmp_path)
+    vtt = download(job["result"]["captions"], tmp_path / "captions.vtt").read_text()
+    assert "turning" in vtt
+
+
+def test_an_edit_draws_only_the_edited_animation_and_in_the_plan(
+    default_worker: Process, client: Any, make_key: Any, pool: Any, tmp_path: Path
+) -> None:
+    # Given a scene its owner rendered once
+    key = make_key()
+    marker = f"# {unique()}\n"
+    first = _render(client, key, CHAIN + marker, "TransformChain")
+    assert len(_plays(pool, first["jobId"])) == 6
+    # When only its last animation is edited and the scene is rendered again
+    edited = CHAIN.replace(
+        "ReplacementTransform(m, Dot())", "ReplacementTransform(m, Dot(color=RED))"
+    )
+    assert edited != CHAIN
+    job = _render(client, key, edited + marker, "TransformChain")
+    # Then five animations come from the cache, the plan draws the sixth, and no chunk exists
+    plays = _plays(pool, job["jobId"])
+    assert [p["cached"] for p in plays] == [True] * 5 + [False]
+    assert plays[5]["object"] and plays[0]["chunk_steps"] == 0
+    # And the video is plain manim's of the edited scene
+    _same_as_plain(job, edited + marker, "TransformChain", tmp_path)
+
+
+def test_a_plan_that_spends_its_budget_hands_the_rest_to_chunks(
+    default_worker: Process,
+    settings: Settings,
+    farm_env: dict[str, str],
+    artifacts: Path,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    tmp_path: Path,
+) -> None:
+    # Given a worker whose plans may draw for 1 ms: the first animation, then no more
+    log = artifacts / "plan-render-budget-worker.log"
+    budget = "0.001"
+    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=budget):
+        key = make_key()
+        code = FOUR + f"# {unique()}\n"
+        job = _render(client, key, code, "Four")
+        plays = _plays(pool, job["jobId"])
+    # Then the plan drew the first animation and chunks drew exactly the others
+    assert plays[0]["chunk_steps"] >= 1 and job["progress"]["chunksTotal"] >= 1
+    assert plays[0]["chunk_frames"] == sum(p["frames"] for p in plays[1:])
+    assert all(p["object"] for p in plays)  # the stitch joined every movie by its key
+    # And the video joined from both is plain manim's
+    _same_as_plain(job, code, "Four", tmp_path)
+
+
+# --- the plan's report of what it drew is checked like a chunk's -------------------------------
+
+PLAN = {"ok": True, "durations": [0.4, 0.2], "hashes": ["a" * 64, "b" * 64], "sounds": []}
+DRAWN = {"frames": 6, "animations": 1, "video": True, "captions": False}
+
+
+@pytest.mark.parametrize(
+    ("plays", "why"),
+    [
+        ([[0, 7, "a" * 64]], "more frames than planned for the play"),
+        ([[0, 6, "b" * 64]], "another play's hash"),
+        ([[2, 6, "a" * 64]], "a play the plan does not have"),
+        ([[0, 6, "a" * 64], [0, 6, "a" * 64]], "the same play twice"),
+    ],
+)
+def test_a_plans_drawn_plays_must_be_the_ones_it_planned(plays: list[Any], why: str) -> None:
+    with pytest.raises(OutputError):
+        parse_plan_full({**PLAN, **DRAWN, "plays": plays}, 600.0, fps=15)
+    parsed = parse_plan_full({**PLAN, **DRAWN, "plays": [[0, 6, "a" * 64]]}, 600.0, fps=15)
+    assert parsed["drawn"]["plays"] == [(0, 6, "a" * 64)]
+    # A plan not asked to draw may not report drawings
+    with pytest.raises(OutputError):
+        parse_plan_full({**PLAN, **DRAWN, "plays": [[0, 6, "a" * 64]]}, 600.0)
