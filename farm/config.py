@@ -97,7 +97,9 @@ class Settings:
     anim_cache_max_mb: int = 20 * 1024
 
     # Chunking.
-    parallelism: int = 2  # chunks a job is split into at most, per scene
+    # Chunks a scene is split into at most; the planner cuts as many as its queue has render
+    # slots free (workers announce theirs), within this cap.
+    parallelism: int = 16
     min_chunk_seconds: float = 2.0
     # The plan renders while it plans (cairo, with the animation cache on): it draws the plays
     # the owner's cache lacks until it has spent this many seconds drawing, and only the rest

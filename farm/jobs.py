@@ -744,6 +744,17 @@ def oldest_queued_age(conn: Conn) -> dict[str, float]:
     return {r["quality"]: r["age"] for r in rows}
 
 
+def busy_render_steps(conn: Conn, quality: str) -> int:
+    """Plan and chunk steps of this quality's jobs running now (each holds a render slot)."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM steps s JOIN jobs j ON j.id = s.job_id"
+        " WHERE s.status = 'running' AND s.kind IN ('plan', 'chunk') AND j.quality = %s"
+        " AND s.lease_until > now()",
+        (quality,),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with milliseconds and Z, as Kodisc formats times."""
     if ts is None:

@@ -23,22 +23,10 @@ from farm.services import build_services
 from farm.storage import Storage
 from workers.celery_app import app, configure
 from workers.publish import Publisher
+from workers.registry import queue_consumers
 from workers.routing import ALL_QUEUES
 
 log = logging.getLogger("farm.scheduler")
-CONSUMER_KEY = "farm:consumers:"
-
-
-def queue_consumers(client: redis.Redis) -> dict[str, int]:
-    """Workers that heartbeated in the last interval, counted per queue they consume."""
-    counts = dict.fromkeys(ALL_QUEUES, 0)
-    for key in client.scan_iter(f"{CONSUMER_KEY}*"):
-        raw = client.get(key)
-        queues = raw.decode() if isinstance(raw, bytes) else str(raw or "")
-        for queue in queues.split(","):
-            if queue in counts:
-                counts[queue] += 1
-    return counts
 
 
 def run_once(

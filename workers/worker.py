@@ -13,7 +13,6 @@ import ast
 import contextlib
 import logging
 import os
-import socket
 import threading
 from typing import Any
 
@@ -24,24 +23,13 @@ from farm.config import Settings
 from farm.presets import QUALITIES
 from workers import runtime
 from workers.celery_app import app, configure
+from workers.registry import beat_forever
 from workers.routing import ALL_QUEUES, RENDER_QUEUES, TASKS
-from workers.scheduler import CONSUMER_KEY
 
 # Tasks whose second positional argument is a chunk index.
 _CHUNK_TASKS = frozenset({TASKS["chunk"]})
 # Bound log-context tokens by Celery task id (one prefork child runs one task at a time).
 _bound: dict[str, logs.Token[dict[str, Any]]] = {}
-
-
-def _heartbeat(settings: Settings, queues: list[str]) -> None:
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    key = f"{CONSUMER_KEY}{socket.gethostname()}:{os.getpid()}"
-    while True:
-        with contextlib.suppress(Exception):  # Redis away for a moment: beat next time
-            client.set(key, ",".join(queues), ex=30)
-        threading.Event().wait(10)
 
 
 def job_fields(task_name: str, args: Any) -> dict[str, Any]:
@@ -106,7 +94,7 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     logging.getLogger("farm.worker").info(
         "worker for %s; metrics on :%s/metrics", ",".join(queues), settings.worker_metrics_port
     )
-    threading.Thread(target=_heartbeat, args=(settings, queues), daemon=True).start()
+    threading.Thread(target=beat_forever, args=(settings, queues, concurrency), daemon=True).start()
     # --quiet drops Celery's startup banner, which is printed, not logged (not JSON).
     quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main(

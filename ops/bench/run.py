@@ -86,6 +86,42 @@ def _cpu_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class CpuAccount:
+    """CPU seconds of a process tree, jails included: a cgroup v1 ``cpuacct`` group that the
+    farm's processes join before they exec (their children, bwrap and every jail, inherit it;
+    the jail's own cgroups are memory and pids only). None where cpuacct is not available:
+    then only waited-for children count (``_cpu_children``), which misses the jails."""
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.path: Path | None = self.ROOT / f"farm-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            self.path.mkdir()
+        except OSError:
+            self.path = None
+        self.rusage_before = _cpu_children()
+
+    def join(self) -> None:
+        """preexec_fn of a farm process: join the group before exec."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def seconds(self) -> float:
+        if self.path is None:
+            return _cpu_children() - self.rusage_before
+        return int((self.path / "cpuacct.usage").read_text()) / 1e9
+
+    def close(self) -> None:
+        if self.path is not None:
+            for _ in range(50):  # the last jails may take a moment to leave
+                try:
+                    self.path.rmdir()
+                    return
+                except OSError:
+                    time.sleep(0.1)
+
+
 # --- plain manim ---------------------------------------------------------------------------
 
 
@@ -126,20 +162,26 @@ class Farm:
             key = keys.create_key(conn, f"bench-{uuid.uuid4().hex[:6]}", 10**7).key
         self.headers = {"Authorization": f"Bearer {key}"}
         self.workers: list[subprocess.Popen[bytes]] = []
-        self.cpu_before = _cpu_children()
+        self.cpu = CpuAccount()
         logs = ROOT / "bench-results"
-        for i, pin in enumerate(pins):
+        commands = []
+        for pin in pins:
             cmd = [str(BIN / "farm"), "worker", "--queues", "render.high,render.medium,stitch"]
             cmd += ["--concurrency", str(concurrency)]
-            if pin is not None:
-                cmd = ["taskset", "-c", pin, *cmd]
+            commands.append(cmd if pin is None else ["taskset", "-c", pin, *cmd])
+        # The scheduler's dispatcher publishes every plan and chunk (the outbox).
+        commands.append([str(BIN / "farm"), "scheduler"])
+        for i, cmd in enumerate(commands):
             self.workers.append(
                 subprocess.Popen(
                     cmd,
                     env=_env(settings),
-                    stdout=(logs / f"worker-{i}.log").open("a"),
+                    stdout=(
+                        logs / f"{cmd[-1] if cmd[-1] == 'scheduler' else 'worker'}-{i}.log"
+                    ).open("a"),
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=self.cpu.join,
                 )
             )
         time.sleep(5)  # up and idle, warm jails started, as a farm is
@@ -187,13 +229,15 @@ class Farm:
         }
 
     def close(self) -> float:
-        """Stop the workers; their CPU seconds (children included) while they ran."""
+        """Stop the farm's processes; their CPU seconds (jails included) while they ran."""
         for worker in self.workers:
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in self.workers:
             worker.wait(timeout=60)
         self.pool.close()
-        return _cpu_children() - self.cpu_before
+        seconds = self.cpu.seconds()
+        self.cpu.close()
+        return seconds
 
 
 def unique(code: str) -> str:
@@ -248,41 +292,24 @@ def median_of(rounds: list[dict[str, dict[str, Any]]], name: str, field: str = "
 # --- projection ----------------------------------------------------------------------------
 
 
-def plan_durations(settings: Settings, code: str) -> list[float]:
-    """Each animation's seconds in the video, from the farm's runner (no jail: numbers only)."""
+def dry_plan(code: str) -> tuple[list[float], float]:
+    """Each animation's seconds in the video, and the seconds the farm's runner takes to
+    simulate the whole scene drawing nothing (in this process, imports done: the skip cost)."""
+    from workers.jail.program.runner import RenderSpec, plan_scene
+
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {
-            "code": code,
-            "class_name": CLASS,
-            "width": 1920,
-            "height": 1080,
-            "fps": 30,
-            "portrait": False,
-            "out_dir": tmp,
-        }
-        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        module = _runner_module()
-        subprocess.run(
-            [sys.executable, "-m", module, "plan", f"{tmp}/spec.json", f"{tmp}/result.json"],
-            check=True,
-            cwd=ROOT,
-            capture_output=True,
-        )
-        result = json.loads((Path(tmp) / "result.json").read_text())
-    return [float(d) for d in result["durations"]]
-
-
-def _runner_module() -> str:
-    for module in ("workers.jail.program.runner", "workers.scene_runner"):
-        if (ROOT / (module.replace(".", "/") + ".py")).exists():
-            return module
-    raise SystemExit("no scene runner found")
+        spec = RenderSpec(code, CLASS, 1920, 1080, 30, portrait=False, out_dir=tmp)
+        plan_scene(spec)  # imports, LaTeX and font caches
+        started = time.perf_counter()
+        durations = plan_scene(spec)
+        return durations, time.perf_counter() - started
 
 
 def project(
     durations: list[float],
     fps: int,
     *,
+    drawn_by_plan: set[int],
     plan: float,
     stitch: float,
     start_up: float,
@@ -290,20 +317,25 @@ def project(
     skip_per_frame: float,
     nodes: int,
 ) -> tuple[float, int]:
-    """Projected wall seconds on ``nodes`` one-core nodes, and the chunk count: planning, then
-    the longest chunk (start-up + simulating its prefix + rendering its frames), then stitch."""
+    """Projected wall seconds on ``nodes`` one-core nodes, and the chunk count: planning (which
+    draws ``drawn_by_plan`` within its budget), then the longest chunk of the rest (start-up +
+    simulating its prefix + rendering its frames), then stitch."""
+    left = [0.0 if i in drawn_by_plan else d for i, d in enumerate(durations)]
+    if not any(left):
+        return plan + stitch, 0
     chunks = plan_chunks(
-        durations,
+        left,
         fps,
         parallelism=nodes,
         min_chunk_seconds=0.0,
         skip_weight=skip_per_frame / render_per_frame,
     )
     frames = [round(d * fps) for d in durations]
+    own = [round(d * fps) for d in left]
     longest = max(
         start_up
         + skip_per_frame * sum(frames[: c.first])
-        + render_per_frame * sum(frames[c.first : c.last])
+        + render_per_frame * sum(own[c.first : c.last])
         for c in chunks
     )
     return plan + longest + stitch, len(chunks)
@@ -390,16 +422,29 @@ def main() -> int:
     )
 
     # Projection: per-frame costs from this run's measurements.
-    durations = plan_durations(settings, SCENE.read_text())
+    durations, dry_seconds = dry_plan(SCENE.read_text())
     frames = sum(round(d * 30) for d in durations)
     render_per_frame = m("plain_one_core") / frames  # one core, whole scene, start-up included
-    skip_per_frame = steps["plan"] / frames  # the plan simulates every frame, drawing none
+    skip_per_frame = dry_seconds / frames  # simulating a frame, drawing nothing
+    # The plays no chunk covered were drawn by the plan (within its budget).
+    in_chunks: set[int] = set()
+    for first, last, _ in steps["chunk_ranges"]:
+        in_chunks.update(range(first or 0, last if last is not None else len(durations)))
+    drawn_by_plan = set(range(len(durations))) - in_chunks
+    print(
+        f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations within its "
+        f"{settings.plan_render_seconds:g} s budget; chunks drew the rest"
+    )
     # A chunk's fixed cost: what its measured time leaves after simulating and rendering.
     offsets = []
     for first, last, seconds in steps["chunk_ranges"]:
         first, last = first or 0, last if last is not None else len(durations)
         prefix = sum(round(d * 30) for d in durations[:first])
-        own = sum(round(d * 30) for d in durations[first:last])
+        own = sum(
+            round(d * 30)
+            for i, d in enumerate(durations[first:last], first)
+            if i not in drawn_by_plan
+        )
         offsets.append(seconds - skip_per_frame * prefix - render_per_frame * own)
     start_up = max(0.0, statistics.mean(offsets)) if offsets else 0.0
     projections = {}
@@ -407,6 +452,7 @@ def main() -> int:
         seconds, n_chunks = project(
             durations,
             30,
+            drawn_by_plan=drawn_by_plan,
             plan=steps["plan"],
             stitch=steps["stitch"],
             start_up=start_up,
@@ -429,6 +475,7 @@ def main() -> int:
         "medians": {name: m(name) for name in rounds[0]},
         "projection": projections,
         "per_frame": {"render": render_per_frame, "skip": skip_per_frame},
+        "drawn_by_plan": sorted(drawn_by_plan),
         "chunk_start_up": start_up,
     }
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))

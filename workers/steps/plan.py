@@ -12,15 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from farm import anim_cache, assets, jobs, metrics, objects
 from farm.captions import Cue
 from farm.planner import plan_chunks, skip_weight
-from workers import media, outcomes
+from workers import media, outcomes, registry
 from workers.jail import outputs
 from workers.jail.jail import Jail, RunResult
 from workers.jail.limits import Limits
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
+from workers.routing import queue_for
 from workers.steps import (
     asked_urls,
     cache_scope,
@@ -203,7 +206,7 @@ def _plan(
         chunks = plan_chunks(
             to_render,
             fps,
-            parallelism=settings.parallelism,
+            parallelism=_free_slots(step),
             min_chunk_seconds=settings.min_chunk_seconds,
             skip_weight=skip_weight(planned_in, max(1, sum(frames)), job["width"], job["height"]),
         )
@@ -235,6 +238,22 @@ def _plan(
         stitch_here(rt, claim.job_id)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
     return outcomes.Done()
+
+
+def _free_slots(step: Step) -> int:
+    """How many chunks to cut: the render slots free on the job's queue, this plan's own
+    included (it frees as the plan ends), at most ``parallelism``. Unknown (Redis away, no
+    worker announced yet): ``parallelism``."""
+    settings, quality = step.rt.settings, step.claim.quality
+    try:
+        slots = registry.queue_slots(step.rt.services.redis, queue_for("plan", quality))
+    except redis.RedisError:
+        slots = 0
+    if slots == 0:
+        return settings.parallelism
+    with step.conn() as conn:
+        busy = jobs.busy_render_steps(conn, quality) - 1  # this plan's slot is about to free
+    return max(1, min(settings.parallelism, slots - max(0, busy)))
 
 
 def _store_media(
