@@ -83,6 +83,9 @@ class Settings:
     # pods whose /proc is masked, such as GPU pools in the host user namespace, where bwrap
     # may not mount one; NVIDIA's /proc/driver/nvidia is bound read-only when present).
     jail_proc: str = "fresh"
+    # The nice value of every jail's processes (renders and media checks): the worker's own
+    # heartbeats and leases, and an API sharing the node, are served first under load.
+    jail_nice: int = 10
     # Wall clock of the media jail that checks a chunk's video, and of the stitch's.
     media_timeout_seconds: int = 120
     stitch_timeout_seconds: int = 600

@@ -687,3 +687,13 @@ def test_opengl_jails_have_no_address_space_limit(pool: JailPool) -> None:
         )
     assert run.ok, run.log
     assert "Max address space         unlimited" in run.log
+
+
+def test_scene_code_runs_below_the_workers_priority(pool: JailPool) -> None:
+    # The worker's heartbeats (and an API on the same node) must win the CPU from scene code.
+    assert pool.limits.niceness == SETTINGS.jail_nice > 0
+    with pool.take() as jail:
+        run = jail.run("render", _spec("print('nice', os.getpriority(os.PRIO_PROCESS, 0))"))
+    assert run.ok, run.log
+    assert f"nice {SETTINGS.jail_nice}" in run.log
+    assert os.getpriority(os.PRIO_PROCESS, 0) < SETTINGS.jail_nice  # the worker itself is not

@@ -148,6 +148,8 @@ class Jail:
                 rlimits.append((resource.RLIMIT_AS, limits.memory_bytes))
             for which, value in rlimits:
                 resource.setrlimit(which, (value, value))
+            if limits.niceness:
+                os.setpriority(os.PRIO_PROCESS, 0, limits.niceness)
             if os.getuid() == 0:
                 os.setgroups([])
                 os.setgid(uid)

@@ -32,6 +32,9 @@ class Limits:
     # OpenGL renders: NVIDIA's EGL reserves far more address space than it uses (the pod's
     # cgroup is then the wall).
     address_space: bool = True
+    # Every jail process's nice value (FARM_JAIL_NICE): the worker's heartbeats and, on a node
+    # it shares, the API come before scene code.
+    niceness: int = 0
 
     @classmethod
     def from_settings(
@@ -48,6 +51,7 @@ class Limits:
             open_files=s.chunk_max_open_files,
             log_bytes=s.chunk_log_bytes,
             address_space=(renderer or s.renderer) != "opengl",
+            niceness=s.jail_nice,
         )
 
     @classmethod
@@ -65,6 +69,7 @@ class Limits:
             files=10_000,
             open_files=256,
             log_bytes=16 * 1024,
+            niceness=s.jail_nice,
         )
 
     def with_(self, **changes: Any) -> Limits:
