@@ -10,7 +10,8 @@ accepted jobs render.
    answer must be 202 or 429 with ``Retry-After``; every 202's job must exist (none lost),
    and every accepted job must end (none stuck).
 2. Polls: ``GET /api/v2/render/{id}`` on the accepted jobs at ``--rate`` requests/s (open
-   loop: each request leaves at its planned time) for ``--seconds`` while they render;
+   loop: each request leaves at its planned time, from one asyncio loop over keep-alive
+   connections) for ``--seconds`` while they render;
    prints latency percentiles and the API's CPU time per request (gunicorn's processes,
    from /proc).
 
@@ -21,6 +22,7 @@ the figures are the API's, not the load generator's (both share this machine's c
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -145,46 +147,65 @@ def burst(bed: NetBed, keys: list[str], jobs: int, unique: int) -> dict[str, Any
     return {"took": took, "codes": codes, "accepted": accepted, "bad": bad, "sent": len(answers)}
 
 
-def polls(
-    bed: NetBed, targets: list[tuple[str, str]], rate: float, seconds: float
-) -> dict[str, Any]:
-    host, port = bed.addr("api"), bed.port("api")
+async def _get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, key: str
+) -> int:
+    """One keep-alive GET; returns the status (the body is read and dropped)."""
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
+async def _polls(
+    host: str, port: int, targets: list[tuple[str, str]], rate: float, seconds: float
+) -> tuple[list[float], list[float], Counter[int], float]:
+    """An open-loop load: request i leaves at start + i / rate on an idle keep-alive connection
+    (a new one when none is idle), whatever the earlier ones' fate; one event loop, so a
+    response is timed when it arrives, not when a thread gets the GIL."""
     total = int(rate * seconds)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     latencies: list[float] = []
     late: list[float] = []
     codes: Counter[int] = Counter()
-    lock = threading.Lock()
-    next_index = iter(range(total))
-    start = time.monotonic() + 0.5
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.5
 
-    def loop() -> None:
-        client = Client(host, port)
-        while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None:
-                return
-            planned = start + i / rate
-            delay = planned - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            job_id, key = targets[i % len(targets)]
-            sent = time.monotonic()
-            status, _, _ = client.request("GET", f"/api/v2/render/{job_id}", key)
-            done = time.monotonic()
-            with lock:
-                latencies.append(done - sent)
-                late.append(max(0.0, sent - planned))
-                codes[status] += 1
+    async def one(i: int) -> None:
+        planned = start + i / rate
+        await asyncio.sleep(max(0.0, planned - loop.time()))
+        job_id, key = targets[i % len(targets)]
+        sent = loop.time()
+        conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+        status = await _get(*conn, host, f"/api/v2/render/{job_id}", key)
+        latencies.append(loop.time() - sent)
+        late.append(max(0.0, sent - planned))
+        codes[status] += 1
+        idle.append(conn)
 
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = loop.time() - start
+    for _, writer in idle:
+        writer.close()
+    return latencies, late, codes, elapsed
+
+
+def polls(
+    bed: NetBed, targets: list[tuple[str, str]], rate: float, seconds: float
+) -> dict[str, Any]:
     api_pids = _tree(bed.procs["api"].pid)
     cpu_before = _cpu_seconds(api_pids)
-    threads = [threading.Thread(target=loop) for _ in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
+    latencies, late, codes, elapsed = asyncio.run(
+        _polls(bed.addr("api"), bed.port("api"), targets, rate, seconds)
+    )
     cpu = _cpu_seconds(api_pids) - cpu_before
     latencies.sort()
 
