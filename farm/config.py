@@ -108,7 +108,7 @@ class Settings:
     # the owner's cache lacks until it has spent this many seconds drawing, and only the rest
     # becomes chunks. A short scene, or an edit of a cached one, is done by its plan pass.
     # 0: a plan draws nothing.
-    plan_render_seconds: float = 3.0
+    plan_render_seconds: float = 2.0
     # Reliability.
     max_attempts: int = 2
     lease_seconds: int = 30

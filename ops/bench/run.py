@@ -172,10 +172,13 @@ class Farm:
         # The scheduler's dispatcher publishes every plan and chunk (the outbox).
         commands.append([str(BIN / "farm"), "scheduler"])
         for i, cmd in enumerate(commands):
+            # Each worker process serves its metrics on a port of its own (a second one on the
+            # same port would exit at start, leaving one node).
+            port = settings.worker_metrics_port + 10 * i
             self.workers.append(
                 subprocess.Popen(
                     cmd,
-                    env=_env(settings),
+                    env={**_env(settings), "FARM_WORKER_METRICS_PORT": str(port)},
                     stdout=(
                         logs / f"{cmd[-1] if cmd[-1] == 'scheduler' else 'worker'}-{i}.log"
                     ).open("a"),

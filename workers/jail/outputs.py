@@ -267,7 +267,7 @@ def parse_plan_full(
         raise OutputError("the render left an unreadable report")
     parsed_hashes = [_hash(h) for h in hashes]
     drawn = None
-    if "plays" in report:
+    if set(report) & (_DRAWN_KEYS - {"captions"}):  # a plan that says it drew something
         if fps is None:
             raise OutputError("the plan drew animations it was not asked to draw")
         frames = [round(v * fps) for v in values]

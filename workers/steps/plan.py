@@ -67,13 +67,19 @@ def plan(step: Step) -> Outcome:
     def plan_with(renderer: str) -> RunResult:
         new: list[str] = []
         spec = scene_spec(job, renderer, settings.max_inflight_encoders)
-        spec["hash_plays"] = settings.anim_cache and renderer == "cairo"
-        if spec["hash_plays"] and settings.plan_render_seconds > 0:
-            spec["render_budget_seconds"] = settings.plan_render_seconds
+        caching = settings.anim_cache and renderer == "cairo"
+        held: list[str] = []
+        if caching:
             with step.conn() as conn:
-                spec["cached_hashes"] = anim_cache.held_hashes(
+                held = anim_cache.held_hashes(
                     conn, cache_scope(settings, job), cache_variant(job, renderer)
                 )
+        # Every play's hash only when the owner's cache may hold some (hashing costs 1 to 2 s
+        # of a 1080p plan); the plays the plan draws are hashed anyway, to be stored.
+        spec["hash_plays"] = bool(held)
+        if caching and settings.plan_render_seconds > 0:
+            spec["render_budget_seconds"] = settings.plan_render_seconds
+            spec["cached_hashes"] = held
         for _ in range(ASSET_ROUNDS + 1):
             with rt.jails.take() as jail:
                 provide_assets(step, job, fetched, jail)

@@ -50,7 +50,7 @@ def render(step: Step) -> Outcome:
         spec.update(from_animation=claim.first_animation, upto_animation=claim.last_animation)
     # The animation cache: the plays of this range the owner's cache holds are simulated, not
     # drawn; every drawn play's movie comes back on its own for the cache and the stitch.
-    caching = plays is not None and any(p["key"] for p in plays) and spec["renderer"] == "cairo"
+    caching = plays is not None and settings.anim_cache and spec["renderer"] == "cairo"
     if caching and plays is not None:
         first = claim.first_animation or 0
         last = claim.last_animation if claim.last_animation is not None else len(plays)

@@ -129,8 +129,9 @@ def _play_objects(
     settings: Settings, job: dict[str, Any], plays: list[dict[str, Any]] | None
 ) -> list[str] | None:
     """The object of every play that has frames, in order, when each is known: cached ones
-    under the plan's key, drawn ones where their chunk stored them. None: use chunk videos."""
-    if not plays or not any(p["key"] for p in plays):
+    under the plan's key, drawn ones where their plan or chunk stored them. None: join the
+    chunk videos (no play's movie stored: the cache is off, or the renderer is OpenGL)."""
+    if not plays:
         return None
     scope = cache_scope(settings, job)
     keys = []
@@ -141,7 +142,7 @@ def _play_objects(
             keys.append(anim_cache.object_key(scope, play["key"]))
         elif play.get("object"):
             keys.append(play["object"])
-        elif any(p["cached"] for p in plays):
+        elif any(p["cached"] or p.get("object") for p in plays):
             # The chunk videos lack the cached animations: joining them would drop frames.
             raise RuntimeError("an animation drawn for this job left no movie to join")
         else:

@@ -102,7 +102,8 @@ class RenderSpec:
     range_media: bool = True
     # A plan that renders while it plans (cairo): it draws the plays whose hash is not in
     # cached_hashes until it has spent this many seconds drawing, then simulates the rest, and
-    # hands back each drawn play's movie. None: a plan draws nothing.
+    # hands back each drawn play's movie (hashed, for the cache, even without hash_plays).
+    # None: a plan draws nothing.
     render_budget_seconds: float | None = None
     cached_hashes: tuple[str, ...] = ()
 
@@ -379,17 +380,21 @@ def _farm_manager_class() -> type[Any]:
             # A plan that renders while it plans: its drawing budget and what it need not draw.
             self.budget = spec.render_budget_seconds if plan else None
             self.cached = frozenset(spec.cached_hashes)
+            self.hash_all = spec.hash_plays
             self.drawing_seconds = 0.0
             if spec.renderer == "cairo" and (spec.hash_plays or self.budget is not None):
                 on_play_start(self.renderer, self._start_play)
 
         def _start_play(self, scene: Any) -> None:
             """Hash the play starting now; a plan that renders simulates it instead of drawing
-            it when the owner's cache has its movie or the plan's drawing budget is spent."""
-            play_hash = self._hash_play(scene)
-            if self.budget is None or self.renderer.skip_animations:
-                return
-            if play_hash in self.cached or self.drawing_seconds >= self.budget:
+            it when the owner's cache has its movie or the plan's drawing budget is spent.
+
+            Hashing is costly (every mobject's state): a plan hashes every play only when asked
+            (the owner's cache has movies to look up), else only the plays it draws."""
+            drawing = self.budget is not None and not self.renderer.skip_animations
+            spent = drawing and self.drawing_seconds >= (self.budget or 0.0)
+            play_hash = self._hash_play(scene) if self.hash_all or (drawing and not spent) else None
+            if drawing and (spent or play_hash in self.cached):
                 self.renderer.skip_animations = True
 
         def _hash_play(self, scene: Any) -> str | None:
