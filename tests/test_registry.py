@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from farm.config import Settings
+from tests.conftest import Process
 from workers import registry
 
 
@@ -28,3 +31,26 @@ def test_slots_are_summed_per_queue_over_the_workers_that_beat(settings: Setting
     finally:
         for key in client.scan_iter(f"{registry.CONSUMER_KEY}*"):
             client.delete(key)
+
+
+def test_a_worker_announces_its_slots_and_withdraws_them_when_it_stops(
+    settings: Settings, worker: Process
+) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    # Given the session's worker (every queue, two slots), announced and consuming (Celery said
+    # "ready" since the worker last started: its shutdown handlers are in place)
+    deadline = time.monotonic() + 60
+
+    def ready() -> bool:
+        since_start = worker.log.read_text(errors="replace").rsplit("metrics on :", 1)[-1]
+        return registry.queue_slots(client, "render.low") == 2 and " ready." in since_start
+
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert registry.queue_slots(client, "render.low") == 2
+    # When it stops, Then its slots are withdrawn at once, not when its entry expires
+    worker.stop()
+    try:
+        assert registry.queue_slots(client, "render.low") == 0
+    finally:
+        worker.start()

@@ -19,14 +19,25 @@ BEAT_SECONDS = 10
 EXPIRES_SECONDS = 30  # three beats missed: the worker is gone
 
 
+def _own_key() -> str:
+    return f"{CONSUMER_KEY}{socket.gethostname()}:{os.getpid()}"
+
+
 def beat_forever(settings: Settings, queues: list[str], slots: int) -> None:
     """Announce this worker (run in a daemon thread of the worker's main process)."""
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    key = f"{CONSUMER_KEY}{socket.gethostname()}:{os.getpid()}"
+    key = _own_key()
     while True:
         with contextlib.suppress(Exception):  # Redis away for a moment: beat next time
             client.set(key, f"{','.join(queues)}|{slots}", ex=EXPIRES_SECONDS)
         threading.Event().wait(BEAT_SECONDS)
+
+
+def forget(settings: Settings) -> None:
+    """Withdraw this worker at shutdown, so planners stop counting its slots at once (an entry
+    of a worker that died without this expires after EXPIRES_SECONDS)."""
+    with contextlib.suppress(Exception):
+        redis.Redis.from_url(settings.redis_url, socket_timeout=2).delete(_own_key())
 
 
 def _workers(client: redis.Redis) -> list[tuple[list[str], int]]:

@@ -21,9 +21,8 @@ from celery import signals
 from farm import logs, metrics
 from farm.config import Settings
 from farm.presets import QUALITIES
-from workers import runtime
+from workers import registry, runtime
 from workers.celery_app import app, configure
-from workers.registry import beat_forever
 from workers.routing import ALL_QUEUES, RENDER_QUEUES, TASKS
 
 # Tasks whose second positional argument is a chunk index.
@@ -94,7 +93,10 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     logging.getLogger("farm.worker").info(
         "worker for %s; metrics on :%s/metrics", ",".join(queues), settings.worker_metrics_port
     )
-    threading.Thread(target=beat_forever, args=(settings, queues, concurrency), daemon=True).start()
+    threading.Thread(
+        target=registry.beat_forever, args=(settings, queues, concurrency), daemon=True
+    ).start()
+    signals.worker_shutdown.connect(lambda **_: registry.forget(settings), weak=False)
     # --quiet drops Celery's startup banner, which is printed, not logged (not JSON).
     quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main(

@@ -6,7 +6,22 @@ wall clock, and reads back only the outputs it names and a report of numbers and
 Tenants see the farm's fixed messages (``MediaError``), never text read from the media.
 """
 
-from workers.media.check import MediaError, VideoInfo, check_chunk, parse_captions, probe
+from workers.media.check import (
+    MediaError,
+    VideoInfo,
+    check_chunk,
+    cues_from_report,
+    parse_captions,
+    probe,
+)
 from workers.media.stitch import stitch
 
-__all__ = ["MediaError", "VideoInfo", "check_chunk", "parse_captions", "probe", "stitch"]
+__all__ = [
+    "MediaError",
+    "VideoInfo",
+    "check_chunk",
+    "cues_from_report",
+    "parse_captions",
+    "probe",
+    "stitch",
+]

@@ -107,7 +107,9 @@ def _info(report: dict[str, Any], max_frames: int) -> VideoInfo:
     )
 
 
-def _cues(raw: Any, max_ms: int) -> list[Cue]:
+def cues_from_report(raw: Any, max_ms: int) -> list[Cue]:
+    """Cues as the media program reports them (``[[start_ms, end_ms, text], ...]``), bounded;
+    also how a stored cue list (made of such a report) is read back."""
     if not isinstance(raw, list) or len(raw) > MAX_CUES:
         raise MediaError("the chunk has captions that are not valid SRT")
     cues = []
@@ -156,7 +158,7 @@ def check_chunk(
             "(the scene is longer when drawn than when planned)"
         )
     max_ms = settings.max_scene_seconds * 1000 * 2
-    cues = _cues(report.get("cues", []), max_ms) if captions is not None else []
+    cues = cues_from_report(report.get("cues", []), max_ms) if captions is not None else []
     return info, cues
 
 
@@ -167,7 +169,7 @@ def parse_captions(
     with _media_jail(settings) as jail:
         spec = {"captions": jail.put("scene.srt", captions)}
         report = run_media(jail, "cues", spec, "captions", keep_going, settings.heartbeat_seconds)
-    return _cues(report.get("cues", []), settings.max_scene_seconds * 1000 * 2)
+    return cues_from_report(report.get("cues", []), settings.max_scene_seconds * 1000 * 2)
 
 
 def probe(video: Path, settings: Settings | None = None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from farm.captions import Cue, to_webvtt
 from farm.config import Settings
 from workers import lifecycle, media, outcomes
 from workers.lifecycle import Step, job_ended
-from workers.media.check import _cues
 from workers.outcomes import Outcome, SceneFault
 from workers.runtime import Runtime
 from workers.steps import cache_scope
@@ -28,7 +27,7 @@ def _load_cues(raw: bytes, max_ms: int) -> list[Cue]:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise media.MediaError("the chunk captions could not be read") from None
-    return _cues(value, max_ms)
+    return media.cues_from_report(value, max_ms)
 
 
 def stitch(step: Step) -> Outcome:
