@@ -81,6 +81,18 @@ def stitch(step: Step) -> Outcome:
                 f"the video is {info.frames / job['fps']:.1f} s long; the limit is "
                 f"{settings.max_scene_seconds} s"
             )
+        # What the tenant gets is the job's size and fps and no longer than planned, whoever
+        # drew it (a chunk's check proved its part; a job its plan finished is proved here).
+        if (info.width, info.height) != (job["width"], job["height"]) or info.fps != job["fps"]:
+            return SceneFault(
+                f"the video is {info.width}x{info.height} at {float(info.fps):g} fps; "
+                f"the job is {job['width']}x{job['height']} at {job['fps']} fps"
+            )
+        if plays and info.frames > sum(p["frames"] for p in plays):
+            return SceneFault(
+                f"the scene rendered {info.frames} frames where its plan had "
+                f"{sum(p['frames'] for p in plays)} (it is longer when drawn than when planned)"
+            )
         if not step.keep_going():
             return outcomes.Stopped("job canceled or lease lost")
         video_key = objects.result_video(claim.job_id, claim.attempt)

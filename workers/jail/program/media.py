@@ -19,6 +19,7 @@ import math
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ _RESTRICT = ["-protocol_whitelist", "file", "-format_whitelist"]
 _TIMEOUT = 600  # the jail's wall clock is the real bound; this only keeps a run from hanging
 
 VIDEO_CODECS = ("h264",)
+# ffprobe processes at once when a stitch checks its parts (each mostly waits on exec and I/O).
+PROBES_AT_ONCE = 4
 AUDIO_CODECS = ("aac", "mp3", "opus")
 MAX_CUES = 100_000
 MAX_CUE_TEXT = 4096
@@ -166,12 +169,16 @@ def _join(parts: list[str], video: str) -> None:
     else:
         # Each entry carries its exact stream duration: without it the demuxer offsets the next
         # part by the container duration, which mp4 rounds to milliseconds, and times drift.
+        # Probing also proves each part a plain mp4; a job joined from its animations' movies
+        # has one part per animation, so the probes run side by side.
+        with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
+            durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
         listing = Path(video).with_name("parts.ffconcat")
         listing.write_text(
             "ffconcat version 1.0\n"
             + "".join(
-                f"file '{Path(p).resolve()}'\nduration {probe_video(p)['duration']}\n"
-                for p in parts
+                f"file '{Path(p).resolve()}'\nduration {d}\n"
+                for p, d in zip(parts, durations, strict=True)
             )
         )
         joined = _run(
