@@ -214,6 +214,8 @@ class Farm:
                 " FROM steps WHERE job_id = %s",
                 (job_id,),
             ).fetchall()
+            row = conn.execute("SELECT plays FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        plays = (row["plays"] if row else None) or []
         plan = [s for s in steps if s["kind"] == "plan" and s["finished_at"]]
         chunks = [s for s in steps if s["kind"] == "chunk" and s["finished_at"]]
         stitch = [s for s in steps if s["kind"] == "stitch" and s["finished_at"]]
@@ -229,6 +231,7 @@ class Farm:
                 for c in sorted(chunks, key=lambda c: c["idx"])
             ],
             "stitch": seconds(stitch[0]) if stitch else 0.0,
+            "drawn_by_plan": [i for i, p in enumerate(plays) if p.get("plan")],
         }
 
     def close(self) -> float:
@@ -429,11 +432,7 @@ def main() -> int:
     frames = sum(round(d * 30) for d in durations)
     render_per_frame = m("plain_one_core") / frames  # one core, whole scene, start-up included
     skip_per_frame = dry_seconds / frames  # simulating a frame, drawing nothing
-    # The plays no chunk covered were drawn by the plan (within its budget).
-    in_chunks: set[int] = set()
-    for first, last, _ in steps["chunk_ranges"]:
-        in_chunks.update(range(first or 0, last if last is not None else len(durations)))
-    drawn_by_plan = set(range(len(durations))) - in_chunks
+    drawn_by_plan = set(steps["drawn_by_plan"])
     print(
         f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations within its "
         f"{settings.plan_render_seconds:g} s budget; chunks drew the rest"

@@ -249,12 +249,12 @@ _DRAWN_KEYS = {"frames", "animations", "video", "captions", "plays"}
 def parse_plan_full(
     report: dict[str, Any], max_seconds: float, fps: int | None = None
 ) -> dict[str, Any]:
-    """``{"durations", "hashes", "sounds", "captions", "drawn"}``: durations finite,
-    non-negative, each and all within ``max_seconds``; one hash (or None) per play; sounds
+    """``{"durations", "hashes", "sounds", "captions", "drawn", "drawing_seconds"}``: durations
+    finite, non-negative, each and all within ``max_seconds``; one hash (or None) per play; sounds
     within the scene. ``drawn``: what a plan that renders while it plans (``fps`` given) drew,
     as ``parse_render`` reads it, each drawn play with exactly its planned frames and hash;
     None for a plan that drew nothing."""
-    _keys(report, {"ok", "durations", "hashes", "sounds", *_DRAWN_KEYS})
+    _keys(report, {"ok", "durations", "hashes", "sounds", "drawing_seconds", *_DRAWN_KEYS})
     durations = report.get("durations")
     if not isinstance(durations, list) or len(durations) > MAX_ANIMATIONS:
         raise OutputError(f"the plan's report is not a list of at most {MAX_ANIMATIONS} durations")
@@ -283,6 +283,8 @@ def parse_plan_full(
         "sounds": _sounds(report.get("sounds"), max_seconds),
         "captions": captions,
         "drawn": drawn,
+        # A hint for chunk balance only (the plan's time less this is its simulation cost).
+        "drawing_seconds": _number(report.get("drawing_seconds", 0.0), 0.0, 10.0 * 24 * 3600),
     }
 
 

@@ -209,6 +209,7 @@ def _plan(
         movies = {i: path for i, path in movies.items() if path.is_file()}
         for index, object_key in store_plays(step, job, movies, drawn["plays"], plays).items():
             plays[index]["object"] = object_key
+            plays[index]["plan"] = True  # drawn while planning (the bench and logs tell apart)
     done = [p["cached"] or "object" in p for p in plays]
     to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
     render_frames = [0 if d else n for d, n in zip(done, frames, strict=True)]
@@ -219,7 +220,12 @@ def _plan(
             fps,
             parallelism=_free_slots(step),
             min_chunk_seconds=settings.min_chunk_seconds,
-            skip_weight=skip_weight(planned_in, max(1, sum(frames)), job["width"], job["height"]),
+            skip_weight=skip_weight(
+                max(0.0, planned_in - report["drawing_seconds"]),
+                max(1, sum(frames)),
+                job["width"],
+                job["height"],
+            ),
         )
     planned = [max(1, sum(frames[c.first : c.last])) for c in chunks]
     if fetched:  # the chunks get the same assets

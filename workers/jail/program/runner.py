@@ -150,6 +150,7 @@ class Plan:
     sounds: list[Sound] = field(default_factory=list)
     srt: str | None = None
     rendered: RenderOutput | None = None
+    drawing_seconds: float = 0.0  # of the plan's time, spent drawing (the rest simulates)
 
 
 class SceneError(Exception):
@@ -179,6 +180,7 @@ def plan_scene_full(spec: RenderSpec) -> Plan:
         run.sounds,
         str(run.srt) if run.srt else None,
         run.output() if _renders_while_planning(spec) else None,
+        run.drawing_seconds,
     )
 
 
@@ -204,6 +206,7 @@ class _RunResult:
     srt: Path | None = None
     sounds: list[Sound] = field(default_factory=list)
     plays: list[PlayMovie] = field(default_factory=list)
+    drawing_seconds: float = 0.0
 
     def output(self) -> RenderOutput:
         rendered = [n for n, r in zip(self.play_frames, self.play_rendered, strict=True) if r]
@@ -329,6 +332,7 @@ def _render_scene_class(scene_class: type[Any], spec: RenderSpec, *, plan: bool)
     )
     file_writer = manager.file_writer
     run.sounds = manager.sounds
+    run.drawing_seconds = manager.drawing_seconds
     if plan and not _renders_while_planning(spec):
         if file_writer.subcaptions:
             import srt
@@ -636,6 +640,7 @@ def _publish_plan(spec: RenderSpec, plan: Plan) -> dict[str, Any]:
         "hashes": plan.hashes,
         "sounds": _sounds_report(plan.sounds),
         "captions": plan.srt is not None,
+        "drawing_seconds": plan.drawing_seconds,
     }
 
 
