@@ -149,20 +149,23 @@ def burst(bed: NetBed, keys: list[str], jobs: int, unique: int) -> dict[str, Any
 
 async def _get(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, key: str
-) -> int:
-    """One keep-alive GET; returns the status (the body is read and dropped)."""
+) -> tuple[int, bool]:
+    """One GET; its status, and whether the server keeps the connection open (gunicorn's sync
+    workers close it after every answer). The body is read and dropped."""
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
     )
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    length = 0
+    length, keep = 0, True
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+        elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+            keep = False
     await reader.readexactly(length)
-    return int(lines[0].split()[1])
+    return int(lines[0].split()[1]), keep
 
 
 async def _polls(
@@ -185,11 +188,14 @@ async def _polls(
         job_id, key = targets[i % len(targets)]
         sent = loop.time()
         conn = idle.pop() if idle else await asyncio.open_connection(host, port)
-        status = await _get(*conn, host, f"/api/v2/render/{job_id}", key)
+        status, keep = await _get(*conn, host, f"/api/v2/render/{job_id}", key)
         latencies.append(loop.time() - sent)
         late.append(max(0.0, sent - planned))
         codes[status] += 1
-        idle.append(conn)
+        if keep:
+            idle.append(conn)
+        else:
+            conn[1].close()
 
     await asyncio.gather(*(one(i) for i in range(total)))
     elapsed = loop.time() - start
