@@ -114,7 +114,7 @@ def test_a_short_scene_is_finished_by_its_plan(
     plays = _plays(pool, job["jobId"])
     assert plays[0]["chunk_steps"] == 0
     assert job["progress"]["chunksTotal"] == 0
-    assert all(p["object"] for p in plays if p["frames"])
+    assert all(p["object"] and p["plan"] for p in plays if p["frames"])
     # And the video and its captions are plain manim's
     _same_as_plain(job, code, "Four", tmp_path)
     vtt = download(job["result"]["captions"], tmp_path / "captions.vtt").read_text()
@@ -161,9 +161,11 @@ def test_a_plan_that_spends_its_budget_hands_the_rest_to_chunks(
         code = FOUR + f"# {unique()}\n"
         job = _render(client, key, code, "Four")
         plays = _plays(pool, job["jobId"])
-    # Then the plan drew the first animation and chunks drew exactly the others
+    # Then the plan drew the first animation and the closing static wait (one frame, cheaper
+    # than a chunk), and chunks drew exactly the two between
+    assert [bool(p.get("plan")) for p in plays] == [True, False, False, True]
     assert plays[0]["chunk_steps"] >= 1 and job["progress"]["chunksTotal"] >= 1
-    assert plays[0]["chunk_frames"] == sum(p["frames"] for p in plays[1:])
+    assert plays[0]["chunk_frames"] == plays[1]["frames"] + plays[2]["frames"]
     assert all(p["object"] for p in plays)  # the stitch joined every movie by its key
     # And the video joined from both is plain manim's
     _same_as_plain(job, code, "Four", tmp_path)

@@ -396,7 +396,13 @@ def _farm_manager_class() -> type[Any]:
             Hashing is costly (every mobject's state): a plan hashes every play only when asked
             (the owner's cache has movies to look up), else only the plays it draws."""
             drawing = self.budget is not None and not self.renderer.skip_animations
-            spent = drawing and self.drawing_seconds >= (self.budget or 0.0)
+            # A static wait is one frame drawn and repeated: cheaper to draw past the budget
+            # than to hand to a chunk (a scene's closing self.wait() would otherwise be one).
+            spent = (
+                drawing
+                and self.drawing_seconds >= (self.budget or 0.0)
+                and not scene.is_current_animation_frozen_frame()
+            )
             play_hash = self._hash_play(scene) if self.hash_all or (drawing and not spent) else None
             if drawing and (spent or play_hash in self.cached):
                 self.renderer.skip_animations = True
