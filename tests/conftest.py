@@ -347,17 +347,27 @@ RENDER_FIXTURES = {"worker", "opengl_worker", "stack"}
 RENDER_MODULES = {"test_sandbox.py", "test_scene_runner.py", "test_fidelity.py"}
 
 
+# Modules whose tests share nothing module-wide: under `make test` they spread over both
+# processes (the corpus is the suite's longest module).
+UNGROUPED = {"test_fidelity"}
+
+
+# tryfirst: xdist reads the groups in its own modifyitems hook, which must see them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & RENDER_FIXTURES or item.path.name in RENDER_MODULES:
             item.add_marker(pytest.mark.render)
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
-def _xdist_group(item: pytest.Item) -> str:
+def _xdist_group(item: pytest.Item) -> str | None:
     """Under `pytest -n N --dist loadgroup`, the tests of one group run in one process, in
-    order: a module keeps its module-scoped stack, and the multi-host tests share one bed."""
+    order: a module keeps its module-scoped stack (or swapped worker), and the multi-host
+    tests share one bed."""
     if item.path.parent.name == "multihost":
         return "multihost"
-    return item.path.stem
+    return None if item.path.stem in UNGROUPED else item.path.stem
