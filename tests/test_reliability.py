@@ -259,11 +259,15 @@ def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
     with pool.connection() as conn:
         request = jobs.JobRequest(code=uncached(QUICK), class_name="Quick", quality="low")
         job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
+        # Sent already, as far as the session's dispatcher knows: this test is its worker.
+        conn.execute("UPDATE steps SET published_at = now() WHERE job_id = %s", (job_id,))
     publisher = RecordingPublisher()
     rt = Runtime(build_services(settings, publisher, pool_size=2), JailPool(settings))
     reaped: list[Any] = []
+    ran: list[bool] = []
 
     def slow_body(step: lifecycle.Step) -> outcomes.Outcome:
+        ran.append(True)
         # Twice the lease, reaping all along: the heartbeat keeps the step this attempt's
         deadline = time.monotonic() + 2 * settings.lease_seconds
         while time.monotonic() < deadline:
@@ -277,6 +281,7 @@ def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
         lifecycle.run_step(rt, "plan", job_id, 0, slow_body)
     finally:
         rt.services.close()
+    assert ran, "another worker claimed the plan first"
     assert not [r for r in reaped if r.job_id == job_id]
     steps = _steps(pool, job_id)
     assert (steps[0]["status"], steps[0]["attempt"]) == ("pending", 1)  # released for a retry
