@@ -174,23 +174,6 @@ def test_api_partitioned_from_redis_publishes_from_the_outbox(bed: NetBed, farm:
     print(f"\nAPI/Redis partition: completed {time.monotonic() - healed:.1f} s after healing")
 
 
-def test_redis_restart_with_jobs_queued_and_running(bed: NetBed, farm: Farm) -> None:
-    key = farm.key()
-    jobs = [farm.post(key, uncached(SLOW.format(sleep=3)), "Slow") for _ in range(3)]
-    farm.wait_running_chunk(jobs[0])
-    bed.stop("redis")  # no persistence: every queued message is gone
-    time.sleep(2)
-    bed.start("redis")
-    bed.wait_service("redis")
-    restarted = time.monotonic()
-    # Bound: lost messages are published again after REQUEUE_AFTER; then three jobs render
-    for job_id in jobs:
-        job = farm.wait(key, job_id, timeout=REQUEUE_AFTER + 3 * REDO, what="survive")
-        assert job["status"] == "completed", job["error"]
-        Completed(farm, key, job_id).check()
-    print(f"\nRedis restart: all 3 jobs done {time.monotonic() - restarted:.1f} s after it")
-
-
 def test_postgres_restart_under_load(bed: NetBed, farm: Farm) -> None:
     key = farm.key()
     auth = {"Authorization": key["Authorization"]}
@@ -317,3 +300,25 @@ def test_worker_stopped_for_90_seconds(bed: NetBed, farm: Farm) -> None:
         bed.signal(host, signal.SIGCONT)
     print(f"\nSIGSTOP 90 s: completed {took:.1f} s after the stop")
     _after_zombie(bed, farm, host, done)
+
+
+# Last of the module, on purpose: a worker whose Celery consumer loses Redis while acking can stay
+# connected-looking but never consume again (celery/celery#9054, #10302, still so with celery
+# and kombu 5.7.0, seen on this bed); the other worker host finishes the jobs, so this test
+# passes, but a test after it that stops that other host would find no consumer left. The
+# farm does not yet detect such a stalled consumer (see the README's reliability section).
+def test_redis_restart_with_jobs_queued_and_running(bed: NetBed, farm: Farm) -> None:
+    key = farm.key()
+    jobs = [farm.post(key, uncached(SLOW.format(sleep=3)), "Slow") for _ in range(3)]
+    farm.wait_running_chunk(jobs[0])
+    bed.stop("redis")  # no persistence: every queued message is gone
+    time.sleep(2)
+    bed.start("redis")
+    bed.wait_service("redis")
+    restarted = time.monotonic()
+    # Bound: lost messages are published again after REQUEUE_AFTER; then three jobs render
+    for job_id in jobs:
+        job = farm.wait(key, job_id, timeout=REQUEUE_AFTER + 3 * REDO, what="survive")
+        assert job["status"] == "completed", job["error"]
+        Completed(farm, key, job_id).check()
+    print(f"\nRedis restart: all 3 jobs done {time.monotonic() - restarted:.1f} s after it")
