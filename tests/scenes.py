@@ -67,17 +67,8 @@ class Tracker(Scene):
         self.play(t.animate.set_value(3.0), run_time=0.48)
 """
 
-TRANSFORM_CHAIN = """
-from manim import *
-
-class TransformChain(Scene):
-    def construct(self):
-        m = Square()
-        self.play(Create(m), run_time=0.47)
-        for target in [Circle(color=RED), Triangle(color=GREEN), RegularPolygon(5), Star()]:
-            self.play(Transform(m, target), run_time=0.38)
-        self.play(ReplacementTransform(m, Dot()), run_time=0.55)
-"""
+# The corpus's scene, as a user would submit it (tests/corpus is the one copy).
+TRANSFORM_CHAIN = (Path(__file__).parent / "corpus" / "c13_transform_chain.py").read_text()
 
 SUBCAPTIONS = """
 from manim import *
@@ -144,6 +135,21 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 RUNNER = "workers.jail.program.runner"
+
+
+def runner_spec(code: str, class_name: str, out_dir: Path, **extra: object) -> dict[str, object]:
+    """A spec for the jail program at the suite's size and fps (landscape); ``extra`` adds or
+    overrides fields (a range, hash_plays, seed ...)."""
+    return {
+        "code": code,
+        "class_name": class_name,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "fps": FPS,
+        "portrait": False,
+        "out_dir": str(out_dir),
+        **extra,
+    }
 
 
 def runner_subprocess(command: str, spec: dict[str, object], work: Path) -> dict[str, object]:

@@ -148,20 +148,8 @@ def test_a_changed_mobject_or_camera_changes_the_play_hash(tmp_path: Any) -> Non
     code = CHAIN.read_text()
 
     def hashes(source: str, name: str) -> list[str | None]:
-        result = S.runner_subprocess(
-            "plan",
-            {
-                "code": source,
-                "class_name": "TransformChain",
-                "width": S.WIDTH,
-                "height": S.HEIGHT,
-                "fps": S.FPS,
-                "portrait": False,
-                "out_dir": str(tmp_path / name),
-                "hash_plays": True,
-            },
-            tmp_path / name,
-        )
+        spec = S.runner_spec(source, "TransformChain", tmp_path / name, hash_plays=True)
+        result = S.runner_subprocess("plan", spec, tmp_path / name)
         assert result["ok"], result
         return result["hashes"]  # type: ignore[return-value]
 

@@ -146,19 +146,7 @@ def assert_same_as_plain(
 
 def plan_durations(code: str, class_name: str, work: Path) -> list[float]:
     """The farm's plan of a scene (one fresh process): each play's duration in the video."""
-    result = S.runner_subprocess(
-        "plan",
-        {
-            "code": code,
-            "class_name": class_name,
-            "width": S.WIDTH,
-            "height": S.HEIGHT,
-            "fps": S.FPS,
-            "portrait": False,
-            "out_dir": str(work),
-        },
-        work,
-    )
+    result = S.runner_subprocess("plan", S.runner_spec(code, class_name, work), work)
     assert result["ok"], result
     return [float(d) for d in result["durations"]]  # type: ignore[attr-defined]
 
@@ -205,17 +193,13 @@ def chunk_results(
     return [
         _runner(
             "render",
-            {
-                "code": code,
-                "class_name": class_name,
-                "width": S.WIDTH,
-                "height": S.HEIGHT,
-                "fps": S.FPS,
-                "portrait": False,
-                "out_dir": str(work / f"c{i}" / "out"),
-                "from_animation": start,
-                "upto_animation": end,
-            },
+            S.runner_spec(
+                code,
+                class_name,
+                work / f"c{i}" / "out",
+                from_animation=start,
+                upto_animation=end,
+            ),
             work / f"c{i}",
         )
         for i, (start, end) in enumerate(itertools.pairwise(edges))
@@ -348,19 +332,7 @@ def test_a_job_seed_matches_manim_seed(tmp_path: Path) -> None:
 def test_still_scene_fails_with_a_message_that_says_why(tmp_path: Path) -> None:
     code = "from manim import *\n\nclass Still(Scene):\n    def construct(self):\n"
     code += "        self.add(Circle())\n"
-    result = S.runner_subprocess(
-        "plan",
-        {
-            "code": code,
-            "class_name": "Still",
-            "width": S.WIDTH,
-            "height": S.HEIGHT,
-            "fps": S.FPS,
-            "portrait": False,
-            "out_dir": str(tmp_path),
-        },
-        tmp_path,
-    )
+    result = S.runner_subprocess("plan", S.runner_spec(code, "Still", tmp_path), tmp_path)
     assert result["ok"] is False and result["scene_error"] is True
     assert "PNG" in str(result["error"]) and "self.wait()" in str(result["error"])
 
@@ -371,19 +343,7 @@ def test_scene_skipping_every_play_fails_in_its_plan(tmp_path: Path) -> None:
         "        self.next_section(skip_animations=True)\n"
         "        self.play(Create(Circle()), run_time=0.3)\n"
     )
-    result = S.runner_subprocess(
-        "plan",
-        {
-            "code": code,
-            "class_name": "AllSkipped",
-            "width": S.WIDTH,
-            "height": S.HEIGHT,
-            "fps": S.FPS,
-            "portrait": False,
-            "out_dir": str(tmp_path),
-        },
-        tmp_path,
-    )
+    result = S.runner_subprocess("plan", S.runner_spec(code, "AllSkipped", tmp_path), tmp_path)
     assert result["scene_error"] is True
     assert "skip_animations=True" in str(result["error"])
 

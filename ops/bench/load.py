@@ -295,18 +295,13 @@ def main() -> int:
             failures.append(f"sent {b['sent']} of {args.jobs}")
         ids = [job_id for job_id, _ in b["accepted"]]
         with psycopg.connect(bed.database_url) as conn:
-            found = conn.execute(
-                "SELECT count(*) FROM jobs WHERE id = ANY(%s)",
-                (ids,),
-            ).fetchone()
-        lost = len(ids) - (found[0] if found else 0)
-        with psycopg.connect(bed.database_url) as conn:
             row = conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                "SELECT count(*), count(*) FILTER (WHERE status = 'completed'),"
                 " count(*) FILTER (WHERE held_limit IS NOT NULL) FROM jobs WHERE id = ANY(%s)",
                 (ids,),
             ).fetchone()
-        cached, held = (row[0], row[1]) if row else (0, 0)
+        found, cached, held = (row[0], row[1], row[2]) if row else (0, 0, 0)
+        lost = len(ids) - found
         print(
             f"accepted {len(ids)} ({cached} completed by now from the result cache, {held} held"
             f" at their user's limit of {args.max_unfinished}), lost {lost}"

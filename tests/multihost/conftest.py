@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -35,23 +34,6 @@ class Quick(Scene):
         self.play(Create(Circle()), run_time=0.4)
         self.play(FadeOut(Circle()), run_time=0.4)
 """
-
-# Every chunk (not the plan) sleeps first: long enough to act on a worker mid-chunk.
-SLOW = """
-import time
-from manim import *
-
-class Slow(Scene):
-    def construct(self):
-        if not config.dry_run:
-            time.sleep({sleep})
-        self.play(Create(Square()), run_time=0.5)
-        self.play(FadeOut(Square()), run_time=0.5)
-"""
-
-
-def uncached(code: str) -> str:
-    return f"{code}\n# {uuid.uuid4()}\n"
 
 
 def _usable() -> str | None:

@@ -8,8 +8,9 @@ import socket
 import pytest
 import requests
 
-from tests.multihost.conftest import QUICK, Farm, uncached
+from tests.multihost.conftest import QUICK, Farm
 from tests.multihost.netbed import NetBed
+from tests.scenes import uncached
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,10 @@ import time
 import pytest
 import requests
 
-from tests.multihost.conftest import SLOW, Farm, settle, uncached
+from tests.multihost.conftest import Farm, settle
 from tests.multihost.netbed import NetBed
+from tests.scenes import SLOW_RENDER as SLOW
+from tests.scenes import uncached
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,10 @@ import pytest
 import requests
 
 from farm.jobs import job_cost
-from tests.multihost.conftest import QUICK, SLOW, Farm, settle, uncached
+from tests.multihost.conftest import QUICK, Farm, settle
 from tests.multihost.netbed import NetBed
+from tests.scenes import SLOW_RENDER as SLOW
+from tests.scenes import uncached
 
 pytestmark = pytest.mark.slow
 

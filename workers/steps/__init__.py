@@ -74,9 +74,7 @@ def store_plays(
     stored: dict[int, str] = {}
     for index, frames, play_hash in drawn:
         movie = movies.get(index)
-        if plays is None or index >= len(plays) or play_hash is None or frames == 0:
-            continue
-        if movie is None:
+        if plays is None or index >= len(plays) or play_hash is None or not frames or not movie:
             continue
         key = anim_cache.cache_key(play_hash, variant)
         object_key = anim_cache.object_key(scope, key)
