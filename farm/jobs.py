@@ -547,8 +547,8 @@ def fall_back_to_cairo(conn: Conn, claim: Claim) -> list[int]:
 
 def chunk_outputs(conn: Conn, job_id: str) -> list[dict[str, Any]]:
     return conn.execute(
-        "SELECT idx, output_key, captions_key, frames, log_key FROM steps"
-        " WHERE job_id = %s AND kind = 'chunk' ORDER BY idx",
+        "SELECT idx, output_key, captions_key, frames, log_key, first_animation, last_animation"
+        " FROM steps WHERE job_id = %s AND kind = 'chunk' ORDER BY idx",
         (job_id,),
     ).fetchall()
 

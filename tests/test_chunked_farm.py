@@ -12,7 +12,7 @@ import pytest
 
 from farm.captions import parse_srt
 from tests import scenes
-from tests.conftest import Key, alive, submit, wait_for
+from tests.conftest import Key, alive, submit, wait_for, wait_until_idle
 from tests.scenes import SLOW_RENDER, uncached
 
 CASES = {
@@ -50,9 +50,10 @@ def _ms(stamp: str) -> int:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_stitched_video_has_exactly_the_frames_of_plain_manim(
-    client: Any, api_key: Key, worker: Any, tmp_path: Path, case: str
+    client: Any, api_key: Key, worker: Any, pool: Any, tmp_path: Path, case: str
 ) -> None:
     code, class_name, aspect = CASES[case]
+    wait_until_idle(pool)  # every slot free: the job is split
     # Given the farm's render of a scene, split into chunks
     job = wait_for(client, api_key, submit(client, api_key, code, class_name, aspectRatio=aspect))
     assert job["status"] == "completed", job["error"]

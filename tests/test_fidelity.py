@@ -384,9 +384,12 @@ def farm_job_video(client: Any, key: Any, code: str, cls: str, work: Path) -> tu
     "stem", ["c20_sound_every_chunk", "c26_section_skip_opening", "c19_subcaptions"]
 )
 def test_the_farm_end_to_end_is_plain_manim(
-    stem: str, worker: Any, client: Any, api_key: Any, tmp_path: Path
+    stem: str, worker: Any, client: Any, api_key: Any, pool: Any, tmp_path: Path
 ) -> None:
+    from tests.conftest import wait_until_idle
+
     code, cls, _ = corpus_scene(stem)
+    wait_until_idle(pool)  # every slot free: the job is split
     farm, job = farm_job_video(client, api_key, code, cls, tmp_path)
     assert job["progress"]["chunksTotal"] >= 2  # really split
     plain, plain_srt = S.plain_manim_render(code, cls, tmp_path / "plain", size=LOW, fps=15)

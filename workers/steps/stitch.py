@@ -12,7 +12,6 @@ from typing import Any
 
 from farm import anim_cache, jobs, metrics, objects
 from farm.captions import Cue, to_webvtt
-from farm.config import Settings
 from workers import lifecycle, media, outcomes
 from workers.lifecycle import Step, job_ended
 from workers.outcomes import Outcome, SceneFault
@@ -46,17 +45,10 @@ def stitch(step: Step) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="farm-stitch-") as tmp_name:
         tmp = Path(tmp_name)
         parts, cues = [], []
-        play_objects = _play_objects(settings, job, plays)
-        if play_objects is not None:  # assembled by key from the animation cache
-            for i, key in enumerate(play_objects):
-                part = tmp / f"play-{i:05d}.mp4"
-                rt.storage.get_file(key, str(part))
-                parts.append(part)
-        else:
-            for chunk in chunks:
-                part = tmp / f"{chunk['idx']:04d}.mp4"
-                rt.storage.get_file(chunk["output_key"], str(part))
-                parts.append(part)
+        for i, key in enumerate(_parts(cache_scope(settings, job), plays, chunks)):
+            part = tmp / f"{i:05d}.mp4"
+            rt.storage.get_file(key, str(part))
+            parts.append(part)
         if plan_media is not None:  # the plan's captions and sounds: the whole scene's
             if plan_media.get("cues"):
                 cues += _load_cues(rt.storage.get_bytes(plan_media["cues"]), max_ms)
@@ -136,29 +128,59 @@ def stitch_here(rt: Runtime, job_id: str) -> None:
     lifecycle.run_step(rt, "stitch", job_id, 0, stitch)
 
 
-def _play_objects(
-    settings: Settings, job: dict[str, Any], plays: list[dict[str, Any]] | None
-) -> list[str] | None:
-    """The object of every play that has frames, in order, when each is known: cached ones
-    under the plan's key, drawn ones where their plan or chunk stored them. None: join the
-    chunk videos (no play's movie stored: the cache is off, or the renderer is OpenGL)."""
+def _parts(
+    scope: str, plays: list[dict[str, Any]] | None, chunks: list[dict[str, Any]]
+) -> list[str]:
+    """The objects to join, in order: each chunk's video where the animations it drew follow
+    one another in the job, else their movies one by one; each cached animation's movie under
+    the plan's key; each movie the plan drew. Fewer, longer parts join faster (every part is
+    downloaded and probed in the media jail).
+
+    Without the plays' record (a job planned before it was kept), the chunk videos in order.
+    """
+    videos = [c["output_key"] for c in chunks]
     if not plays:
+        return videos
+
+    def drawn_by_chunk(play: dict[str, Any]) -> bool:
+        return play["frames"] > 0 and not play["cached"] and not play.get("plan")
+
+    def chunk_of(index: int) -> dict[str, Any] | None:
+        for chunk in chunks:
+            first, last = chunk["first_animation"] or 0, chunk["last_animation"]
+            if first <= index and (last is None or index < last):
+                return chunk
         return None
-    scope = cache_scope(settings, job)
-    keys = []
-    for play in plays:
-        if play["frames"] == 0:
-            continue
+
+    # The animations with frames, in order, each with the chunk that drew it (None: its movie
+    # came from the cache or the plan). A chunk's video holds exactly the animations it drew,
+    # so it stands in for them only where no other movie comes between them.
+    sequence = [
+        (i, chunk_of(i) if drawn_by_chunk(p) else None)
+        for i, p in enumerate(plays)
+        if p["frames"] > 0
+    ]
+    runs: dict[int, int] = {}  # chunk idx -> how many separate runs of its animations
+    previous = None
+    for _, chunk in sequence:
+        if chunk is not None and chunk is not previous:
+            runs[chunk["idx"]] = runs.get(chunk["idx"], 0) + 1
+        previous = chunk
+    parts: list[str] = []
+    previous = None
+    for index, chunk in sequence:
+        play = plays[index]
         if play["cached"]:
-            keys.append(anim_cache.object_key(scope, play["key"]))
+            parts.append(anim_cache.object_key(scope, play["key"]))
+        elif chunk is not None and runs[chunk["idx"]] == 1:
+            if chunk is not previous:
+                parts.append(chunk["output_key"])
         elif play.get("object"):
-            keys.append(play["object"])
-        elif any(p["cached"] or p.get("object") for p in plays):
-            # The chunk videos lack the cached animations: joining them would drop frames.
-            raise RuntimeError("an animation drawn for this job left no movie to join")
+            parts.append(play["object"])
         else:
-            return None
-    return keys
+            raise RuntimeError("an animation drawn for this job left no movie to join")
+        previous = chunk
+    return parts
 
 
 def _evict(step: Step) -> None:
