@@ -124,7 +124,8 @@ def test_chunk_that_always_fails_fails_the_job_with_its_message(
     assert "RuntimeError: broken only when drawing" in job["error"]
 
 
-def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any) -> None:
+def test_cancel_stops_running_chunks(client: Any, api_key: Key, worker: Any, pool: Any) -> None:
+    wait_until_idle(pool)  # every slot free: the job is split in two
     job_id = submit(client, api_key, uncached(SLOW_RENDER.format(sleep=60)), "Slow", fps=5)
     running = _wait_running_chunks(client, api_key, job_id, worker)
     # Progress is on the job while it runs

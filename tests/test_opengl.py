@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests import scenes
-from tests.conftest import ALL_QUEUES, Key, Process, submit, wait_for
+from tests.conftest import ALL_QUEUES, Key, Process, submit, wait_for, wait_until_idle
 from tests.support import download
 
 MOVING_CAMERA = """
@@ -38,8 +38,9 @@ def opengl_worker(worker: Process, farm_env: dict[str, str], artifacts: Path) ->
 
 
 def test_opengl_chunks_match_plain_opengl_manim(
-    client: Any, api_key: Key, opengl_worker: Process, tmp_path: Path
+    client: Any, api_key: Key, opengl_worker: Process, pool: Any, tmp_path: Path
 ) -> None:
+    wait_until_idle(pool)  # every slot free: the job is split
     # A comment of its own: the cairo render of this scene elsewhere in the suite is cached.
     code = scenes.DT_UPDATER + "\n# rendered by the OpenGL pool\n"
     job = wait_for(client, api_key, submit(client, api_key, code, "DtUpdater"))
