@@ -107,7 +107,9 @@ def watch(
                 else:
                     open_pipe = False
         else:
-            time.sleep(0.1)
+            # Its output is closed: wait for the exit itself (returns as soon as it comes).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)
         if proc.poll() is not None and not open_pipe:
             return stopped
         if proc.poll() is not None:

@@ -147,7 +147,7 @@ def stitch(
     """
     if sounds:
         joined_video = str(Path(video).with_name("video-only.mp4"))
-        _join(parts, joined_video)
+        length = _join(parts, joined_video)
         from . import audio_mix
 
         placed = [
@@ -159,78 +159,68 @@ def stitch(
         except Exception:
             raise Problem("audio") from None
     else:
-        _join(parts, video)
-    return _thumbnail(video, thumb)
+        length = _join(parts, video)
+    return _thumbnail(video, thumb, length)
 
 
-def _join(parts: list[str], video: str) -> None:
+def _join(parts: list[str], video: str) -> float | None:
+    """Join the parts into ``video``; their total length when they were probed (None: one)."""
     if len(parts) == 1:
         Path(video).write_bytes(Path(parts[0]).read_bytes())
-    else:
-        # Each entry carries its exact stream duration: without it the demuxer offsets the next
-        # part by the container duration, which mp4 rounds to milliseconds, and times drift.
-        # Probing also proves each part a plain mp4; a job joined from its animations' movies
-        # has one part per animation, so the probes run side by side.
-        with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
-            durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
-        listing = Path(video).with_name("parts.ffconcat")
-        listing.write_text(
-            "ffconcat version 1.0\n"
-            + "".join(
-                f"file '{Path(p).resolve()}'\nduration {d}\n"
-                for p, d in zip(parts, durations, strict=True)
-            )
+        return None
+    # Each entry carries its exact stream duration: without it the demuxer offsets the next
+    # part by the container duration, which mp4 rounds to milliseconds, and times drift.
+    # Probing also proves each part a plain mp4; a job joined from its animations' movies
+    # has one part per animation, so the probes run side by side.
+    with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
+        durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
+    listing = Path(video).with_name("parts.ffconcat")
+    listing.write_text(
+        "ffconcat version 1.0\n"
+        + "".join(
+            f"file '{Path(p).resolve()}'\nduration {d}\n"
+            for p, d in zip(parts, durations, strict=True)
         )
-        joined = _run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-v",
-                "error",
-                *_RESTRICT,
-                "concat," + MP4_DEMUXERS,
-                "-f",
-                "concat",
-                "-safe",
-                "0",
-                "-i",
-                str(listing),
-                "-c",
-                "copy",
-                "-movflags",
-                "+faststart",
-                "-y",
-                video,
-            ]
-        )
-        if joined.returncode != 0:
-            raise Problem("concat")
-
-
-def _thumbnail(video: str, thumb: str) -> dict[str, Any]:
-    info = probe_video(video)
-    shot = _run(
+    )
+    joined = _run(
         [
             "ffmpeg",
             "-nostdin",
             "-v",
             "error",
             *_RESTRICT,
-            MP4_DEMUXERS,
-            "-ss",
-            str(info["duration"] / 3),
+            "concat," + MP4_DEMUXERS,
             "-f",
-            "mp4",
+            "concat",
+            "-safe",
+            "0",
             "-i",
-            video,
-            "-frames:v",
-            "1",
-            "-q:v",
-            "3",
+            str(listing),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
             "-y",
-            thumb,
+            video,
         ]
     )
+    if joined.returncode != 0:
+        raise Problem("concat")
+    return float(sum(durations))
+
+
+def _thumbnail(video: str, thumb: str, length: float | None = None) -> dict[str, Any]:
+    """The video's probe, and a frame a third of the way in as the thumbnail. With the length
+    of the joined parts known, both run at once (the probe still checks the joined video)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        probed = pool.submit(probe_video, video)
+        at = (probed.result()["duration"] if length is None else length) / 3
+        shot = pool.submit(_run, [
+            "ffmpeg", "-nostdin", "-v", "error", *_RESTRICT, MP4_DEMUXERS,
+            "-ss", str(at), "-f", "mp4", "-i", video,
+            "-frames:v", "1", "-q:v", "3", "-y", thumb,
+        ]).result()  # fmt: skip
+        info = probed.result()
     if shot.returncode != 0 or not Path(thumb).is_file():
         raise Problem("thumbnail")
     return info
