@@ -161,10 +161,15 @@ def job_plays(conn: Conn, job_id: str) -> list[dict[str, Any]] | None:
 
 
 def set_plan_media(
-    conn: Conn, job_id: str, cues_key: str | None, sounds: list[tuple[str, float, float | None]]
+    conn: Conn,
+    job_id: str,
+    cues_key: str | None,
+    sounds: list[tuple[str, float, float | None]],
+    video_key: str | None = None,
 ) -> None:
-    """The plan's captions (cue list key) and sounds (object key, time, gain_to_background)."""
-    media = {"cues": cues_key, "sounds": [list(s) for s in sounds]}
+    """The plan's captions (cue list key) and sounds (object key, time, gain_to_background),
+    and its video when it drew every animation (the stitch's one part)."""
+    media = {"cues": cues_key, "sounds": [list(s) for s in sounds], "video": video_key}
     conn.execute("UPDATE jobs SET plan_media = %s WHERE id = %s", (Jsonb(media), job_id))
 
 

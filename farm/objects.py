@@ -23,6 +23,11 @@ def chunk_video(job_id: str, idx: int, attempt: int) -> str:
     return f"{chunks_prefix(job_id)}{idx:04d}-a{attempt}.mp4"
 
 
+def plan_video(job_id: str, attempt: int) -> str:
+    """The movie of a plan that drew every animation: the stitch joins it alone."""
+    return f"{chunks_prefix(job_id)}plan-a{attempt}.mp4"
+
+
 def chunk_cues(job_id: str, idx: int, attempt: int) -> str:
     """The chunk's subtitles as the farm's own JSON cue list (parsed from SRT in a jail)."""
     return f"{chunks_prefix(job_id)}{idx:04d}-a{attempt}.cues.json"

@@ -115,6 +115,9 @@ def test_a_short_scene_is_finished_by_its_plan(
     assert plays[0]["chunk_steps"] == 0
     assert job["progress"]["chunksTotal"] == 0
     assert all(p["object"] and p["plan"] for p in plays if p["frames"])
+    # And the stitch joined the plan's own movie alone, not one part per animation
+    with pool.connection() as conn:
+        assert anim_cache.plan_media(conn, job["jobId"])["video"]  # type: ignore[index]
     # And the video and its captions are plain manim's
     _same_as_plain(job, code, "Four", tmp_path)
     vtt = download(job["result"]["captions"], tmp_path / "captions.vtt").read_text()
@@ -167,6 +170,8 @@ def test_a_plan_that_spends_its_budget_hands_the_rest_to_chunks(
     assert plays[0]["chunk_steps"] >= 1 and job["progress"]["chunksTotal"] >= 1
     assert plays[0]["chunk_frames"] == plays[1]["frames"] + plays[2]["frames"]
     assert all(p["object"] for p in plays)  # the stitch joined every movie by its key
+    with pool.connection() as conn:  # not the plan's movie: it lacks the chunks' animations
+        assert anim_cache.plan_media(conn, job["jobId"])["video"] is None  # type: ignore[index]
     # And the video joined from both is plain manim's
     _same_as_plain(job, code, "Four", tmp_path)
 

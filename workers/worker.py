@@ -85,6 +85,9 @@ def run(settings: Settings, queues: list[str], concurrency: int) -> None:
     configure(settings)
     runtime.set_settings(settings)
     import workers.tasks  # noqa: F401  (registers the tasks on the app)
+    from workers.steps import cache_environment
+
+    cache_environment()  # before the fork: every child inherits it, no job waits for it
 
     metrics.prime_labels(QUALITIES, RENDER_QUEUES)
     for queue in queues:

@@ -45,7 +45,9 @@ def stitch(step: Step) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="farm-stitch-") as tmp_name:
         tmp = Path(tmp_name)
         parts, cues = [], []
-        for i, key in enumerate(_parts(cache_scope(settings, job), plays, chunks)):
+        plan_video = (plan_media or {}).get("video")
+        keys = [plan_video] if plan_video else _parts(cache_scope(settings, job), plays, chunks)
+        for i, key in enumerate(keys):
             part = tmp / f"{i:05d}.mp4"
             rt.storage.get_file(key, str(part))
             parts.append(part)
