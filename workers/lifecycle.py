@@ -34,10 +34,6 @@ class FarmTask(Task):  # type: ignore[misc]
 
     acks_late = True
 
-    def after_return(self, *args: Any, **kwargs: Any) -> None:
-        # Warm the next render jail now the task is done (workers/jail/pool.py says why).
-        self.rt.jails.start()
-
     @property
     def rt(self) -> Runtime:
         return get_runtime()

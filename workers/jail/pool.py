@@ -28,10 +28,7 @@ class JailPool:
 
     @contextmanager
     def take(self) -> Iterator[Jail]:
-        """The jail for one plan or chunk; closed (and its files removed) when the block ends.
-        The next is warmed by ``start`` once the task is over (``FarmTask.after_return``):
-        warming imports manim (about a CPU second), which would slow the stitch and uploads
-        that follow a render in the same task."""
+        """The jail for one plan or chunk; closed (and its files removed) when the block ends."""
         jail, self._next = self._next, None
         if jail is None or not jail.ready():  # none waiting, or it died while it waited
             if jail is not None:
@@ -41,6 +38,7 @@ class JailPool:
             yield jail
         finally:
             jail.close()
+            self.start()  # warm the next while this worker uploads and waits for work
 
     def close(self) -> None:
         if self._next is not None:
