@@ -178,22 +178,25 @@ def test_the_stitch_joins_whole_chunk_videos_where_their_animations_follow_each_
 
     def chunk(idx: int, first: int, last: int | None) -> dict[str, Any]:
         return {"idx": idx, "output_key": f"chunk-{idx}", "first_animation": first,
-                "last_animation": last}  # fmt: skip
+                "last_animation": last, "frames": 12}  # fmt: skip
+
+    def keys(parts: list[tuple[str, int | None]]) -> list[str]:
+        return [key for key, _ in parts]
 
     # Given plays drawn by the plan (0), by chunk 0 (1, 2; 3 has no frames) and by chunk 1
     # (4, 5): each chunk's video stands in for its animations
     plays = [play(0, plan=True), play(1), play(2), play(3, empty=True), play(4), play(5)]
     chunks = [chunk(0, 0, 4), chunk(1, 4, None)]
-    assert _parts("s", plays, chunks) == ["movie-0", "chunk-0", "chunk-1"]
+    assert _parts("s", plays, chunks) == [("movie-0", 6), ("chunk-0", 12), ("chunk-1", 12)]
     # When a cached animation falls between a chunk's own, its video cannot be cut: that
     # chunk's animations are joined movie by movie, the other chunk's still whole
     plays[2] = play(2, cached=True)
     plays[3] = play(3)
-    assert _parts("s", plays, chunks) == [
+    assert keys(_parts("s", plays, chunks)) == [
         "movie-0", "movie-1", anim_cache.object_key("s", "k2"), "movie-3", "chunk-1"
     ]  # fmt: skip
     # And a job without the plays' record joins its chunk videos in order
-    assert _parts("s", None, chunks) == ["chunk-0", "chunk-1"]
+    assert keys(_parts("s", None, chunks)) == ["chunk-0", "chunk-1"]
     # A drawn animation that left no movie where one is needed is an error, not a gap
     del plays[1]["object"]
     with pytest.raises(RuntimeError):

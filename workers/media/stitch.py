@@ -21,10 +21,13 @@ def stitch(
     dest: Path,
     keep_going: Callable[[], bool] = lambda: True,
     sounds: list[tuple[Path, float, float | None]] | None = None,
+    durations: list[float] | None = None,
 ) -> tuple[Path, Path, VideoInfo]:
     """``dest/video.mp4`` and ``dest/thumb.jpg`` from the parts, in order, and the video's info;
     with ``sounds`` (a decoded WAV, its time in the scene, its gain to background), one audio
-    track laid as manim lays it (jail/program/audio_mix.py) beside the joined video."""
+    track laid as manim lays it (jail/program/audio_mix.py) beside the joined video. With
+    ``durations`` (each part's length, known from its frames) the parts are not probed first;
+    the joined video is, either way."""
     limits = Limits.for_media(settings, settings.stitch_timeout_seconds)
     max_bytes = settings.max_output_mb * 2**20
     with Jail(settings, limits, "media") as jail:
@@ -34,6 +37,8 @@ def stitch(
             "video": f"{names[0].rsplit('/in/', 1)[0]}/out/video.mp4",
             "thumb": f"{names[0].rsplit('/in/', 1)[0]}/out/thumb.jpg",
         }
+        if durations is not None and len(durations) == len(parts):
+            spec["durations"] = durations
         if sounds:
             spec["sounds"] = [
                 {"file": jail.put(f"sound-{i:04d}.wav", path), "time": at, "gain_to_background": g}

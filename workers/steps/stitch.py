@@ -46,11 +46,19 @@ def stitch(step: Step) -> Outcome:
         tmp = Path(tmp_name)
         parts, cues = [], []
         plan_video = (plan_media or {}).get("video")
-        keys = [plan_video] if plan_video else _parts(cache_scope(settings, job), plays, chunks)
-        for i, key in enumerate(keys):
+        joined: list[tuple[str, int | None]]
+        if plan_video:
+            joined = [(plan_video, None)]
+        else:
+            joined = _parts(cache_scope(settings, job), plays, chunks)
+        for i, (key, _) in enumerate(joined):
             part = tmp / f"{i:05d}.mp4"
             rt.storage.get_file(key, str(part))
             parts.append(part)
+        # Each part's length from its frames (a chunk's as its check counted them, an
+        # animation's as its plan did): the media jail need not probe the parts one by one.
+        known = [n for _, n in joined if n is not None]
+        durations = [n / job["fps"] for n in known] if len(known) == len(joined) else None
         if plan_media is not None:  # the plan's captions and sounds: the whole scene's
             if plan_media.get("cues"):
                 cues += _load_cues(rt.storage.get_bytes(plan_media["cues"]), max_ms)
@@ -68,7 +76,12 @@ def stitch(step: Step) -> Outcome:
             with suppress(FileNotFoundError):
                 logs.append(rt.storage.get_bytes(key).decode("utf-8", "replace"))
         video, thumb, info = media.stitch(
-            settings, parts, tmp / "out", step.keep_going, sounds=sounds
+            settings,
+            parts,
+            tmp / "out",
+            step.keep_going,
+            sounds=sounds,
+            durations=durations,
         )
         if info.frames > settings.max_scene_seconds * job["fps"]:
             return SceneFault(
@@ -132,15 +145,15 @@ def stitch_here(rt: Runtime, job_id: str) -> None:
 
 def _parts(
     scope: str, plays: list[dict[str, Any]] | None, chunks: list[dict[str, Any]]
-) -> list[str]:
-    """The objects to join, in order: each chunk's video where the animations it drew follow
-    one another in the job, else their movies one by one; each cached animation's movie under
-    the plan's key; each movie the plan drew. Fewer, longer parts join faster (every part is
-    downloaded and probed in the media jail).
+) -> list[tuple[str, int | None]]:
+    """The objects to join, in order, each with its frames: each chunk's video where the
+    animations it drew follow one another in the job, else their movies one by one; each
+    cached animation's movie under the plan's key; each movie the plan drew. Fewer, longer
+    parts join faster (every part is downloaded, and checked in the media jail).
 
     Without the plays' record (a job planned before it was kept), the chunk videos in order.
     """
-    videos = [c["output_key"] for c in chunks]
+    videos = [(c["output_key"], c["frames"]) for c in chunks]
     if not plays:
         return videos
 
@@ -168,17 +181,17 @@ def _parts(
         if chunk is not None and chunk is not previous:
             runs[chunk["idx"]] = runs.get(chunk["idx"], 0) + 1
         previous = chunk
-    parts: list[str] = []
+    parts: list[tuple[str, int | None]] = []
     previous = None
     for index, chunk in sequence:
         play = plays[index]
         if play["cached"]:
-            parts.append(anim_cache.object_key(scope, play["key"]))
+            parts.append((anim_cache.object_key(scope, play["key"]), play["frames"]))
         elif chunk is not None and runs[chunk["idx"]] == 1:
             if chunk is not previous:
-                parts.append(chunk["output_key"])
+                parts.append((chunk["output_key"], chunk["frames"]))
         elif play.get("object"):
-            parts.append(play["object"])
+            parts.append((play["object"], play["frames"]))
         else:
             raise RuntimeError("an animation drawn for this job left no movie to join")
         previous = chunk

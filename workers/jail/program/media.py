@@ -140,14 +140,18 @@ def _ms(stamp: str) -> int:
 
 
 def stitch(
-    parts: list[str], video: str, thumb: str, sounds: list[dict[str, Any]] | None = None
+    parts: list[str],
+    video: str,
+    thumb: str,
+    sounds: list[dict[str, Any]] | None = None,
+    durations: list[float] | None = None,
 ) -> dict[str, Any]:
     """Join the parts (concat demuxer, stream copy), lay the scene's sounds on one track beside
     them (``audio_mix``, as manim's file writer does), then take a thumbnail a third of the way.
     """
     if sounds:
         joined_video = str(Path(video).with_name("video-only.mp4"))
-        length = _join(parts, joined_video)
+        length = _join(parts, joined_video, durations)
         from . import audio_mix
 
         placed = [
@@ -159,21 +163,26 @@ def stitch(
         except Exception:
             raise Problem("audio") from None
     else:
-        length = _join(parts, video)
+        length = _join(parts, video, durations)
     return _thumbnail(video, thumb, length)
 
 
-def _join(parts: list[str], video: str) -> float | None:
-    """Join the parts into ``video``; their total length when they were probed (None: one)."""
+def _join(parts: list[str], video: str, durations: list[float] | None = None) -> float | None:
+    """Join the parts into ``video``; their total length (None: a single part, copied).
+
+    Each entry carries its exact stream duration: without it the demuxer offsets the next part
+    by the container duration, which mp4 rounds to milliseconds, and times drift. The worker
+    knows each part's frames (``durations``); else each part is probed, side by side. Either
+    way only the mp4 demuxer reads a part, and the joined video is probed after.
+    """
     if len(parts) == 1:
         Path(video).write_bytes(Path(parts[0]).read_bytes())
         return None
-    # Each entry carries its exact stream duration: without it the demuxer offsets the next
-    # part by the container duration, which mp4 rounds to milliseconds, and times drift.
-    # Probing also proves each part a plain mp4; a job joined from its animations' movies
-    # has one part per animation, so the probes run side by side.
-    with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
-        durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
+    if durations is None or len(durations) != len(parts):
+        with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
+            durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
+    if not all(isinstance(d, (int, float)) and 0 <= d < 86400 for d in durations):
+        raise Problem("concat")
     listing = Path(video).with_name("parts.ffconcat")
     listing.write_text(
         "ffconcat version 1.0\n"
@@ -246,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = {
                 "ok": True,
-                **stitch(spec["parts"], spec["video"], spec["thumb"], spec.get("sounds")),
+                **stitch(
+                    spec["parts"],
+                    spec["video"],
+                    spec["thumb"],
+                    spec.get("sounds"),
+                    spec.get("durations"),
+                ),
             }
         code = 0
     except Problem as exc:
