@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from farm.config import load_settings
 from workers import media, outcomes
 from workers.jail import outputs
-from workers.jail.jail import Jail, RunResult, sweep_stale
+from workers.jail.jail import RUNNING, Jail, RunResult, running_render_jails, sweep_stale
 from workers.jail.limits import Limits
 from workers.jail.pool import JailPool
 from workers.outcomes import PlatformFault, SceneFault
@@ -697,3 +698,30 @@ def test_scene_code_runs_below_the_workers_priority(pool: JailPool) -> None:
     assert run.ok, run.log
     assert f"nice {SETTINGS.jail_nice}" in run.log
     assert os.getpriority(os.PRIO_PROCESS, 0) < SETTINGS.jail_nice  # the worker itself is not
+
+
+def test_a_plan_or_chunk_running_is_marked_on_its_host(pool: JailPool, tmp_path: Path) -> None:
+    # Given a render jail running a scene (watched from another thread while it sleeps)
+    marks: list[bool] = []
+    with pool.take() as jail:
+        thread = threading.Thread(
+            target=lambda: marks.append(jail.run("render", _spec("time.sleep(1.5)")).ok)
+        )
+        thread.start()
+        while thread.is_alive():
+            marks.append((jail.host / RUNNING).is_file())
+            time.sleep(0.1)
+        thread.join()
+        assert marks.pop() is True  # the run itself went well
+        # Then its host-only side said so while it ran, where the scene cannot reach
+        assert any(marks)
+    # And the mark went with the jail's files
+    assert not jail.dir.exists()
+    # And a plan counts the marks of every worker's jails on the host, nothing else
+    for name in ("farm-jail-1-a", "farm-jail-2-b", "farm-jail-3-c"):
+        (tmp_path / name / "host").mkdir(parents=True)
+    (tmp_path / "farm-jail-1-a" / "host" / RUNNING).touch()
+    (tmp_path / "farm-jail-2-b" / "host" / RUNNING).touch()
+    (tmp_path / "other" / "host").mkdir(parents=True)
+    (tmp_path / "other" / "host" / RUNNING).touch()
+    assert running_render_jails(tmp_path) == 2

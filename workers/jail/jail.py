@@ -32,6 +32,9 @@ from workers.jail.limits import Limits
 log = logging.getLogger("farm.jail")
 
 PREFIX = "farm-jail-"
+# In a render jail's host-only side while its program runs: what this host's render jails are
+# doing now, for a plan choosing its encoders (``running_render_jails``).
+RUNNING = "running"
 
 
 @dataclass
@@ -225,6 +228,8 @@ class Jail:
             self.limits if wall_seconds is None else self.limits.with_(wall_seconds=wall_seconds)
         )
         self._write_spec(spec)
+        if self.program == "runner":
+            (self.host / RUNNING).touch()  # removed with the jail's files at close
         if self.proc is None:
             self.proc = self._spawn(mode, stdin=subprocess.DEVNULL)
         else:
@@ -330,6 +335,14 @@ def _signal_of(returncode: int, report: dict[str, Any] | None) -> int | None:
     if returncode > 128 and report is None:
         return returncode - 128
     return None
+
+
+def running_render_jails(root: Path | None = None) -> int:
+    """Render jails of this host (every worker process on it) running a plan or chunk now."""
+    base = Path(root or tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        return sum(1 for _ in base.glob(f"{PREFIX}*/host/{RUNNING}"))
+    return 0
 
 
 def sweep_stale(root: Path | None = None) -> int:

@@ -14,12 +14,12 @@ from typing import Any
 
 import redis
 
-from farm import anim_cache, assets, jobs, metrics, objects
+from farm import anim_cache, assets, cpus, jobs, metrics, objects
 from farm.captions import Cue
 from farm.planner import plan_chunks, skip_weight
 from workers import media, outcomes, registry
 from workers.jail import outputs
-from workers.jail.jail import Jail, RunResult
+from workers.jail.jail import Jail, RunResult, running_render_jails
 from workers.jail.limits import Limits
 from workers.lifecycle import Step
 from workers.outcomes import Outcome, SceneFault
@@ -66,7 +66,10 @@ def plan(step: Step) -> Outcome:
 
     def plan_with(renderer: str) -> RunResult:
         new: list[str] = []
-        spec = scene_spec(job, renderer, settings.max_inflight_encoders)
+        # A plan is on its job's critical path and often alone on its node: it may use the
+        # encoders of the CPUs no other render jail there is running (farm/cpus.py).
+        encoders = cpus.inflight_encoders(slots=1 + running_render_jails())
+        spec = scene_spec(job, renderer, max(settings.max_inflight_encoders, encoders))
         caching = settings.anim_cache and renderer == "cairo"
         held: list[str] = []
         if caching:
