@@ -337,18 +337,17 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def wait_until_idle(pool: Any, timeout: float = 180) -> None:
-    """Until no plan or chunk holds a render slot: a job cuts as many chunks as its queue has
-    free slots, so a test that needs a split waits out what earlier tests left rendering."""
+def wait_until_idle(pool: Any, quality: str = "low", timeout: float = 180) -> None:
+    """Until no plan or chunk of ``quality`` holds a render slot: a job cuts as many chunks as
+    its queue has free slots (as the planner counts them), so a test that needs a split waits
+    out what earlier tests left rendering."""
+    from farm import jobs
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with pool.connection() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM steps WHERE status = 'running'"
-                " AND kind IN ('plan', 'chunk') AND lease_until > now()"
-            ).fetchone()
-        if row["n"] == 0:
-            return
+            if jobs.busy_render_steps(conn, quality) == 0:
+                return
         time.sleep(0.5)
     raise AssertionError(f"render steps still running after {timeout} s (left by earlier tests)")
 

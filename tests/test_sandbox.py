@@ -715,6 +715,7 @@ def test_a_plan_or_chunk_running_is_marked_on_its_host(pool: JailPool, tmp_path:
         assert marks.pop() is True  # the run itself went well
         # Then its host-only side said so while it ran, where the scene cannot reach
         assert any(marks)
+        assert not (jail.host / RUNNING).exists()  # and only while it ran
     # And the mark went with the jail's files
     assert not jail.dir.exists()
     # And a plan counts the marks of every worker's jails on the host, nothing else

@@ -228,8 +228,9 @@ class Jail:
             self.limits if wall_seconds is None else self.limits.with_(wall_seconds=wall_seconds)
         )
         self._write_spec(spec)
+        running = self.host / RUNNING
         if self.program == "runner":
-            (self.host / RUNNING).touch()  # removed with the jail's files at close
+            running.touch()
         if self.proc is None:
             self.proc = self._spawn(mode, stdin=subprocess.DEVNULL)
         else:
@@ -252,6 +253,7 @@ class Jail:
             assert proc.stdout is not None
             proc.stdout.close()
         self._make_sure_dead()
+        running.unlink(missing_ok=True)
         limit = self.cgroup.limit_hit() if self.cgroup else None
         report, problem = None, None
         if stopped is None:

@@ -37,7 +37,7 @@ def stitch(
             "video": f"{names[0].rsplit('/in/', 1)[0]}/out/video.mp4",
             "thumb": f"{names[0].rsplit('/in/', 1)[0]}/out/thumb.jpg",
         }
-        if durations is not None and len(durations) == len(parts):
+        if durations is not None:
             spec["durations"] = durations
         if sounds:
             spec["sounds"] = [

@@ -215,14 +215,15 @@ def _plan(
             plays[index]["plan"] = True  # drawn while planning (the bench and logs tell apart)
     # A plan that drew every animation hands the stitch its own movie (manim joined the
     # animations already): one part to check, not one per animation.
+    video_key = None
     if (
         finishing
         and all(n == 0 or i in drawn_plays for i, n in enumerate(frames))
         and (media_dir / VIDEO).is_file()
     ):
-        written["video"] = objects.plan_video(claim.job_id, claim.attempt)
-        rt.storage.put_file(written["video"], str(media_dir / VIDEO), "video/mp4")
-        written["keys"].append(written["video"])
+        video_key = objects.plan_video(claim.job_id, claim.attempt)
+        rt.storage.put_file(video_key, str(media_dir / VIDEO), "video/mp4")
+        written["keys"].append(video_key)
     done = [p["cached"] or "object" in p for p in plays]
     to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
     render_frames = [0 if d else n for d, n in zip(done, frames, strict=True)]
@@ -246,9 +247,7 @@ def _plan(
         rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
     with step.conn() as conn:
         anim_cache.set_job_plays(conn, claim.job_id, plays)
-        anim_cache.set_plan_media(
-            conn, claim.job_id, written["cues"], written["sounds"], written.get("video")
-        )
+        anim_cache.set_plan_media(conn, claim.job_id, written["cues"], written["sounds"], video_key)
         if chunks:
             indices = jobs.record_plan(conn, claim, chunks, planned, log_key)
             owned = bool(indices)
