@@ -109,6 +109,10 @@ class Settings:
     # becomes chunks. A short scene, or an edit of a cached one, is done by its plan pass.
     # 0: a plan draws nothing.
     plan_render_seconds: float = 2.0
+    # A plan that leaves chunks hands off before its program ends: the other chunks go out
+    # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
+    # the animation cache on; not for scenes with sounds or subcaptions).
+    plan_handoff: bool = True
     # Reliability.
     max_attempts: int = 2
     lease_seconds: int = 30

@@ -448,10 +448,16 @@ def record_plan(
     chunks: list[ChunkPlan],
     frames: list[int] | None = None,
     log_key: str | None = None,
+    *,
+    first_chunk_lease: int | None = None,
 ) -> list[int]:
     """Store the plan and create the chunk steps (with the frames each may render at most);
     returns their indices (empty when this attempt lost the plan). The dispatcher publishes
-    them (farm.dispatch); the caller publishes nothing."""
+    them (farm.dispatch); the caller publishes nothing.
+
+    ``first_chunk_lease``: the plan's own process draws chunk 0 (its hand-off): chunk 0 starts
+    claimed by attempt 1 with this lease, in the same transaction (``first_chunk_claim``).
+    If that process dies the lease runs out and the reaper hands chunk 0 on like any other."""
     if not _mark_done(conn, claim, log_key=log_key):
         return []
     for idx, chunk in enumerate(chunks):
@@ -467,8 +473,20 @@ def record_plan(
                 frames[idx] if frames is not None else None,
             ),
         )
+    if first_chunk_lease is not None and chunks:
+        conn.execute(
+            "UPDATE steps SET status = 'running', attempt = 1, started_at = now(),"
+            " published_at = now(), lease_until = now() + make_interval(secs => %s)"
+            " WHERE job_id = %s AND kind = 'chunk' AND idx = 0",
+            (first_chunk_lease, claim.job_id),
+        )
     conn.execute("UPDATE jobs SET chunks_total = %s WHERE id = %s", (len(chunks), claim.job_id))
     return list(range(len(chunks)))
+
+
+def first_chunk_claim(plan: Claim, chunk: ChunkPlan) -> Claim:
+    """The claim ``record_plan(first_chunk_lease=...)`` gave the plan's process on chunk 0."""
+    return Claim(plan.job_id, "chunk", 0, 1, plan.quality, chunk.first, chunk.last)
 
 
 def record_plan_without_chunks(conn: Conn, claim: Claim, log_key: str | None = None) -> bool:

@@ -9,6 +9,8 @@ runs out hands the rest to chunks. Every video is compared frame by frame with p
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,3 +201,102 @@ def test_a_plans_drawn_plays_must_be_the_ones_it_planned(plays: list[Any], why: 
     # A plan not asked to draw may not report drawings
     with pytest.raises(OutputError):
         parse_plan_full({**PLAN, **DRAWN, "plays": [[0, 6, "a" * 64]]}, 600.0)
+
+
+# --- a plan that leaves chunks draws chunk 0 itself (the hand-off) ------------------------------
+
+# Three plays, no sound or subcaption; drawing the second one takes 3 s longer.
+SLOW_SECOND = """
+import time
+from manim import *
+
+class SlowSecond(Scene):
+    def construct(self):
+        s = Square()
+        self.play(Create(s), run_time=0.5)
+        if not config.dry_run:
+            time.sleep({sleep})
+        self.play(Rotate(s, PI / 4), run_time=0.5)
+        self.play(FadeOut(s), run_time=0.5)
+"""
+
+
+def _steps(pool: Any, job_id: str) -> dict[tuple[str, int], dict[str, Any]]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT kind, idx, status, attempt, started_at, finished_at, first_animation,"
+            " last_animation, frames FROM steps WHERE job_id = %s",
+            (job_id,),
+        ).fetchall()
+    return {(r["kind"], r["idx"]): r for r in rows}
+
+
+def test_a_plan_that_leaves_chunks_draws_chunk_0_in_its_own_process(
+    default_worker: Process,
+    settings: Settings,
+    farm_env: dict[str, str],
+    artifacts: Path,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    tmp_path: Path,
+) -> None:
+    # Given a worker whose plans may draw for 1 ms (the first animation, then no more), and a
+    # scene of six animations with neither sounds nor subcaptions
+    log = artifacts / "plan-handoff-worker.log"
+    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS="0.001"):
+        code = CHAIN + f"# {unique()}\n"
+        job = _render(client, make_key(), code, "TransformChain")
+    steps, plays = _steps(pool, job["jobId"]), _plays(pool, job["jobId"])
+    plan, head = steps[("plan", 0)], steps[("chunk", 0)]
+    # Then chunk 0 started in the transaction that recorded the plan, in its first attempt:
+    # the plan's own process drew it, no queue between, while chunk 1 went to the queue
+    assert job["progress"]["chunksTotal"] == 2
+    assert (head["started_at"], head["attempt"]) == (plan["finished_at"], 1)
+    assert steps[("chunk", 1)]["started_at"] > plan["finished_at"]
+    # And chunk 0's video holds the animation the plan drew before it knew the whole scene as
+    # well as those it drew after the hand-off; every movie went into the owner's cache
+    assert head["first_animation"] == 0
+    assert head["frames"] == sum(p["frames"] for p in plays[: head["last_animation"]])
+    assert not any(p.get("plan") for p in plays)
+    assert all(p["object"] for p in plays if p["frames"])
+    # And the video is plain manim's
+    _same_as_plain(job, code, "TransformChain", tmp_path)
+
+
+def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
+    default_worker: Process,
+    settings: Settings,
+    farm_env: dict[str, str],
+    artifacts: Path,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    tmp_path: Path,
+) -> None:
+    # Given plans that draw nothing before the hand-off, and a scene whose chunk 0 then takes
+    # 3 s to draw in the plan's process
+    log = artifacts / "plan-handoff-kill-worker.log"
+    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS="0") as w:
+        key = make_key()
+        code = SLOW_SECOND.format(sleep=3) + f"# {unique()}\n"
+        job_id = submit(client, key, code, "SlowSecond")
+        deadline = time.monotonic() + 60
+        while True:
+            steps = _steps(pool, job_id)
+            head = steps.get(("chunk", 0))
+            if head is not None and head["status"] == "running" and w.render_children():
+                break
+            assert time.monotonic() < deadline, "chunk 0 never started"
+            time.sleep(0.1)
+        assert steps[("plan", 0)]["status"] == "done" and head["attempt"] == 1
+        assert head["started_at"] == steps[("plan", 0)]["finished_at"]  # the plan's process
+        # When the worker (its plan's process with it) is SIGKILLed mid-chunk
+        w.kill(signal.SIGKILL)
+        w.start()
+        # Then chunk 0's lease runs out, another attempt draws it, and the job completes once
+        job = wait_for(client, key, job_id, timeout=120)
+    assert job["status"] == "completed", job.get("error")
+    steps = _steps(pool, job_id)
+    assert steps[("plan", 0)]["attempt"] == 1 and steps[("chunk", 0)]["attempt"] == 2
+    _same_as_plain(job, code, "SlowSecond", tmp_path)

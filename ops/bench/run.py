@@ -210,8 +210,8 @@ class Farm:
     def _steps(self, job_id: str) -> dict[str, Any]:
         with self.pool.connection() as conn:
             steps = conn.execute(
-                "SELECT kind, idx, started_at, finished_at, first_animation, last_animation"
-                " FROM steps WHERE job_id = %s",
+                "SELECT kind, idx, attempt, started_at, finished_at, first_animation,"
+                " last_animation FROM steps WHERE job_id = %s",
                 (job_id,),
             ).fetchall()
             row = conn.execute("SELECT plays FROM jobs WHERE id = %s", (job_id,)).fetchone()
@@ -231,7 +231,16 @@ class Farm:
                 for c in sorted(chunks, key=lambda c: c["idx"])
             ],
             "stitch": seconds(stitch[0]) if stitch else 0.0,
-            "drawn_by_plan": [i for i, p in enumerate(plays) if p.get("plan")],
+            # Drawn by the plan before it knew the whole scene: joined by key, or (after a
+            # hand-off) into chunk 0's video.
+            "drawn_by_plan": [
+                i for i, p in enumerate(plays) if p.get("plan") or p.get("early")
+            ],
+            # Whether the plan's own process drew chunk 0 (claimed as the plan was recorded).
+            "handoff": any(
+                c["idx"] == 0 and plan and c["started_at"] == plan[0]["finished_at"]
+                for c in chunks
+            ),
         }
 
     def close(self) -> float:

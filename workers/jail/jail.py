@@ -26,7 +26,7 @@ from typing import Any
 
 from farm.assets import MISSES_FILE
 from farm.config import Settings
-from workers.jail import bwrap, cgroup, outputs, watchdog
+from workers.jail import bwrap, cgroup, handoff, outputs, watchdog
 from workers.jail.limits import Limits
 
 log = logging.getLogger("farm.jail")
@@ -83,6 +83,7 @@ class Jail:
         self.cgroup: cgroup.JobCgroup | None = None
         self.proc: watchdog.Popen | None = None
         self._ready_fd: int | None = None
+        self._handoff: handoff.Channel | None = None
         try:
             self._prepare()
             if self.jailed:
@@ -177,12 +178,18 @@ class Jail:
         # evidence, which the scene cannot take back, that the jail was set up and ran it.
         self._ready_fd, write_end = os.pipe()
         os.set_blocking(self._ready_fd, False)
-        pass_fds = (write_end,)
+        pass_fds: tuple[int, ...] = (write_end,)
+        names = {bwrap.READY_FD_ENV: str(write_end)}
+        if self.program == "runner":  # a plan may hand off while it runs (handoff.py)
+            self._handoff = handoff.Channel()
+            pass_fds += self._handoff.program_fds()
+            names[handoff.ENV] = ",".join(str(fd) for fd in self._handoff.program_fds())
         if self.jailed:
-            argv = [argv[0], "--setenv", bwrap.READY_FD_ENV, str(write_end), *argv[1:]]
+            setenv = [arg for name, value in names.items() for arg in ("--setenv", name, value)]
+            argv = [argv[0], *setenv, *argv[1:]]
         else:
             env, cwd = bwrap.bare_environment(self.scratch), str(self.scratch)
-            env[bwrap.READY_FD_ENV] = str(write_end)
+            env.update(names)
         try:
             return subprocess.Popen(
                 argv,
@@ -197,6 +204,8 @@ class Jail:
             )
         finally:
             os.close(write_end)
+            if self._handoff is not None:
+                self._handoff.spawned()
 
     def _started(self) -> bool:
         if self._ready_fd is None:
@@ -222,8 +231,10 @@ class Jail:
         keep_going: Callable[[], bool] = lambda: True,
         heartbeat_seconds: float = 5.0,
         wall_seconds: float | None = None,
+        on_plan: handoff.OnPlan | None = None,
     ) -> RunResult:
-        """Hand the jail its one spec and watch it to the end; the wall clock starts now."""
+        """Hand the jail its one spec and watch it to the end; the wall clock starts now.
+        ``on_plan``: what to do with a plan the program hands off while it runs (handoff.py)."""
         limits = (
             self.limits if wall_seconds is None else self.limits.with_(wall_seconds=wall_seconds)
         )
@@ -241,10 +252,23 @@ class Jail:
             except BrokenPipeError:
                 pass  # it died while waiting: the result says how
         proc = self.proc
+        channel = self._handoff
+        if channel is not None and on_plan is None:
+            channel.close()  # nobody to answer: a program that asks finishes as a plain plan
+            channel = None
+        elif channel is not None:
+            channel.on_plan = on_plan
         log_buffer = watchdog.LogBuffer(limits.log_bytes)
         try:
             stopped = watchdog.watch(
-                proc, log_buffer, self.scratch, limits, keep_going, heartbeat_seconds, self.kill
+                proc,
+                log_buffer,
+                self.scratch,
+                limits,
+                keep_going,
+                heartbeat_seconds,
+                self.kill,
+                channel,
             )
         finally:
             if proc.poll() is None:
@@ -321,6 +345,8 @@ class Jail:
         if self._ready_fd is not None:
             os.close(self._ready_fd)
             self._ready_fd = None
+        if self._handoff is not None:
+            self._handoff.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Jail:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workers.jail.handoff import Channel
 from workers.jail.limits import Limits
 
 Popen = subprocess.Popen[bytes]
@@ -83,9 +84,11 @@ def watch(
     keep_going: Callable[[], bool],
     heartbeat_seconds: float,
     kill: Callable[[], None],
+    channel: Channel | None = None,
 ) -> str | None:
     """Watch until the jail exits; returns why it was stopped (timeout | disk | files |
-    canceled) or None when it exited by itself."""
+    canceled) or None when it exited by itself. A plan handed off on ``channel`` is answered
+    here, and may restart the wall clock with a new limit (the range it draws next)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -95,9 +98,16 @@ def watch(
     stopped: str | None = None
     open_pipe = True
     while True:
-        if open_pipe:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
+        if channel is not None and (not channel.open or stopped):
+            channel = None
+        watched = ([fd] if open_pipe else []) + ([channel.fd] if channel is not None else [])
+        if watched:
+            ready, _, _ = select.select(watched, [], [], 0.2 if open_pipe else 0.1)
+            if channel is not None and channel.fd in ready:
+                wall = channel.readable()
+                if wall is not None:
+                    started, limits = time.monotonic(), limits.with_(wall_seconds=wall)
+            if open_pipe and fd in ready:
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:

@@ -1,6 +1,12 @@
 """Plan: run the scene to learn its animations, drawing those the owner's cache lacks until its
 drawing budget is spent (``plan_render_seconds``); the rest fan out as chunks. A short scene, or
-an edit of a cached one, is finished here: the stitch runs in this worker."""
+an edit of a cached one, is finished here: the stitch runs in this worker.
+
+A plan that leaves chunks hands off before its program ends (``workers/jail/handoff.py``): the
+plan is recorded and the other chunks go out while the same process, manim imported and the
+scene compiled, goes on to draw chunk 0 under that chunk's own claim (``_hand_off``,
+``_finish_head``). Not for scenes with sounds or subcaptions: those files leave the jail only
+when it ends, and a chunk 0 handed on after a crash could not bring them back."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +23,14 @@ import redis
 
 from farm import anim_cache, assets, cpus, jobs, metrics, objects
 from farm.captions import Cue
-from farm.planner import plan_chunks, skip_weight
-from workers import media, outcomes, registry
+from farm.jobs import Claim
+from farm.logs import log_context
+from farm.planner import ChunkPlan, plan_chunks, skip_weight
+from workers import lifecycle, media, outcomes, registry
 from workers.jail import outputs
 from workers.jail.jail import Jail, RunResult, running_render_jails
 from workers.jail.limits import Limits
-from workers.lifecycle import Step
+from workers.lifecycle import Heartbeat, Step
 from workers.outcomes import Outcome, SceneFault
 from workers.routing import queue_for
 from workers.steps import (
@@ -35,6 +44,7 @@ from workers.steps import (
     store_log,
     store_plays,
 )
+from workers.steps.render import finish_chunk
 from workers.steps.stitch import stitch_here
 
 log = logging.getLogger("farm.worker")
@@ -63,8 +73,9 @@ def plan(step: Step) -> Outcome:
     # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
     # video only).
     media_dir = Path(tempfile.mkdtemp(prefix="farm-plan-"))
+    handed = HandOff(step)
 
-    def plan_with(renderer: str) -> RunResult:
+    def plan_with(renderer: str, hand_off: bool = True) -> RunResult:
         new: list[str] = []
         # A plan is on its job's critical path and often alone on its node: it may use the
         # encoders of the CPUs no other render jail there is running (farm/cpus.py).
@@ -83,19 +94,27 @@ def plan(step: Step) -> Outcome:
         if caching and settings.plan_render_seconds > 0:
             spec["render_budget_seconds"] = settings.plan_render_seconds
             spec["cached_hashes"] = held
+        spec["handoff"] = caching and settings.plan_handoff and hand_off
+
+        def on_plan(report: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
+            return _hand_off(handed, job, renderer, report, fetched, started)
+
         for _ in range(ASSET_ROUNDS + 1):
             with rt.jails.take() as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
                     spec,
-                    step.keep_going,
+                    handed.keep_going,
                     settings.heartbeat_seconds,
                     wall_seconds=limits.wall_seconds,
+                    on_plan=on_plan if spec.get("handoff") else None,
                 )
                 asked = asked_urls(step, jail)
                 new = [url for url in asked if url not in fetched]
-                final = not new or run.stopped is not None
+                # A handed-off plan is recorded: it is the last pass whatever it asked for
+                # (its chunk fails on a URL nobody fetched, as any chunk does).
+                final = not new or run.stopped is not None or handed.claim is not None
                 # Only the last pass's outputs count: an earlier one drew stand-ins for URLs.
                 if final and run.ok and run.report is not None:
                     _copy_out(jail, run.report, media_dir, settings.max_output_mb * 2**20)
@@ -108,8 +127,9 @@ def plan(step: Step) -> Outcome:
         )
 
     try:
-        return _plan(step, job, renderer, plan_with, limits, started, fetched, media_dir)
+        return _plan(step, job, renderer, plan_with, limits, started, fetched, media_dir, handed)
     finally:
+        handed.end()
         shutil.rmtree(media_dir, ignore_errors=True)
 
 
@@ -124,12 +144,16 @@ def _copy_out(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) ->
     sounds = report.get("sounds")
     for i in range(min(len(sounds), outputs.MAX_SOUNDS) if isinstance(sounds, list) else 0):
         names.append((_sound_name(i), max_bytes, "sound"))
-    if report.get("video") is True:
+    head = report.get("head")
+    if report.get("video") is True and head is None:  # after a hand-off, in head.mp4
         names.append((VIDEO, max_bytes, "video"))
-    plays = report.get("plays")
-    for item in plays[: outputs.MAX_ANIMATIONS] if isinstance(plays, list) else []:
-        if isinstance(item, list) and item and type(item[0]) is int and item[0] >= 0:
-            names.append((play_movie_name(item[0]), max_bytes, "animation movie"))
+    if isinstance(head, dict) and head.get("video") is True:
+        names.append((HEAD_VIDEO, max_bytes, "chunk video"))
+    for drew in (report, head if isinstance(head, dict) else {}):
+        plays = drew.get("plays")
+        for item in plays[: outputs.MAX_ANIMATIONS] if isinstance(plays, list) else []:
+            if isinstance(item, list) and item and type(item[0]) is int and item[0] >= 0:
+                names.append((play_movie_name(item[0]), max_bytes, "animation movie"))
     for name, limit, what in names:
         path = jail.copy_out(name, limit, what)
         if path is not None:
@@ -139,43 +163,37 @@ def _copy_out(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) ->
 CAPTIONS = "captions.srt"
 CAPTIONS_BYTES = 10 * 2**20
 VIDEO = "video.mp4"
+HEAD_VIDEO = "head.mp4"  # the chunk a handed-off plan drew (runner.HEAD_NAME)
 
 
 def _sound_name(index: int) -> str:
     return f"sound-{index:04d}.wav"
 
 
-def _plan(
-    step: Step,
-    job: dict[str, Any],
-    renderer: str,
-    plan_with: Any,
-    limits: Limits,
-    started: float,
-    fetched: list[str],
-    media_dir: Path,
-) -> Outcome:
-    rt, claim = step.rt, step.claim
-    settings = rt.settings
-    run = plan_with(renderer)
-    if _opengl_scene_error(run, limits, renderer):
-        log.warning("scene failed under OpenGL; planning it with cairo instead")
-        fallback = plan_with("cairo")
-        if fallback.ok:
-            run, renderer = fallback, "cairo"
-            with step.conn() as conn:
-                jobs.set_renderer(conn, claim.job_id, "cairo")
-    planned_in = time.perf_counter() - started
-    metrics.PLAN_SECONDS.labels(quality=claim.quality).observe(planned_in)
-    failed = outcomes.of_run(run, limits)
-    if isinstance(failed, outcomes.Stopped):
-        return failed
-    log_key = store_log(step, run)
-    if failed is not None:
-        return outcomes.with_log(failed, log_key)
-    assert run.report is not None
+@dataclass
+class Layout:
+    """What a plan report says the job is: each play (frames, cache key, whether cached), what
+    the plan drew, and the chunks left to draw."""
+
+    report: dict[str, Any]  # outputs.parse_plan_full's
+    frames: list[int]
+    plays: list[dict[str, Any]]
+    cached: int  # plays the owner's cache holds
+    looked_up: int  # plays with a cache key
+    drawn_plays: set[int]  # drawn by the plan
+    finishing: bool  # nothing left for a chunk
+    chunks: list[ChunkPlan]
+    planned: list[int]  # each chunk's most frames
+
+
+def _layout(
+    step: Step, job: dict[str, Any], renderer: str, raw: dict[str, Any], planned_in: float
+) -> Layout | SceneFault:
+    """Read a plan report (untrusted: ``OutputError``), look its plays up in the owner's cache
+    and cut what is left into chunks."""
+    settings = step.rt.settings
     fps = job["fps"]
-    report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds), fps)
+    report = outputs.parse_plan_full(raw, float(settings.max_scene_seconds), fps)
     durations: list[float] = report["durations"]
     total = sum(durations)
     if total > settings.max_scene_seconds:
@@ -191,21 +209,195 @@ def _plan(
             play_cache_key(job, renderer, h) if h is not None and n > 0 else None
             for h, n in zip(report["hashes"], frames, strict=True)
         ]
-    scope = cache_scope(settings, job)
     with step.conn() as conn:
-        cached = anim_cache.lookup(conn, scope, [k for k in keys if k])
-    looked_up = sum(1 for k in keys if k)
-    metrics.ANIM_CACHE_PLAYS.labels(result="hit").inc(len(cached))
-    metrics.ANIM_CACHE_PLAYS.labels(result="miss").inc(looked_up - len(cached))
+        cached = anim_cache.lookup(conn, cache_scope(settings, job), [k for k in keys if k])
     plays: list[dict[str, Any]] = [
         {"frames": n, "key": k, "cached": k in cached} for n, k in zip(frames, keys, strict=True)
     ]
     drawn = report["drawn"]
     drawn_plays = {i for i, _, _ in drawn["plays"]} if drawn is not None else set()
+    done = [n == 0 or p["cached"] or i in drawn_plays for i, (n, p) in
+            enumerate(zip(frames, plays, strict=True))]  # fmt: skip
+    to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
+    chunks = []
+    if not all(done):
+        chunks = plan_chunks(
+            to_render,
+            fps,
+            parallelism=_free_slots(step),
+            min_chunk_seconds=settings.min_chunk_seconds,
+            skip_weight=skip_weight(
+                max(0.0, planned_in - report["drawing_seconds"]),
+                max(1, sum(frames)),
+                job["width"],
+                job["height"],
+            ),
+        )
+    return Layout(
+        report,
+        frames,
+        plays,
+        len(cached),
+        sum(1 for k in keys if k),
+        drawn_plays,
+        all(done),
+        chunks,
+        [max(1, sum(frames[c.first : c.last])) for c in chunks],
+    )
+
+
+class HandOff:
+    """A plan's hand-off: which claim the run works under (the plan's, then chunk 0's, with a
+    heartbeat of its own) and the layout it handed off with."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.layout: Layout | None = None
+        self.claim: Claim | None = None
+        self.beat: Heartbeat | None = None
+        self.started = 0.0  # when chunk 0 began (time.perf_counter)
+
+    def keep_going(self) -> bool:
+        return self.beat.keep_going() if self.beat is not None else self.step.keep_going()
+
+    def chunk_step(self) -> Step:
+        assert self.claim is not None and self.beat is not None
+        return Step(self.step.rt, self.claim, self.beat)
+
+    def start(self, claim: Claim) -> None:
+        """This run is chunk 0's from now: its heartbeat, its place among chunks in flight."""
+        self.claim, self.started = claim, time.perf_counter()
+        self.beat = Heartbeat(self.step.rt, claim).__enter__()
+        metrics.CHUNKS_IN_FLIGHT.inc()
+
+    def end(self) -> None:
+        if self.beat is not None:
+            self.beat.__exit__()
+            self.beat = None
+            metrics.CHUNKS_IN_FLIGHT.dec()
+
+
+def _hand_off(
+    handed: HandOff,
+    job: dict[str, Any],
+    renderer: str,
+    raw: dict[str, Any],
+    fetched: list[str],
+    started: float,
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The plan's program offers its plan mid-run: record it, let the other chunks go, and
+    answer with chunk 0's range, which the program draws next under chunk 0's claim. No answer
+    (it finishes as a plain plan) when the plan leaves no chunk, has sounds or subcaptions, or
+    asked for URLs the worker has still to fetch."""
+    step = handed.step
+    rt, claim, settings = step.rt, step.claim, step.rt.settings
+    if raw.pop("assets_missed", True) is not False:
+        return None, None
+    try:
+        layout = _layout(step, job, renderer, raw, time.perf_counter() - started)
+    except outputs.OutputError:
+        return None, None  # the report after the run says the same, and fails the plan there
+    if isinstance(layout, SceneFault) or not layout.chunks:
+        return None, None
+    if layout.report["sounds"] or layout.report["captions"]:
+        return None, None
+    if fetched:  # the chunks get the same assets
+        manifest = json.dumps(fetched).encode()
+        rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
+    head = layout.chunks[0]
+    for index in layout.drawn_plays:  # joined into chunk 0's video (the bench reads this)
+        layout.plays[index]["early"] = True
+    with step.conn() as conn:
+        anim_cache.set_job_plays(conn, claim.job_id, layout.plays)
+        owned = jobs.record_plan(
+            conn,
+            claim,
+            layout.chunks,
+            layout.planned,
+            first_chunk_lease=settings.lease_seconds,
+        )
+    if not owned:
+        return None, None
+    handed.layout = layout
+    handed.start(jobs.first_chunk_claim(claim, head))
+    _observe(step, layout, time.perf_counter() - started)
+    log.info(
+        "planned %d animations (%d cached, %d drawn while planning) into %d chunks; drawing"
+        " chunk 0 (animations %d to %d) in the plan's process",
+        len(layout.frames),
+        layout.cached,
+        len(layout.drawn_plays),
+        len(layout.chunks),
+        head.first,
+        head.last - 1,
+    )
+    skip = [
+        i for i in range(head.first, head.last)
+        if layout.plays[i]["cached"] or i in layout.drawn_plays
+    ]  # fmt: skip
+    draw = {
+        "from": head.first,
+        "upto": head.last,
+        "skip_plays": skip,
+        "max_inflight_encoders": settings.max_inflight_encoders,
+    }
+    return {"draw": draw}, float(rt.jails.limits.wall_seconds)
+
+
+def _observe(step: Step, layout: Layout, planned_in: float) -> None:
+    metrics.PLAN_SECONDS.labels(quality=step.claim.quality).observe(planned_in)
+    metrics.ANIM_CACHE_PLAYS.labels(result="hit").inc(layout.cached)
+    metrics.ANIM_CACHE_PLAYS.labels(result="miss").inc(layout.looked_up - layout.cached)
+
+
+def _plan(
+    step: Step,
+    job: dict[str, Any],
+    renderer: str,
+    plan_with: Any,
+    limits: Limits,
+    started: float,
+    fetched: list[str],
+    media_dir: Path,
+    handed: HandOff,
+) -> Outcome:
+    rt, claim = step.rt, step.claim
+    run = plan_with(renderer)
+    if handed.claim is not None:  # the plan was recorded at the hand-off; the rest is chunk 0's
+        head = handed.claim
+        with log_context(step=head.kind, chunk=head.idx, attempt=head.attempt):
+            try:
+                outcome = _finish_head(handed, job, run, media_dir)
+            except Exception as exc:
+                log.exception("chunk 0, drawn by its plan's process, raised")
+                outcome = outcomes.of_exception(exc)
+            lifecycle.settle(rt, head, outcome)
+            log.info("chunk 0, drawn in the plan's process: %s", type(outcome).__name__.lower())
+        return outcomes.Done()
+    if _opengl_scene_error(run, limits, renderer):
+        log.warning("scene failed under OpenGL; planning it with cairo instead")
+        # No hand-off: its chunks would start before the job says cairo.
+        fallback = plan_with("cairo", hand_off=False)
+        if fallback.ok:
+            run, renderer = fallback, "cairo"
+            with step.conn() as conn:
+                jobs.set_renderer(conn, claim.job_id, "cairo")
+    planned_in = time.perf_counter() - started
+    failed = outcomes.of_run(run, limits)
+    if isinstance(failed, outcomes.Stopped):
+        return failed
+    log_key = store_log(step, run)
+    if failed is not None:
+        return outcomes.with_log(failed, log_key)
+    assert run.report is not None
+    layout = _layout(step, job, renderer, run.report, planned_in)
+    if isinstance(layout, SceneFault):
+        return layout
+    _observe(step, layout, planned_in)
+    report, plays, frames = layout.report, layout.plays, layout.frames
+    drawn, drawn_plays, finishing = report["drawn"], layout.drawn_plays, layout.finishing
     # Whether the plan leaves nothing to render: then the stitch, right here, checks the video
     # the tenant gets (one media jail fewer on a short job's path than checking it twice).
-    finishing = all(n == 0 or p["cached"] or i in drawn_plays for i, (n, p) in
-                    enumerate(zip(frames, plays, strict=True)))  # fmt: skip
     written = _store_media(step, job, report, media_dir, check_drawn=not finishing)
     if drawn is not None and drawn["plays"]:  # what the plan drew: cached and joined by key
         movies = {i: media_dir / play_movie_name(i) for i, _, _ in drawn["plays"]}
@@ -224,24 +416,7 @@ def _plan(
         video_key = objects.plan_video(claim.job_id, claim.attempt)
         rt.storage.put_file(video_key, str(media_dir / VIDEO), "video/mp4")
         written["keys"].append(video_key)
-    done = [p["cached"] or "object" in p for p in plays]
-    to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
-    render_frames = [0 if d else n for d, n in zip(done, frames, strict=True)]
-    chunks = []
-    if sum(render_frames) > 0:
-        chunks = plan_chunks(
-            to_render,
-            fps,
-            parallelism=_free_slots(step),
-            min_chunk_seconds=settings.min_chunk_seconds,
-            skip_weight=skip_weight(
-                max(0.0, planned_in - report["drawing_seconds"]),
-                max(1, sum(frames)),
-                job["width"],
-                job["height"],
-            ),
-        )
-    planned = [max(1, sum(frames[c.first : c.last])) for c in chunks]
+    chunks = layout.chunks
     if fetched:  # the chunks get the same assets
         manifest = json.dumps(fetched).encode()
         rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
@@ -249,10 +424,8 @@ def _plan(
         anim_cache.set_job_plays(conn, claim.job_id, plays)
         anim_cache.set_plan_media(conn, claim.job_id, written["cues"], written["sounds"], video_key)
         if chunks:
-            indices = jobs.record_plan(conn, claim, chunks, planned, log_key)
-            owned = bool(indices)
+            owned = bool(jobs.record_plan(conn, claim, chunks, layout.planned, log_key))
         else:
-            indices = []
             owned = jobs.record_plan_without_chunks(conn, claim, log_key)
     if not owned:  # this attempt lost the step: what it wrote must not stay
         for key in [log_key, *written["keys"]]:
@@ -260,8 +433,8 @@ def _plan(
         return outcomes.Done()
     log.info(
         "planned %d animations (%d cached, %d drawn while planning) into %d chunks",
-        len(durations),
-        len(cached),
+        len(frames),
+        layout.cached,
         sum(1 for p in plays if "object" in p),
         len(chunks),
     )
@@ -269,6 +442,58 @@ def _plan(
         stitch_here(rt, claim.job_id)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
     return outcomes.Done()
+
+
+def _finish_head(handed: HandOff, job: dict[str, Any], run: RunResult, media_dir: Path) -> Outcome:
+    """After a hand-off the run is chunk 0's: check what it drew against the plan it handed
+    off (the plays the plan drew first, joined into the chunk's video, and the range it was
+    handed), and record it as chunk 0."""
+    step, layout = handed.chunk_step(), handed.layout
+    assert layout is not None
+    job = {**job, "chunks_total": len(layout.chunks)}  # read before the plan was recorded
+    settings = step.rt.settings
+    failed = outcomes.of_run(run, step.rt.jails.limits)
+    if isinstance(failed, outcomes.Stopped):
+        return failed
+    log_key = store_log(step, run)
+    if failed is not None:
+        return outcomes.with_log(failed, log_key)
+    assert run.report is not None
+    head_raw = run.report.pop("head", None)
+    report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds), job["fps"])
+    if not isinstance(head_raw, dict):
+        return SceneFault("the plan did not draw the chunk it was handed")
+    if any(report[k] != layout.report[k] for k in ("durations", "hashes", "drawn")):
+        return SceneFault("the plan changed after it was handed off")
+    max_frames = layout.planned[0]
+    head = outputs.parse_render(head_raw, max_frames)
+    by_plan = report["drawn"]["plays"] if report["drawn"] is not None else []
+    first, last = step.claim.first_animation or 0, step.claim.last_animation or 0
+    for index, frames, play_hash in head["plays"]:
+        mine = first <= index < last and not layout.plays[index]["cached"]
+        if not mine or index in layout.drawn_plays:
+            raise outputs.OutputError(f"the chunk drew animation {index}, not one of its own")
+        planned_hash = layout.report["hashes"][index]  # None: the plan did not hash it
+        if frames != layout.frames[index] or planned_hash not in (None, play_hash):
+            raise outputs.OutputError(f"the chunk's movie of animation {index} is not as planned")
+    video = media_dir / HEAD_VIDEO
+    if not head["video"] or not video.is_file():
+        return SceneFault("the render produced no chunk video")
+    plays = sorted(by_plan + head["plays"])
+    movies = {i: media_dir / play_movie_name(i) for i, _, _ in plays}
+    return finish_chunk(
+        step,
+        job,
+        video,
+        None,
+        max_frames,
+        {i: path for i, path in movies.items() if path.is_file()},
+        plays,
+        layout.plays,
+        log_key,
+        [log_key],
+        handed.started,
+    )
 
 
 def _free_slots(step: Step) -> int:

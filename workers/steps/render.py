@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from farm import anim_cache, assets, jobs, metrics, objects
@@ -103,31 +104,54 @@ def render(step: Step) -> Outcome:
             captions = None
             if report["captions"]:
                 captions = jail.copy_out("captions.srt", CAPTIONS_BYTES, "captions")
-            info, cues = media.check_chunk(
-                settings,
-                video,
-                captions,
-                width=job["width"],
-                height=job["height"],
-                fps=job["fps"],
-                max_frames=max_frames,
-                keep_going=step.keep_going,
-            )
-            video_key = objects.chunk_video(claim.job_id, claim.idx, claim.attempt)
-            rt.storage.put_file(video_key, str(video), "video/mp4")
-            written.append(video_key)
-            stored = _store_plays(step, job, jail, report["plays"], plays) if caching else {}
-            cues_key = None
-            if cues:
-                cues_key = objects.chunk_cues(claim.job_id, claim.idx, claim.attempt)
-                body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
-                rt.storage.put_bytes(cues_key, body, "application/json")
-                written.append(cues_key)
+            movies = _copy_plays(step, jail, report["plays"]) if caching else {}
+            return finish_chunk(
+                step, job, video, captions, max_frames, movies, report["plays"], plays,
+                log_key, written, started,
+            )  # fmt: skip
     finally:
         metrics.CHUNKS_IN_FLIGHT.dec()
-    metrics.CHUNK_RENDER_SECONDS.labels(quality=claim.quality).observe(
-        time.perf_counter() - started
+
+
+def finish_chunk(
+    step: Step,
+    job: dict[str, Any],
+    video: Path,
+    captions: Path | None,
+    max_frames: int,
+    movies: dict[int, Path],
+    drawn: list[tuple[int, int, str | None]],
+    plays: list[dict[str, Any]] | None,
+    log_key: str,
+    written: list[str],
+    started: float,
+) -> Outcome:
+    """The end of every chunk, whoever drew it: check its video in a media jail, upload it and
+    each drawn play's movie (``movies``, for the animation cache), record the chunk, and start
+    the stitch after the last one. ``written``: what this attempt stored so far (its log at
+    ``log_key``), all deleted if the attempt turns out to have lost the chunk. ``started``:
+    when the chunk began to render (``time.perf_counter``)."""
+    rt, claim, settings = step.rt, step.claim, step.rt.settings
+    info, cues = media.check_chunk(
+        settings,
+        video,
+        captions,
+        width=job["width"],
+        height=job["height"],
+        fps=job["fps"],
+        max_frames=max_frames,
+        keep_going=step.keep_going,
     )
+    video_key = objects.chunk_video(claim.job_id, claim.idx, claim.attempt)
+    rt.storage.put_file(video_key, str(video), "video/mp4")
+    written.append(video_key)
+    stored = store_plays(step, job, movies, drawn, plays)
+    cues_key = None
+    if cues:
+        cues_key = objects.chunk_cues(claim.job_id, claim.idx, claim.attempt)
+        body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
+        rt.storage.put_bytes(cues_key, body, "application/json")
+        written.append(cues_key)
     with step.conn() as conn:
         ready = jobs.record_chunk(conn, claim, video_key, cues_key, info.frames, log_key)
         if ready is not None:
@@ -139,6 +163,9 @@ def render(step: Step) -> Outcome:
             rt.storage.delete_prefix(key)  # the full key: exactly this object
         log.info("chunk attempt %s lost its step; its objects were deleted", claim.attempt)
         return outcomes.Done()
+    metrics.CHUNK_RENDER_SECONDS.labels(quality=claim.quality).observe(
+        time.perf_counter() - started
+    )
     metrics.CHUNKS_RENDERED.labels(queue=queue_for("chunk", claim.quality)).inc()
     metrics.FRAMES_RENDERED.labels(quality=claim.quality).inc(info.frames)
     if ready and job["chunks_total"] == 1:
@@ -148,14 +175,10 @@ def render(step: Step) -> Outcome:
     return outcomes.Done()
 
 
-def _store_plays(
-    step: Step,
-    job: dict[str, Any],
-    jail: Jail,
-    drawn: list[tuple[int, int, str | None]],
-    plays: list[dict[str, Any]] | None,
-) -> dict[int, str]:
-    """Copy each drawn play's movie out of the jail into the owner's animation cache."""
+def _copy_plays(
+    step: Step, jail: Jail, drawn: list[tuple[int, int, str | None]]
+) -> dict[int, Path]:
+    """Copy each drawn play's movie out of the jail, for the owner's animation cache."""
     max_bytes = step.rt.settings.max_output_mb * 2**20
     movies = {}
     for index, frames, play_hash in drawn:
@@ -163,4 +186,4 @@ def _store_plays(
             movie = jail.copy_out(play_movie_name(index), max_bytes, "animation movie")
             if movie is not None:
                 movies[index] = movie
-    return store_plays(step, job, movies, drawn, plays)
+    return movies

@@ -87,6 +87,11 @@ def lookup(url: str) -> tuple[bytes, str]:
     raise _state.get("requests_error", AssetNotFetched)(url)
 
 
+def missed() -> bool:
+    """Whether the scene asked for a URL the worker had not fetched (so far, this process)."""
+    return bool(_state.get("recorded"))
+
+
 def _record(url: str) -> None:
     recorded: list[str] = _state.setdefault("recorded", [])
     if url in recorded or len(recorded) >= _MAX_RECORDED:

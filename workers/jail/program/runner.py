@@ -39,13 +39,14 @@ import os
 import sys
 import traceback
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
 from typing import Any
 
+from . import handoff
 from .ready import signal_started
 
 # Frame dimensions in manim units: manim's default 16:9 frame, 8 units tall.
@@ -107,6 +108,12 @@ class RenderSpec:
     # None: a plan draws nothing.
     render_budget_seconds: float | None = None
     cached_hashes: tuple[str, ...] = ()
+    # A plan that leaves animations for chunks offers its plan to the worker before it ends
+    # (handoff.py) and draws the range the worker hands back, in this process.
+    handoff: bool = False
+    # Movies of plays in range that an earlier pass of this process drew (index, path): the
+    # range's video joins them in their places instead of drawing them again.
+    joined_movies: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -386,6 +393,7 @@ def _farm_manager_class() -> type[Any]:
             self.budget = spec.render_budget_seconds if plan else None
             self.cached = frozenset(spec.cached_hashes)
             self.hash_all = spec.hash_plays
+            self.joined_movies = spec.joined_movies
             self.drawing_seconds = 0.0
             if spec.renderer == "cairo" and (spec.hash_plays or self.budget is not None):
                 on_play_start(self.renderer, self._start_play)
@@ -509,6 +517,12 @@ def _farm_manager_class() -> type[Any]:
                 for s, owner in zip(subs, self.subcaption_owners, strict=True)
                 if self.out_dir is not None and self._owns(owner)
             ]
+            # Why: manim joins its partial movies, one entry per play (None for a skipped
+            # one), when the scene finishes; a movie an earlier pass drew takes its place.
+            movies = self.file_writer.partial_movie_files
+            for index, path in self.joined_movies:
+                if index < len(movies) and movies[index] is None:
+                    movies[index] = path
             super().post_construct()
 
     return FarmManager
@@ -624,6 +638,8 @@ def _serve() -> str:
 # The outputs' names under out_dir: chosen by the worker, never reported by the scene.
 VIDEO_NAME = "video.mp4"
 CAPTIONS_NAME = "captions.srt"
+# The video of the range a plan draws after its hand-off.
+HEAD_NAME = "head.mp4"
 
 
 # Each reported sound i is out_dir/sound-{i:04d}.wav; each reported play movie (animation
@@ -651,18 +667,26 @@ def _publish_plan(spec: RenderSpec, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _publish_outputs(spec: RenderSpec, output: RenderOutput, *, plays: bool) -> dict[str, Any]:
-    """Move the range's movie (and .srt, and each play's movie) to the fixed names; the report
-    holds only numbers."""
+def _publish_outputs(
+    spec: RenderSpec,
+    output: RenderOutput,
+    *,
+    plays: bool,
+    into: Path | None = None,
+    video_name: str = VIDEO_NAME,
+) -> dict[str, Any]:
+    """Move the range's movie (and .srt, and each play's movie) to the fixed names under
+    ``into`` (default: out_dir); the report holds only numbers."""
     out_dir = Path(spec.out_dir)
+    into = into or out_dir
     if output.video:
-        os.replace(output.video, out_dir / VIDEO_NAME)
+        os.replace(output.video, into / video_name)
     if output.srt:
-        os.replace(output.srt, out_dir / CAPTIONS_NAME)
+        os.replace(output.srt, into / CAPTIONS_NAME)
     movies = []
     if plays:
         for play in output.plays:
-            os.replace(out_dir / play.file, out_dir / f"{PLAY_PREFIX}{play.index:04d}.mp4")
+            os.replace(out_dir / play.file, into / f"{PLAY_PREFIX}{play.index:04d}.mp4")
             movies.append([play.index, play.frames, play.hash])
     return {
         "ok": True,
@@ -675,9 +699,109 @@ def _publish_outputs(spec: RenderSpec, output: RenderOutput, *, plays: bool) -> 
     }
 
 
+def _plan_and_hand_off(spec: RenderSpec) -> tuple[dict[str, Any] | None, int]:
+    """Plan in a child process, offer the plan to the worker (``handoff``), then draw the
+    range it answers with in this process, joining in the movies the plan drew already: the
+    range's video is out_dir/head.mp4, its plays' movies out_dir/play-NNNN.mp4, its report the
+    plan report's ``head``. No answer, or no range: the plan's report as it is.
+
+    Why a child: after a construct() the process is not what a fresh import is (manim mutates
+    some shared default arrays in place, cairo numbers its SVG surfaces per process), so a
+    second construct() here would hash, and could draw, differently from every other chunk.
+    Forked before any scene code, this process is as fresh as a chunk's. (The child closes the
+    hand-off pipe; what a scene could still send there is read as untrusted as any report.)
+    """
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the plan
+        os.close(read_end)
+        handoff.drop()
+        result, code = _attempt(lambda: _plan_report(spec))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(json.dumps(result).encode())
+        _exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read(_MAX_PLAN_BYTES)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):  # killed (by the scene, or the kernel): end the same way
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        report = json.loads(data)
+    except ValueError:
+        report = None
+    if code != 0 or not isinstance(report, dict) or report.get("ok") is not True:
+        return report if isinstance(report, dict) else None, code
+    return _attempt(lambda: _hand_off(spec, report))
+
+
+# A plan report the child hands its parent, at most (the worker caps what it reads anyway).
+_MAX_PLAN_BYTES = 64 * 2**20
+
+
+def _plan_report(spec: RenderSpec) -> dict[str, Any]:
+    from . import assets_shim
+
+    return {**_publish_plan(spec, plan_scene_full(spec)), "assets_missed": assets_shim.missed()}
+
+
+def _hand_off(spec: RenderSpec, report: dict[str, Any]) -> dict[str, Any]:
+    missed = report.pop("assets_missed", True)
+    answer = handoff.ask({**report, "assets_missed": missed})
+    draw = (answer or {}).get("draw")
+    if not isinstance(draw, dict):
+        return report
+    out_dir = Path(spec.out_dir).resolve()
+    first = int(draw["from"])
+    upto = None if draw.get("upto") is None else int(draw["upto"])
+    drawn = [
+        (index, frames)
+        for index, frames, _ in report.get("plays", [])
+        if first <= index and (upto is None or index < upto)
+    ]
+    # The same out_dir: the plan's text and TeX files are there already.
+    head = replace(
+        spec,
+        from_animation=first,
+        upto_animation=upto,
+        skip_plays=tuple(int(i) for i in draw.get("skip_plays", ())),
+        max_inflight_encoders=draw.get("max_inflight_encoders") or spec.max_inflight_encoders,
+        hash_plays=True,
+        range_media=False,
+        render_budget_seconds=None,
+        cached_hashes=(),
+        handoff=False,
+        joined_movies=tuple(
+            (index, str(out_dir / f"{PLAY_PREFIX}{index:04d}.mp4")) for index, _ in drawn
+        ),
+    )
+    output = render_scene(head)
+    published = _publish_outputs(head, output, plays=True, into=out_dir, video_name=HEAD_NAME)
+    # The video holds the joined movies too.
+    published["frames"] += sum(frames for _, frames in drawn)
+    published["animations"] += len(drawn)
+    return {**report, "head": published}
+
+
+def _attempt(work: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """Run the program's work; a failure becomes the report the worker reads, with its code."""
+    try:
+        return work(), 0
+    except SceneError as exc:
+        print(exc, file=sys.stderr)  # the render log shows the scene's error too
+        return {"ok": False, "error": str(exc), "scene_error": True}, 2
+    except Exception as exc:
+        traceback.print_exc()
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "scene_error": False}, 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m workers.jail.program.runner plan|render|serve SPEC.json RESULT.json``."""
     signal_started()
+    handoff.take()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 3 and args[0] == "serve":
         args[0] = _serve()
@@ -688,32 +812,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     command, spec_path, result_path = args
-    result: dict[str, Any]
+    result: dict[str, Any] | None
     try:
         spec = _spec_from_json(json.loads(Path(spec_path).read_text(encoding="utf-8")))
-        if command == "plan":
-            result = _publish_plan(spec, plan_scene_full(spec))
-        else:
-            result = _publish_outputs(spec, render_scene(spec), plays=spec.hash_plays)
-        code = 0
-    except SceneError as exc:
-        print(exc, file=sys.stderr)  # the render log shows the scene's error too
-        result = {"ok": False, "error": str(exc), "scene_error": True}
-        code = 2
     except Exception as exc:
-        traceback.print_exc()
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "scene_error": False}
-        code = 1
-    Path(result_path).write_text(json.dumps(result), encoding="utf-8")
+        failure = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "scene_error": False}
+        Path(result_path).write_text(json.dumps(failure), encoding="utf-8")
+        return 1
+    if command == "plan" and spec.handoff:
+        result, code = _plan_and_hand_off(spec)
+    elif command == "plan":
+        result, code = _attempt(lambda: _publish_plan(spec, plan_scene_full(spec)))
+    else:
+        result, code = _attempt(
+            lambda: _publish_outputs(spec, render_scene(spec), plays=spec.hash_plays)
+        )
+    if result is not None:
+        Path(result_path).write_text(json.dumps(result), encoding="utf-8")
     return code
 
 
-if __name__ == "__main__":
-    status = main()
-    # Why: the report and every output are written and closed; the interpreter's teardown of
-    # manim's modules and caches costs 0.1 to 0.2 s per run. Exit handlers still run (the
-    # scene's own included, as in a plain run).
+def _exit(status: int) -> None:
+    """End the process without tearing down the interpreter.
+
+    Why: the report and every output are written and closed; the teardown of manim's modules
+    and caches costs 0.1 to 0.2 s per run. Exit handlers still run (the scene's own included,
+    as in a plain run)."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+if __name__ == "__main__":
+    _exit(main())

@@ -1,0 +1,64 @@
+"""A plan's hand-off to its worker while it still runs (the program's side).
+
+A plan that leaves animations for chunks need not end for them to start: it writes its plan as
+one line of JSON to the worker (``ask``), the worker records the plan, sends the other chunks
+out and answers with one line saying which range this process draws itself, right away, with
+manim imported and the scene's module compiled. The worker's side is
+``workers/jail/handoff.py``; it treats the plan line exactly as it treats a report.
+
+The two descriptors are named by ``JAIL_HANDOFF_FD`` ("<to worker>,<from worker>"), taken out of
+the environment before any scene code runs (``take``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+ENV = "JAIL_HANDOFF_FD"
+_fds: list[int] = []
+
+
+def take() -> None:
+    """Keep the channel's descriptors and drop their names from the environment."""
+    value = os.environ.pop(ENV, "")
+    parts = value.split(",")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        _fds[:] = [int(p) for p in parts]
+
+
+def drop() -> None:
+    """Close the channel in this process (a child that runs scene code must not hold it)."""
+    for fd in _fds:
+        os.close(fd)
+    _fds.clear()
+
+
+def ask(plan: dict[str, Any]) -> dict[str, Any] | None:
+    """Send the plan, wait for the worker's answer; None without a channel or an answer."""
+    if not _fds:
+        return None
+    to_worker, from_worker = _fds
+    data = (json.dumps(plan) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(to_worker, data) :]
+        os.close(to_worker)
+        chunks = []
+        while True:
+            chunk = os.read(from_worker, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if chunk.endswith(b"\n"):
+                break
+    except OSError:
+        return None
+    finally:
+        _fds.clear()
+    try:
+        answer = json.loads(b"".join(chunks) or b"null")
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
