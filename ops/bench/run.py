@@ -233,13 +233,10 @@ class Farm:
             "stitch": seconds(stitch[0]) if stitch else 0.0,
             # Drawn by the plan before it knew the whole scene: joined by key, or (after a
             # hand-off) into chunk 0's video.
-            "drawn_by_plan": [
-                i for i, p in enumerate(plays) if p.get("plan") or p.get("early")
-            ],
+            "drawn_by_plan": [i for i, p in enumerate(plays) if p.get("plan") or p.get("early")],
             # Whether the plan's own process drew chunk 0 (claimed as the plan was recorded).
             "handoff": any(
-                c["idx"] == 0 and plan and c["started_at"] == plan[0]["finished_at"]
-                for c in chunks
+                c["idx"] == 0 and plan and c["started_at"] == plan[0]["finished_at"] for c in chunks
             ),
         }
 
