@@ -108,7 +108,7 @@ class Settings:
     # the owner's cache lacks until it has spent this many seconds drawing, and only the rest
     # becomes chunks. A short scene, or an edit of a cached one, is done by its plan pass.
     # 0: a plan draws nothing.
-    plan_render_seconds: float = 2.0
+    plan_render_seconds: float = 1.0
     # A plan that leaves chunks hands off before its program ends: the other chunks go out
     # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
     # the animation cache on; not for scenes with sounds or subcaptions).
