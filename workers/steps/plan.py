@@ -118,6 +118,10 @@ def plan(step: Step) -> Outcome:
                 # Only the last pass's outputs count: an earlier one drew stand-ins for URLs.
                 if final and run.ok and run.report is not None:
                     _copy_out(jail, run.report, media_dir, settings.max_output_mb * 2**20)
+                if handed.claim is not None:
+                    # Chunk 0 is checked and stored before this jail closes: the next one
+                    # warms (a CPU second of imports) after this chunk's work, not during it.
+                    handed.finish(job, run, media_dir)
             if final:
                 return run
             log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
@@ -270,6 +274,19 @@ class HandOff:
         self.beat = Heartbeat(self.step.rt, claim).__enter__()
         metrics.CHUNKS_IN_FLIGHT.inc()
 
+    def finish(self, job: dict[str, Any], run: RunResult, media_dir: Path) -> None:
+        """Check and record what the run drew as chunk 0, and settle chunk 0's outcome."""
+        claim = self.claim
+        assert claim is not None
+        with log_context(step=claim.kind, chunk=claim.idx, attempt=claim.attempt):
+            try:
+                outcome = _finish_head(self, job, run, media_dir)
+            except Exception as exc:
+                log.exception("chunk 0, drawn by its plan's process, raised")
+                outcome = outcomes.of_exception(exc)
+            lifecycle.settle(self.step.rt, claim, outcome)
+            log.info("chunk 0, drawn in the plan's process: %s", type(outcome).__name__.lower())
+
     def end(self) -> None:
         if self.beat is not None:
             self.beat.__exit__()
@@ -363,16 +380,7 @@ def _plan(
 ) -> Outcome:
     rt, claim = step.rt, step.claim
     run = plan_with(renderer)
-    if handed.claim is not None:  # the plan was recorded at the hand-off; the rest is chunk 0's
-        head = handed.claim
-        with log_context(step=head.kind, chunk=head.idx, attempt=head.attempt):
-            try:
-                outcome = _finish_head(handed, job, run, media_dir)
-            except Exception as exc:
-                log.exception("chunk 0, drawn by its plan's process, raised")
-                outcome = outcomes.of_exception(exc)
-            lifecycle.settle(rt, head, outcome)
-            log.info("chunk 0, drawn in the plan's process: %s", type(outcome).__name__.lower())
+    if handed.claim is not None:  # the plan was recorded at the hand-off, chunk 0 settled
         return outcomes.Done()
     if _opengl_scene_error(run, limits, renderer):
         log.warning("scene failed under OpenGL; planning it with cairo instead")
