@@ -1,9 +1,9 @@
 """A plan's hand-off to its worker while it still runs (the program's side).
 
-A plan that leaves animations for chunks need not end for them to start: it writes its plan as
-one line of JSON to the worker (``ask``), the worker records the plan, sends the other chunks
-out and answers with one line saying which range this process draws itself, right away, with
-manim imported and the scene's module compiled. The worker's side is
+A plan that leaves animations for chunks need not end for them to start: the runner writes its
+plan as one line of JSON to the worker (``ask``), the worker records the plan, sends the other
+chunks out and answers with one line saying which range the runner draws itself, right away,
+with manim imported (runner._plan_and_hand_off). The worker's side is
 ``workers/jail/handoff.py``; it treats the plan line exactly as it treats a report.
 
 The two descriptors are named by ``JAIL_HANDOFF_FD`` ("<to worker>,<from worker>"), taken out of
