@@ -391,13 +391,10 @@ def _plan(
             with step.conn() as conn:
                 jobs.set_renderer(conn, claim.job_id, "cairo")
     planned_in = time.perf_counter() - started
-    failed = outcomes.of_run(run, limits)
-    if isinstance(failed, outcomes.Stopped):
-        return failed
-    log_key = store_log(step, run)
+    failed, log_key = _ended(step, run, limits)
     if failed is not None:
-        return outcomes.with_log(failed, log_key)
-    assert run.report is not None
+        return failed
+    assert run.report is not None and log_key is not None
     layout = _layout(step, job, renderer, run.report, planned_in)
     if isinstance(layout, SceneFault):
         return layout
@@ -452,6 +449,16 @@ def _plan(
     return outcomes.Done()
 
 
+def _ended(step: Step, run: RunResult, limits: Limits) -> tuple[Outcome | None, str | None]:
+    """How the run failed (None: it did not) and, unless it was stopped, its log, stored under
+    the step's claim (the plan's, or chunk 0's after a hand-off)."""
+    failed = outcomes.of_run(run, limits)
+    if isinstance(failed, outcomes.Stopped):
+        return failed, None
+    log_key = store_log(step, run)
+    return (None if failed is None else outcomes.with_log(failed, log_key)), log_key
+
+
 def _finish_head(handed: HandOff, job: dict[str, Any], run: RunResult, media_dir: Path) -> Outcome:
     """After a hand-off the run is chunk 0's: check what it drew against the plan it handed
     off (the plays the plan drew first, joined into the chunk's video, and the range it was
@@ -460,13 +467,10 @@ def _finish_head(handed: HandOff, job: dict[str, Any], run: RunResult, media_dir
     assert layout is not None
     job = {**job, "chunks_total": len(layout.chunks)}  # read before the plan was recorded
     settings = step.rt.settings
-    failed = outcomes.of_run(run, step.rt.jails.limits)
-    if isinstance(failed, outcomes.Stopped):
-        return failed
-    log_key = store_log(step, run)
+    failed, log_key = _ended(step, run, step.rt.jails.limits)
     if failed is not None:
-        return outcomes.with_log(failed, log_key)
-    assert run.report is not None
+        return failed
+    assert run.report is not None and log_key is not None
     head_raw = run.report.pop("head", None)
     report = outputs.parse_plan_full(run.report, float(settings.max_scene_seconds), job["fps"])
     if not isinstance(head_raw, dict):
