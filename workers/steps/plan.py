@@ -100,7 +100,9 @@ def plan(step: Step) -> Outcome:
             return _hand_off(handed, job, renderer, report, fetched, started)
 
         for _ in range(ASSET_ROUNDS + 1):
-            with rt.jails.take() as jail:
+            # The next jail warms when this step is done (the finally below): a plan that
+            # finishes its job stitches it first, and that is on the job's path.
+            with rt.jails.take(warm_next=False) as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
@@ -124,6 +126,7 @@ def plan(step: Step) -> Outcome:
                     handed.finish(job, run, media_dir)
             if final:
                 return run
+            rt.jails.start()  # the next pass's, warming while the URLs are fetched
             log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
             fetched.extend(new)
         raise assets.AssetRefused(
@@ -135,6 +138,7 @@ def plan(step: Step) -> Outcome:
     finally:
         handed.end()
         shutil.rmtree(media_dir, ignore_errors=True)
+        rt.jails.start()
 
 
 def _copy_out(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) -> None:
@@ -384,6 +388,7 @@ def _plan(
         return outcomes.Done()
     if _opengl_scene_error(run, limits, renderer):
         log.warning("scene failed under OpenGL; planning it with cairo instead")
+        rt.jails.start()
         # No hand-off: its chunks would start before the job says cairo.
         fallback = plan_with("cairo", hand_off=False)
         if fallback.ok:
