@@ -27,10 +27,8 @@ class JailPool:
             self._next = Jail(self.settings, self.limits, warm=True)
 
     @contextmanager
-    def take(self, warm_next: bool = True) -> Iterator[Jail]:
-        """The jail for one plan or chunk; closed (and its files removed) when the block ends.
-        ``warm_next=False``: the caller starts the next one (``start``) when its step's work is
-        done, so that the import (a CPU second) does not compete with it."""
+    def take(self) -> Iterator[Jail]:
+        """The jail for one plan or chunk; closed (and its files removed) when the block ends."""
         jail, self._next = self._next, None
         if jail is None or not jail.ready():  # none waiting, or it died while it waited
             if jail is not None:
@@ -40,8 +38,7 @@ class JailPool:
             yield jail
         finally:
             jail.close()
-            if warm_next:
-                self.start()  # warm the next while this worker uploads and waits for work
+            self.start()  # warm the next while this worker uploads and waits for work
 
     def close(self) -> None:
         if self._next is not None:

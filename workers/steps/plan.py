@@ -100,9 +100,7 @@ def plan(step: Step) -> Outcome:
             return _hand_off(handed, job, renderer, report, fetched, started)
 
         for _ in range(ASSET_ROUNDS + 1):
-            # The next jail warms when this step is done (the finally below): a plan that
-            # finishes its job stitches it first, and that is on the job's path.
-            with rt.jails.take(warm_next=False) as jail:
+            with rt.jails.take() as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
@@ -120,13 +118,8 @@ def plan(step: Step) -> Outcome:
                 # Only the last pass's outputs count: an earlier one drew stand-ins for URLs.
                 if final and run.ok and run.report is not None:
                     _copy_out(jail, run.report, media_dir, settings.max_output_mb * 2**20)
-                if handed.claim is not None:
-                    # Chunk 0 is checked and stored before this jail closes: the next one
-                    # warms (a CPU second of imports) after this chunk's work, not during it.
-                    handed.finish(job, run, media_dir)
             if final:
                 return run
-            rt.jails.start()  # the next pass's, warming while the URLs are fetched
             log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
             fetched.extend(new)
         raise assets.AssetRefused(
@@ -138,7 +131,6 @@ def plan(step: Step) -> Outcome:
     finally:
         handed.end()
         shutil.rmtree(media_dir, ignore_errors=True)
-        rt.jails.start()
 
 
 def _copy_out(jail: Jail, report: dict[str, Any], dest: Path, max_bytes: int) -> None:
@@ -384,11 +376,11 @@ def _plan(
 ) -> Outcome:
     rt, claim = step.rt, step.claim
     run = plan_with(renderer)
-    if handed.claim is not None:  # the plan was recorded at the hand-off, chunk 0 settled
+    if handed.claim is not None:  # the plan was recorded at the hand-off; the rest is chunk 0's
+        handed.finish(job, run, media_dir)
         return outcomes.Done()
     if _opengl_scene_error(run, limits, renderer):
         log.warning("scene failed under OpenGL; planning it with cairo instead")
-        rt.jails.start()
         # No hand-off: its chunks would start before the job says cairo.
         fallback = plan_with("cairo", hand_off=False)
         if fallback.ok:
