@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,10 +188,16 @@ class Layout:
 
 
 def _layout(
-    step: Step, job: dict[str, Any], renderer: str, raw: dict[str, Any], planned_in: float
+    step: Step,
+    job: dict[str, Any],
+    renderer: str,
+    raw: dict[str, Any],
+    planned_in: float,
+    has_movie: Callable[[int], bool] = lambda index: True,
 ) -> Layout | SceneFault:
     """Read a plan report (untrusted: ``OutputError``), look its plays up in the owner's cache
-    and cut what is left into chunks."""
+    and cut what is left into chunks. A play the plan says it drew counts as drawn only if
+    ``has_movie`` (a movie that did not come out of the jail is drawn again by a chunk)."""
     settings = step.rt.settings
     fps = job["fps"]
     report = outputs.parse_plan_full(raw, float(settings.max_scene_seconds), fps)
@@ -215,7 +222,7 @@ def _layout(
         {"frames": n, "key": k, "cached": k in cached} for n, k in zip(frames, keys, strict=True)
     ]
     drawn = report["drawn"]
-    drawn_plays = {i for i, _, _ in drawn["plays"]} if drawn is not None else set()
+    drawn_plays = {i for i, _, _ in drawn["plays"] if has_movie(i)} if drawn else set()
     done = [n == 0 or p["cached"] or i in drawn_plays for i, (n, p) in
             enumerate(zip(frames, plays, strict=True))]  # fmt: skip
     to_render = [0.0 if d else seconds for d, seconds in zip(done, durations, strict=True)]
@@ -392,7 +399,14 @@ def _plan(
     if failed is not None:
         return failed
     assert run.report is not None and log_key is not None
-    layout = _layout(step, job, renderer, run.report, planned_in)
+    layout = _layout(
+        step,
+        job,
+        renderer,
+        run.report,
+        planned_in,
+        has_movie=lambda index: (media_dir / play_movie_name(index)).is_file(),
+    )
     if isinstance(layout, SceneFault):
         return layout
     _observe(step, layout, planned_in)
