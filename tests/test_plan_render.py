@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,25 @@ def default_worker(
     log = artifacts / "plan-render-worker.log"
     with _worker_with(worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=default) as w:
         yield w
+
+
+BudgetWorker = Callable[[str, str], AbstractContextManager[Process]]
+
+
+@pytest.fixture()
+def budget_worker(
+    default_worker: Process, settings: Settings, farm_env: dict[str, str], artifacts: Path
+) -> BudgetWorker:
+    """``budget_worker(name, seconds)``: the default worker swapped, for a block, for one whose
+    plans draw for ``seconds`` (its log in test-artifacts/<name>.log)."""
+
+    def swap(name: str, seconds: str) -> AbstractContextManager[Process]:
+        log = artifacts / f"{name}.log"
+        return _worker_with(
+            default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=seconds
+        )
+
+    return swap
 
 
 def _render(client: Any, key: Key, code: str, cls: str) -> dict[str, Any]:
@@ -149,19 +168,10 @@ def test_an_edit_draws_only_the_edited_animation_and_in_the_plan(
 
 
 def test_a_plan_that_spends_its_budget_hands_the_rest_to_chunks(
-    default_worker: Process,
-    settings: Settings,
-    farm_env: dict[str, str],
-    artifacts: Path,
-    client: Any,
-    make_key: Any,
-    pool: Any,
-    tmp_path: Path,
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
     # Given a worker whose plans may draw for 1 ms: the first animation, then no more
-    log = artifacts / "plan-render-budget-worker.log"
-    budget = "0.001"
-    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=budget):
+    with budget_worker("plan-render-budget-worker", "0.001"):
         key = make_key()
         code = FOUR + f"# {unique()}\n"
         job = _render(client, key, code, "Four")
@@ -232,19 +242,11 @@ def _steps(pool: Any, job_id: str) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 def test_a_plan_that_leaves_chunks_draws_chunk_0_in_its_own_process(
-    default_worker: Process,
-    settings: Settings,
-    farm_env: dict[str, str],
-    artifacts: Path,
-    client: Any,
-    make_key: Any,
-    pool: Any,
-    tmp_path: Path,
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
     # Given a worker whose plans may draw for 1 ms (the first animation, then no more), and a
     # scene of six animations with neither sounds nor subcaptions
-    log = artifacts / "plan-handoff-worker.log"
-    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS="0.001"):
+    with budget_worker("plan-handoff-worker", "0.001"):
         code = CHAIN + f"# {unique()}\n"
         job = _render(client, make_key(), code, "TransformChain")
     steps, plays = _steps(pool, job["jobId"]), _plays(pool, job["jobId"])
@@ -265,19 +267,11 @@ def test_a_plan_that_leaves_chunks_draws_chunk_0_in_its_own_process(
 
 
 def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
-    default_worker: Process,
-    settings: Settings,
-    farm_env: dict[str, str],
-    artifacts: Path,
-    client: Any,
-    make_key: Any,
-    pool: Any,
-    tmp_path: Path,
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
     # Given plans that draw nothing before the hand-off, and a scene whose chunk 0 then takes
     # 3 s to draw in the plan's process
-    log = artifacts / "plan-handoff-kill-worker.log"
-    with _worker_with(default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS="0") as w:
+    with budget_worker("plan-handoff-kill-worker", "0") as w:
         key = make_key()
         code = SLOW_SECOND.format(sleep=3) + f"# {unique()}\n"
         job_id = submit(client, key, code, "SlowSecond")

@@ -182,8 +182,7 @@ class Layout:
     cached: int  # plays the owner's cache holds
     looked_up: int  # plays with a cache key
     drawn_plays: set[int]  # drawn by the plan
-    finishing: bool  # nothing left for a chunk
-    chunks: list[ChunkPlan]
+    chunks: list[ChunkPlan]  # none: nothing left to draw
     planned: list[int]  # each chunk's most frames
 
 
@@ -247,7 +246,6 @@ def _layout(
         len(cached),
         sum(1 for k in keys if k),
         drawn_plays,
-        all(done),
         chunks,
         [max(1, sum(frames[c.first : c.last])) for c in chunks],
     )
@@ -259,7 +257,7 @@ class HandOff:
 
     def __init__(self, step: Step) -> None:
         self.step = step
-        self.layout: Layout | None = None
+        self.layout: Layout | None = None  # what it offered (handed off or not)
         self.claim: Claim | None = None
         self.beat: Heartbeat | None = None
         self.started = 0.0  # when chunk 0 began (time.perf_counter)
@@ -317,9 +315,10 @@ def _hand_off(
         layout = _layout(step, job, renderer, raw, time.perf_counter() - started)
     except outputs.OutputError:
         return None, None  # the report after the run says the same, and fails the plan there
-    if isinstance(layout, SceneFault) or not layout.chunks:
+    if isinstance(layout, SceneFault):
         return None, None
-    if layout.report["sounds"] or layout.report["captions"]:
+    handed.layout = layout  # declined or not, the plan after the run need not look it up again
+    if not layout.chunks or layout.report["sounds"] or layout.report["captions"]:
         return None, None
     if fetched:  # the chunks get the same assets
         manifest = json.dumps(fetched).encode()
@@ -338,7 +337,6 @@ def _hand_off(
         )
     if not owned:
         return None, None
-    handed.layout = layout
     handed.start(jobs.first_chunk_claim(claim, head))
     _observe(step, layout, time.perf_counter() - started)
     log.info(
@@ -399,19 +397,20 @@ def _plan(
     if failed is not None:
         return failed
     assert run.report is not None and log_key is not None
-    layout = _layout(
-        step,
-        job,
-        renderer,
-        run.report,
-        planned_in,
-        has_movie=lambda index: (media_dir / play_movie_name(index)).is_file(),
-    )
+
+    def has_movie(index: int) -> bool:
+        return (media_dir / play_movie_name(index)).is_file()
+
+    offered = handed.layout
+    if offered is not None and _same_plan(offered, run.report, job, step, has_movie):
+        layout: Layout | SceneFault = offered
+    else:
+        layout = _layout(step, job, renderer, run.report, planned_in, has_movie)
     if isinstance(layout, SceneFault):
         return layout
     _observe(step, layout, planned_in)
     report, plays, frames = layout.report, layout.plays, layout.frames
-    drawn, drawn_plays, finishing = report["drawn"], layout.drawn_plays, layout.finishing
+    drawn, drawn_plays, finishing = report["drawn"], layout.drawn_plays, not layout.chunks
     # Whether the plan leaves nothing to render: then the stitch, right here, checks the video
     # the tenant gets (one media jail fewer on a short job's path than checking it twice).
     written = _store_media(step, job, report, media_dir, check_drawn=not finishing)
@@ -458,6 +457,19 @@ def _plan(
         stitch_here(rt, claim.job_id)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
     return outcomes.Done()
+
+
+def _same_plan(
+    layout: Layout,
+    raw: dict[str, Any],
+    job: dict[str, Any],
+    step: Step,
+    has_movie: Callable[[int], bool],
+) -> bool:
+    """Whether a plan offered for hand-off (and declined) is the one the run reported, each
+    movie it drew out of the jail: then its cache lookups and cut stand."""
+    report = outputs.parse_plan_full(raw, float(step.rt.settings.max_scene_seconds), job["fps"])
+    return report == layout.report and all(has_movie(i) for i in layout.drawn_plays)
 
 
 def _ended(step: Step, run: RunResult, limits: Limits) -> tuple[Outcome | None, str | None]:
