@@ -136,8 +136,8 @@ def test_one_service_cut_from_a_worker_mid_chunk(bed: NetBed, farm: Farm, servic
     # Bounds: PostgreSQL cut: the lease expires and the other host redoes the chunk. S3 cut:
     # the worker still heartbeats while its upload waits; once its S3 client gives up
     # (S3_GIVE_UP) the step is released and the other host redoes it. Redis
-    # cut: the chunk still records; a stitch message the worker could not send is published
-    # again by the reaper after REQUEUE_AFTER.
+    # cut: the chunk still records and its worker stitches (PostgreSQL and S3 are reachable);
+    # REQUEUE_AFTER covers a message the cut worker could not send.
     extra = {"postgres": 0, "redis": REQUEUE_AFTER, "s3": S3_GIVE_UP}[service]
     bound = LEASE + REAPER + REDO + extra
     try:

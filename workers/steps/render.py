@@ -127,8 +127,8 @@ def finish_chunk(
     started: float,
 ) -> Outcome:
     """The end of every chunk, whoever drew it: check its video in a media jail, upload it and
-    each drawn play's movie (``movies``, for the animation cache), record the chunk, and start
-    the stitch after the last one. ``written``: what this attempt stored so far (its log at
+    each drawn play's movie (``movies``, for the animation cache), record the chunk, and stitch
+    here after the last one. ``written``: what this attempt stored so far (its log at
     ``log_key``), all deleted if the attempt turns out to have lost the chunk. ``started``:
     when the chunk began to render (``time.perf_counter``)."""
     rt, claim, settings = step.rt, step.claim, step.rt.settings
@@ -168,10 +168,11 @@ def finish_chunk(
     )
     metrics.CHUNKS_RENDERED.labels(queue=queue_for("chunk", claim.quality)).inc()
     metrics.FRAMES_RENDERED.labels(quality=claim.quality).inc(info.frames)
-    if ready and job["chunks_total"] == 1:
-        stitch_here(rt, claim.job_id)  # a single-chunk job finishes where it rendered
-    elif ready:
-        rt.publisher.step(claim.job_id, "stitch", 0, claim.quality)
+    if ready:
+        # The last chunk stitches where it rendered: no queue hop, and the next jail of this
+        # process starts only after it (its import would share this node's CPU with the join).
+        # Should this worker die first, the dispatcher republishes the stitch step it created.
+        stitch_here(rt, claim.job_id)
     return outcomes.Done()
 
 
