@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from farm.config import Settings
@@ -27,8 +27,10 @@ class JailPool:
             self._next = Jail(self.settings, self.limits, warm=True)
 
     @contextmanager
-    def take(self) -> Iterator[Jail]:
-        """The jail for one plan or chunk; closed (and its files removed) when the block ends."""
+    def take(self, warm_next: Callable[[], bool] = lambda: True) -> Iterator[Jail]:
+        """The jail for one plan or chunk; closed (and its files removed) when the block ends.
+        ``warm_next`` (asked then): whether to warm the next one now; if not, the caller calls
+        ``start`` once its step's work is done."""
         jail, self._next = self._next, None
         if jail is None or not jail.ready():  # none waiting, or it died while it waited
             if jail is not None:
@@ -38,7 +40,8 @@ class JailPool:
             yield jail
         finally:
             jail.close()
-            self.start()  # warm the next while this worker uploads and waits for work
+            if warm_next():
+                self.start()  # warm the next while this worker uploads and waits for work
 
     def close(self) -> None:
         if self._next is not None:

@@ -101,7 +101,9 @@ def plan(step: Step) -> Outcome:
             return _hand_off(handed, job, renderer, report, fetched, started)
 
         for _ in range(ASSET_ROUNDS + 1):
-            with rt.jails.take() as jail:
+            # After a hand-off, chunk 0's check, uploads and perhaps the stitch are still to
+            # come: the next jail's import (a second of CPU) waits for them, as after any chunk.
+            with rt.jails.take(warm_next=lambda: handed.claim is None) as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
@@ -131,6 +133,7 @@ def plan(step: Step) -> Outcome:
         return _plan(step, job, renderer, plan_with, limits, started, fetched, media_dir, handed)
     finally:
         handed.end()
+        rt.jails.start()  # if the hand-off kept it from warming (a no-op otherwise)
         shutil.rmtree(media_dir, ignore_errors=True)
 
 
