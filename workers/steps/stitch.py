@@ -47,8 +47,8 @@ def stitch(step: Step) -> Outcome:
         parts, cues = [], []
         plan_video = (plan_media or {}).get("video")
         joined: list[tuple[str, int | None]]
-        if plan_video:
-            joined = [(plan_video, None)]
+        if plan_video:  # it drew every play as planned (its report was checked play by play)
+            joined = [(plan_video, sum(p["frames"] for p in plays) if plays else None)]
         else:
             joined = _parts(cache_scope(settings, job), plays, chunks)
         for i, (key, _) in enumerate(joined):

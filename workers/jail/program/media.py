@@ -168,7 +168,8 @@ def stitch(
 
 
 def _join(parts: list[str], video: str, durations: list[float] | None = None) -> float | None:
-    """Join the parts into ``video``; their total length (None: a single part, copied).
+    """Join the parts into ``video``; their total length (None: a single part of unknown
+    length, copied).
 
     Each entry carries its exact stream duration: without it the demuxer offsets the next part
     by the container duration, which mp4 rounds to milliseconds, and times drift. The worker
@@ -177,7 +178,7 @@ def _join(parts: list[str], video: str, durations: list[float] | None = None) ->
     """
     if len(parts) == 1:
         Path(video).write_bytes(Path(parts[0]).read_bytes())
-        return None
+        return None if not durations or len(durations) != 1 else float(durations[0])
     if durations is None or len(durations) != len(parts):
         with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
             durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
