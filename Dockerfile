@@ -63,7 +63,10 @@ RUN apt-get update \
       texlive-latex-base texlive-latex-extra texlive-fonts-recommended texlive-science \
       dvisvgm cm-super-minimal \
       bubblewrap \
+ && fc-cache --system-only \
  && rm -rf /var/lib/apt/lists/*
+# fontconfig's system cache (/var/cache/fontconfig) is bound into every render jail: without it
+# each jail's first Text() scans the fonts again.
 COPY --from=build-render /opt/venv /opt/venv
 ENV TMPDIR=/var/lib/farm/scratch
 EXPOSE 9101

@@ -154,6 +154,15 @@ def test_a_plain_scene_renders_and_its_outputs_are_read_by_fixed_names(render: A
     assert (info.width, info.height, info.fps, info.frames, cues) == (WIDTH, HEIGHT, FPS, 2, [])
 
 
+def test_text_reads_the_systems_font_cache_instead_of_scanning_the_fonts(render: Any) -> None:
+    # fontconfig's debug output says whether it found its system cache valid; without it, the
+    # first Text() of every jail scans the fonts and writes a cache of its own in /tmp.
+    ran = render('Text("Hello")', header='os.environ["FC_DEBUG"] = "16"')
+    assert ran.run.ok, ran.run.log
+    assert 'FcCacheTimeValid dir "/usr/share/fonts"' in ran.run.log
+    assert "Created CACHEDIR.TAG" not in ran.run.log
+
+
 def test_fork_bomb_is_contained(render: Any) -> None:
     ran = render(
         """

@@ -84,6 +84,9 @@ def _binds(gpu: bool, proc: str = "fresh") -> list[str]:
     ro = [
         "/usr",
         "/etc/fonts",
+        # fontconfig's system cache: without it every jail's first Text() scans the fonts
+        # again (0.14 s in a jail against 0.03 s with it).
+        "/var/cache/fontconfig",
         "/etc/alternatives",
         "/etc/ld.so.cache",
         "/etc/texmf",
