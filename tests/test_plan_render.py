@@ -46,12 +46,18 @@ class Four(Scene):
 
 @contextmanager
 def _worker_with(
-    worker: Process, settings: Settings, farm_env: dict[str, str], log: Path, **env: str
+    worker: Process,
+    settings: Settings,
+    farm_env: dict[str, str],
+    log: Path,
+    queues: str = ALL_QUEUES,
+    **env: str,
 ) -> Iterator[Process]:
-    """The session's worker swapped for one with these FARM_* values, then swapped back."""
+    """The session's worker swapped for one with these FARM_* values (and queues), then
+    swapped back."""
     worker.stop()
     swapped = Process(
-        ["worker", "--queues", ALL_QUEUES, "--concurrency", "2"], {**farm_env, **env}, log
+        ["worker", "--queues", queues, "--concurrency", "2"], {**farm_env, **env}, log
     ).start()
     try:
         wait_until_answers(
@@ -76,20 +82,20 @@ def default_worker(
         yield w
 
 
-BudgetWorker = Callable[[str, str], AbstractContextManager[Process]]
+BudgetWorker = Callable[..., AbstractContextManager[Process]]
 
 
 @pytest.fixture()
 def budget_worker(
     default_worker: Process, settings: Settings, farm_env: dict[str, str], artifacts: Path
 ) -> BudgetWorker:
-    """``budget_worker(name, seconds)``: the default worker swapped, for a block, for one whose
-    plans draw for ``seconds`` (its log in test-artifacts/<name>.log)."""
+    """``budget_worker(name, seconds, queues=ALL_QUEUES)``: the default worker swapped, for a
+    block, for one whose plans draw for ``seconds`` (its log in test-artifacts/<name>.log)."""
 
-    def swap(name: str, seconds: str) -> AbstractContextManager[Process]:
+    def swap(name: str, seconds: str, queues: str = ALL_QUEUES) -> AbstractContextManager[Process]:
         log = artifacts / f"{name}.log"
         return _worker_with(
-            default_worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=seconds
+            default_worker, settings, farm_env, log, queues, FARM_PLAN_RENDER_SECONDS=seconds
         )
 
     return swap
@@ -264,6 +270,23 @@ def test_a_plan_that_leaves_chunks_draws_chunk_0_in_its_own_process(
     assert all(p["object"] for p in plays if p["frames"])
     # And the video is plain manim's
     _same_as_plain(job, code, "TransformChain", tmp_path)
+
+
+def test_a_split_job_is_stitched_by_the_worker_of_its_last_chunk(
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any
+) -> None:
+    # Given a worker that takes nothing from the stitch queue, and plans that leave two chunks
+    no_stitch_queue = ",".join(q for q in ALL_QUEUES.split(",") if q != "stitch")
+    with budget_worker("no-stitch-queue-worker", "0", no_stitch_queue):
+        job = _render(client, make_key(), CHAIN + f"# {unique()}\n", "TransformChain")
+    # Then the job was split and stitched all the same, after its last chunk, in one attempt:
+    # by that chunk's worker, with no hop through the stitch queue
+    steps = _steps(pool, job["jobId"])
+    chunks = [step for (kind, _), step in steps.items() if kind == "chunk"]
+    assert len(chunks) == 2
+    stitch = steps[("stitch", 0)]
+    assert stitch["attempt"] == 1
+    assert stitch["started_at"] >= max(chunk["finished_at"] for chunk in chunks)
 
 
 def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
