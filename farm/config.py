@@ -111,7 +111,7 @@ class Settings:
     plan_render_seconds: float = 1.0
     # A plan that leaves chunks hands off before its program ends: the other chunks go out
     # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
-    # the animation cache on; not for scenes with sounds or subcaptions).
+    # the animation cache on; not for scenes with sounds).
     plan_handoff: bool = True
     # Reliability.
     max_attempts: int = 2

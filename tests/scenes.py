@@ -280,3 +280,27 @@ def srt_entries(text: str) -> list[tuple[str, str, str]]:
     import srt
 
     return sorted((str(s.start), str(s.end), s.content) for s in srt.parse(text))
+
+
+def vtt_cues(text: str) -> list[tuple[int, int, str]]:
+    """(start ms, end ms, text) of each cue of a WebVTT text, sorted by time."""
+    cues = []
+    for block in (b for b in text.split("\n\n") if "-->" in b):
+        lines = block.splitlines()
+        arrow = next(i for i, line in enumerate(lines) if "-->" in line)
+        start, end = (_vtt_ms(t) for t in lines[arrow].split(" --> "))
+        cues.append((start, end, "\n".join(lines[arrow + 1 :])))
+    return sorted(cues)
+
+
+def _vtt_ms(stamp: str) -> int:
+    h, m, rest = stamp.split(":")
+    s, ms = rest.split(".")
+    return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(ms)
+
+
+def srt_cues(text: str) -> list[tuple[int, int, str]]:
+    """(start ms, end ms, text) of each subtitle of an .srt text, sorted by time."""
+    from farm.captions import parse_srt
+
+    return sorted((c.start_ms, c.end_ms, c.text) for c in parse_srt(text))

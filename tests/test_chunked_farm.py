@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from farm.captions import parse_srt
 from tests import scenes
 from tests.conftest import Key, alive, submit, wait_for, wait_until_idle
 from tests.scenes import SLOW_RENDER, uncached
@@ -29,23 +28,6 @@ def _download(url: str, path: Path) -> Path:
     with urllib.request.urlopen(url, timeout=30) as response:
         path.write_bytes(response.read())
     return path
-
-
-def _vtt_times(text: str) -> list[tuple[int, int, str]]:
-    cues = []
-    blocks = [b for b in text.split("\n\n") if "-->" in b]
-    for block in blocks:
-        lines = block.splitlines()
-        arrow = next(i for i, line in enumerate(lines) if "-->" in line)
-        start, end = (_ms(t) for t in lines[arrow].split(" --> "))
-        cues.append((start, end, "\n".join(lines[arrow + 1 :])))
-    return sorted(cues)
-
-
-def _ms(stamp: str) -> int:
-    h, m, rest = stamp.split(":")
-    s, ms = rest.split(".")
-    return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(ms)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -70,8 +52,7 @@ def test_stitched_video_has_exactly_the_frames_of_plain_manim(
     assert scenes.duration_s(farm_video) == pytest.approx(scenes.duration_s(plain_video), abs=1e-3)
     if plain_srt is not None:
         vtt = _download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
-        expected = sorted((c.start_ms, c.end_ms, c.text) for c in parse_srt(plain_srt.read_text()))
-        assert _vtt_times(vtt) == expected
+        assert scenes.vtt_cues(vtt) == scenes.srt_cues(plain_srt.read_text())
     else:
         vtt = _download(job["result"]["captions"], tmp_path / "c.vtt").read_text()
         assert vtt.startswith("WEBVTT") and "-->" not in vtt  # Kodisc: a WebVTT file, no cues

@@ -89,13 +89,16 @@ BudgetWorker = Callable[..., AbstractContextManager[Process]]
 def budget_worker(
     default_worker: Process, settings: Settings, farm_env: dict[str, str], artifacts: Path
 ) -> BudgetWorker:
-    """``budget_worker(name, seconds, queues=ALL_QUEUES)``: the default worker swapped, for a
-    block, for one whose plans draw for ``seconds`` (its log in test-artifacts/<name>.log)."""
+    """``budget_worker(name, seconds, queues=ALL_QUEUES, **env)``: the default worker swapped,
+    for a block, for one whose plans draw for ``seconds`` (its log in
+    test-artifacts/<name>.log)."""
 
-    def swap(name: str, seconds: str, queues: str = ALL_QUEUES) -> AbstractContextManager[Process]:
+    def swap(
+        name: str, seconds: str, queues: str = ALL_QUEUES, **env: str
+    ) -> AbstractContextManager[Process]:
         log = artifacts / f"{name}.log"
         return _worker_with(
-            default_worker, settings, farm_env, log, queues, FARM_PLAN_RENDER_SECONDS=seconds
+            default_worker, settings, farm_env, log, queues, FARM_PLAN_RENDER_SECONDS=seconds, **env
         )
 
     return swap
@@ -123,10 +126,14 @@ def _plays(pool: Any, job_id: str) -> list[dict[str, Any]]:
 
 
 def _same_as_plain(job: dict[str, Any], code: str, cls: str, work: Path) -> None:
+    """The job's video (frames and length) and captions are plain manim's."""
     video = download(job["result"]["video"], work / "farm.mp4")
-    plain, _ = scenes.plain_manim_render(code, cls, work / "plain", size=(854, 480), fps=15)
+    plain, plain_srt = scenes.plain_manim_render(code, cls, work / "plain", size=(854, 480), fps=15)
     assert scenes.frame_md5s(video) == scenes.frame_md5s(plain)
     assert scenes.duration_s(video) == scenes.duration_s(plain)
+    vtt = download(job["result"]["captions"], work / "farm.vtt").read_text()
+    expected = scenes.srt_cues(plain_srt.read_text()) if plain_srt is not None else []
+    assert scenes.vtt_cues(vtt) == expected
 
 
 def test_a_short_scene_is_finished_by_its_plan(
@@ -176,8 +183,9 @@ def test_an_edit_draws_only_the_edited_animation_and_in_the_plan(
 def test_a_plan_that_spends_its_budget_hands_the_rest_to_chunks(
     budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
-    # Given a worker whose plans may draw for 1 ms: the first animation, then no more
-    with budget_worker("plan-render-budget-worker", "0.001"):
+    # Given a worker whose plans may draw for 1 ms (the first animation, then no more) and end
+    # before their chunks start (no hand-off, as for a scene with sounds)
+    with budget_worker("plan-render-budget-worker", "0.001", FARM_PLAN_HANDOFF="false"):
         key = make_key()
         code = FOUR + f"# {unique()}\n"
         job = _render(client, key, code, "Four")
@@ -232,7 +240,7 @@ class SlowSecond(Scene):
         self.play(Create(s), run_time=0.5)
         if not config.dry_run:
             time.sleep({sleep})
-        self.play(Rotate(s, PI / 4), run_time=0.5)
+        self.play(Rotate(s, PI / 4), run_time=0.5, subcaption="turning")
         self.play(FadeOut(s), run_time=0.5)
 """
 
@@ -292,8 +300,8 @@ def test_a_split_job_is_stitched_by_the_worker_of_its_last_chunk(
 def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
     budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
-    # Given plans that draw nothing before the hand-off, and a scene whose chunk 0 then takes
-    # 3 s to draw in the plan's process
+    # Given plans that draw nothing before the hand-off, and a scene with a subcaption whose
+    # chunk 0 then takes 3 s to draw in the plan's process
     with budget_worker("plan-handoff-kill-worker", "0") as w:
         key = make_key()
         code = SLOW_SECOND.format(sleep=3) + f"# {unique()}\n"
@@ -316,4 +324,5 @@ def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
     assert job["status"] == "completed", job.get("error")
     steps = _steps(pool, job_id)
     assert steps[("plan", 0)]["attempt"] == 1 and steps[("chunk", 0)]["attempt"] == 2
+    # And its video and captions (stored with the plan at the hand-off) are plain manim's
     _same_as_plain(job, code, "SlowSecond", tmp_path)

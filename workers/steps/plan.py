@@ -5,7 +5,8 @@ an edit of a cached one, is finished here: the stitch runs in this worker.
 A plan that leaves chunks hands off before its program ends (``workers/jail/handoff.py``): the
 plan is recorded and the other chunks go out while the same process, manim imported and the
 scene compiled, goes on to draw chunk 0 under that chunk's own claim (``_hand_off``,
-``_finish_head``). Not for scenes with sounds or subcaptions: those files leave the jail only
+``_finish_head``). The scene's subcaptions come with the plan (as cues the program parsed in
+the jail) and are stored with it. Not for scenes with sounds: those files leave the jail only
 when it ends, and a chunk 0 handed on after a crash could not bring them back."""
 
 from __future__ import annotations
@@ -306,12 +307,14 @@ def _hand_off(
     fetched: list[str],
     started: float,
 ) -> tuple[dict[str, Any] | None, float | None]:
-    """The plan's program offers its plan mid-run: record it, let the other chunks go, and
-    answer with chunk 0's range, which the program draws next under chunk 0's claim. No answer
-    (it finishes as a plain plan) when the plan leaves no chunk, has sounds or subcaptions, or
-    asked for URLs the worker has still to fetch."""
+    """The plan's program offers its plan mid-run: record it (with the scene's captions, which
+    it offers as cues), let the other chunks go, and answer with chunk 0's range, which the
+    program draws next under chunk 0's claim. No answer (it finishes as a plain plan) when the
+    plan leaves no chunk, has sounds or unreadable captions, or asked for URLs the worker has
+    still to fetch."""
     step = handed.step
     rt, claim, settings = step.rt, step.claim, step.rt.settings
+    offered_cues = raw.pop("cues", None)
     if raw.pop("assets_missed", True) is not False:
         return None, None
     try:
@@ -321,16 +324,25 @@ def _hand_off(
     if isinstance(layout, SceneFault):
         return None, None
     handed.layout = layout  # declined or not, the plan after the run need not look it up again
-    if not layout.chunks or layout.report["sounds"] or layout.report["captions"]:
+    if not layout.chunks or layout.report["sounds"]:
         return None, None
+    cues: list[Cue] = []
+    if layout.report["captions"]:
+        try:
+            cues = media.cues_from_report(offered_cues, settings.max_scene_seconds * 1000 * 2)
+        except media.MediaError:
+            return None, None  # the run's end brings the .srt, parsed in a media jail as ever
     if fetched:  # the chunks get the same assets
         manifest = json.dumps(fetched).encode()
         rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
+    cues_key = _put_cues(step, cues)
     head = layout.chunks[0]
     for index in layout.drawn_plays:  # joined into chunk 0's video (the bench reads this)
         layout.plays[index]["early"] = True
     with step.conn() as conn:
         anim_cache.set_job_plays(conn, claim.job_id, layout.plays)
+        if cues_key is not None:  # the whole scene's: no chunk draws captions (range_media)
+            anim_cache.set_plan_media(conn, claim.job_id, cues_key, [])
         owned = jobs.record_plan(
             conn,
             claim,
@@ -339,6 +351,8 @@ def _hand_off(
             first_chunk_lease=settings.lease_seconds,
         )
     if not owned:
+        if cues_key is not None:
+            rt.storage.delete_prefix(cues_key)  # the full key: exactly this object
         return None, None
     handed.start(jobs.first_chunk_claim(claim, head))
     _observe(step, layout, time.perf_counter() - started)
@@ -587,10 +601,18 @@ def _store_media(
         )
     elif captions is not None:
         cues = media.parse_captions(rt.settings, captions, step.keep_going)
-    cues_key = None
-    if cues:
-        cues_key = objects.plan_cues(claim.job_id, claim.attempt)
-        body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
-        rt.storage.put_bytes(cues_key, body, "application/json")
+    cues_key = _put_cues(step, cues)
+    if cues_key is not None:
         keys.append(cues_key)
     return {"keys": keys, "sounds": sounds, "cues": cues_key}
+
+
+def _put_cues(step: Step, cues: list[Cue]) -> str | None:
+    """Store the plan's cue list (the stitch's captions); None when there are none."""
+    if not cues:
+        return None
+    claim = step.claim
+    cues_key = objects.plan_cues(claim.job_id, claim.attempt)
+    body = json.dumps([[c.start_ms, c.end_ms, c.text] for c in cues]).encode()
+    step.rt.storage.put_bytes(cues_key, body, "application/json")
+    return cues_key

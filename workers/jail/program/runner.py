@@ -40,7 +40,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
@@ -735,7 +735,8 @@ def _plan_and_hand_off(spec: RenderSpec) -> tuple[dict[str, Any] | None, int]:
         report = None
     if code != 0 or not isinstance(report, dict) or report.get("ok") is not True:
         return report if isinstance(report, dict) else None, code
-    return _attempt(lambda: _hand_off(spec, report))
+    cues = report.pop("cues", None)  # offered with the plan; never part of the report
+    return _attempt(lambda: _hand_off(spec, report, cues))
 
 
 # A plan report the child hands its parent, at most (the worker caps what it reads anyway).
@@ -743,14 +744,22 @@ _MAX_PLAN_BYTES = 64 * 2**20
 
 
 def _plan_report(spec: RenderSpec) -> dict[str, Any]:
-    from . import assets_shim
+    from . import assets_shim, media
 
-    return {**_publish_plan(spec, plan_scene_full(spec)), "assets_missed": assets_shim.missed()}
+    report = {**_publish_plan(spec, plan_scene_full(spec)), "assets_missed": assets_shim.missed()}
+    if report.get("captions") is True:
+        # The worker stores the plan's captions when it takes the hand-off: its .srt leaves the
+        # jail only when the run ends, which a chunk 0 handed on after a crash never reaches.
+        # Parsed here, in the jail, as the media jail parses a plan's .srt (left out when
+        # unreadable: the worker then declines).
+        with suppress(media.Problem):
+            report["cues"] = media.parse_srt(str(Path(spec.out_dir).resolve() / CAPTIONS_NAME))
+    return report
 
 
-def _hand_off(spec: RenderSpec, report: dict[str, Any]) -> dict[str, Any]:
+def _hand_off(spec: RenderSpec, report: dict[str, Any], cues: Any = None) -> dict[str, Any]:
     missed = report.pop("assets_missed", True)
-    answer = handoff.ask({**report, "assets_missed": missed})
+    answer = handoff.ask({**report, "assets_missed": missed, "cues": cues})
     draw = (answer or {}).get("draw")
     if not isinstance(draw, dict):
         return report
