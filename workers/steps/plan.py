@@ -340,9 +340,6 @@ def _hand_off(
     for index in layout.drawn_plays:  # joined into chunk 0's video (the bench reads this)
         layout.plays[index]["early"] = True
     with step.conn() as conn:
-        anim_cache.set_job_plays(conn, claim.job_id, layout.plays)
-        if cues_key is not None:  # the whole scene's: no chunk draws captions (range_media)
-            anim_cache.set_plan_media(conn, claim.job_id, cues_key, [])
         owned = jobs.record_plan(
             conn,
             claim,
@@ -350,6 +347,10 @@ def _hand_off(
             layout.planned,
             first_chunk_lease=settings.lease_seconds,
         )
+        if owned:  # only the owning attempt speaks for the job (in the same transaction)
+            anim_cache.set_job_plays(conn, claim.job_id, layout.plays)
+            if cues_key is not None:  # the whole scene's: no chunk draws captions (range_media)
+                anim_cache.set_plan_media(conn, claim.job_id, cues_key, [])
     if not owned:
         if cues_key is not None:
             rt.storage.delete_prefix(cues_key)  # the full key: exactly this object
@@ -453,12 +454,14 @@ def _plan(
         manifest = json.dumps(fetched).encode()
         rt.storage.put_bytes(assets.manifest_key(claim.job_id), manifest, "application/json")
     with step.conn() as conn:
-        anim_cache.set_job_plays(conn, claim.job_id, plays)
-        anim_cache.set_plan_media(conn, claim.job_id, written["cues"], written["sounds"], video_key)
         if chunks:
             owned = bool(jobs.record_plan(conn, claim, chunks, layout.planned, log_key))
         else:
             owned = jobs.record_plan_without_chunks(conn, claim, log_key)
+        if owned:  # a lost attempt must not point the job at the objects it deletes below
+            anim_cache.set_job_plays(conn, claim.job_id, plays)
+            media_keys = (written["cues"], written["sounds"], video_key)
+            anim_cache.set_plan_media(conn, claim.job_id, *media_keys)
     if not owned:  # this attempt lost the step: what it wrote must not stay
         for key in [log_key, *written["keys"]]:
             rt.storage.delete_prefix(key)  # the full key: exactly this object
