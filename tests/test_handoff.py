@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from workers import media
 from workers.jail import handoff, outputs
+from workers.media import check
 
 
 class Program:
@@ -94,3 +96,34 @@ def test_a_line_longer_than_a_report_is_refused_unread() -> None:
         channel.readable()
     assert seen == [] and program.answer() == {"draw": None}
     writer.join(timeout=10)  # its writes fail once the worker closed its end
+
+
+# The cues a plan offers with its hand-off (the scene's subcaptions, parsed in its jail) are
+# checked as a media jail's are before the worker stores them.
+@pytest.mark.parametrize(
+    "cues",
+    [
+        None,
+        "0 --> 1000 hello",
+        [[0, 1000]],
+        [[0, 1000, 7]],
+        [[True, 1000, "a bool is not a time"]],
+        [[0.5, 1000, "nor is a float"]],
+        [[-1, 1000, "before the scene"]],
+        [[0, 10**12, "after it"]],
+        [[2000, 1000, "ends before it starts"]],
+        [[0, 1, "x"]] * (check.MAX_CUES + 1),
+    ],
+)
+def test_offered_cues_out_of_shape_or_bounds_are_refused(cues: Any) -> None:
+    with pytest.raises(media.MediaError):
+        media.cues_from_report(cues, max_ms=60_000)
+
+
+def test_offered_cues_are_kept_with_their_text_capped() -> None:
+    long = "y" * (check.MAX_CUE_TEXT + 10)
+    cues = media.cues_from_report([[0, 500, "hello"], [500, 900, long]], max_ms=60_000)
+    assert [(c.start_ms, c.end_ms, c.text) for c in cues] == [
+        (0, 500, "hello"),
+        (500, 900, "y" * check.MAX_CUE_TEXT),
+    ]
