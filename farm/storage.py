@@ -30,7 +30,6 @@ class S3Storage:
         self.bucket = settings.s3_bucket
         self.expiry = timedelta(seconds=settings.result_url_expiry_seconds)
         http = urllib3.PoolManager(
-            maxsize=8,  # connections kept per host: a stitch fetches its parts side by side
             timeout=urllib3.Timeout(connect=5, read=60),
             retries=urllib3.Retry(total=3, backoff_factor=0.3, status_forcelist=(500, 502, 503)),
         )

@@ -171,7 +171,7 @@ def finish_chunk(
     if ready:
         # The last chunk stitches where it rendered: no queue hop, and the next jail of this
         # process starts only after it (its import would share this node's CPU with the join).
-        # Should this worker die first, the dispatcher republishes the stitch step it created.
+        # Should this worker die first, `farm scheduler` re-queues the stitch step it created.
         stitch_here(rt, claim.job_id)
     return outcomes.Done()
 

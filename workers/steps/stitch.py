@@ -6,7 +6,6 @@ import json
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,6 @@ from workers.runtime import Runtime
 from workers.steps import cache_scope
 
 log = logging.getLogger("farm.worker")
-
-# Parts fetched at once: each GET mostly waits on S3, and an edit's stitch joins one cached
-# movie per animation.
-FETCHES_AT_ONCE = 8
 
 
 def _load_cues(raw: bytes, max_ms: int) -> list[Cue]:
@@ -49,17 +44,17 @@ def stitch(step: Step) -> Outcome:
         plan_media = anim_cache.plan_media(conn, claim.job_id)
     with tempfile.TemporaryDirectory(prefix="farm-stitch-") as tmp_name:
         tmp = Path(tmp_name)
-        cues = []
+        parts, cues = [], []
         plan_video = (plan_media or {}).get("video")
         joined: list[tuple[str, int | None]]
         if plan_video:  # it drew every play as planned (its report was checked play by play)
             joined = [(plan_video, sum(p["frames"] for p in plays) if plays else None)]
         else:
             joined = _parts(cache_scope(settings, job), plays, chunks)
-        parts = [tmp / f"{i:05d}.mp4" for i in range(len(joined))]
-        with ThreadPoolExecutor(max_workers=FETCHES_AT_ONCE) as fetch:
-            for _ in fetch.map(rt.storage.get_file, [k for k, _ in joined], map(str, parts)):
-                pass
+        for i, (key, _) in enumerate(joined):
+            part = tmp / f"{i:05d}.mp4"
+            rt.storage.get_file(key, str(part))
+            parts.append(part)
         # Each part's length from its frames (a chunk's as its check counted them, an
         # animation's as its plan did): the media jail need not probe the parts one by one.
         known = [n for _, n in joined if n is not None]

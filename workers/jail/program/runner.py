@@ -757,7 +757,7 @@ def _plan_report(spec: RenderSpec) -> dict[str, Any]:
     return report
 
 
-def _hand_off(spec: RenderSpec, report: dict[str, Any], cues: Any = None) -> dict[str, Any]:
+def _hand_off(spec: RenderSpec, report: dict[str, Any], cues: Any) -> dict[str, Any]:
     missed = report.pop("assets_missed", True)
     answer = handoff.ask({**report, "assets_missed": missed, "cues": cues})
     draw = (answer or {}).get("draw")
