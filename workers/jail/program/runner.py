@@ -228,6 +228,14 @@ class _RunResult:
         )
 
 
+def _patch_manim() -> None:
+    """The farm's patches of manim: exact skipping, and frames lent to the encoder."""
+    from . import frame_pool, manim_patch
+
+    manim_patch.apply_exact_skipping()
+    frame_pool.install()
+
+
 def _validate(spec: RenderSpec) -> None:
     if spec.width <= 0 or spec.height <= 0 or spec.fps <= 0:
         raise ValueError(f"width, height and fps must be positive: {spec}")
@@ -246,9 +254,9 @@ def _run(spec: RenderSpec, *, plan: bool) -> _RunResult:
     _validate(spec)
     from manim import tempconfig
 
-    from . import assets_shim, manim_patch
+    from . import assets_shim
 
-    manim_patch.apply_exact_skipping()
+    _patch_manim()
     if spec.assets_dir is not None:
         # Plan: stand-ins for missing URLs, so one pass finds them all (the worker fetches them
         # and plans again); a chunk that asks for one the plan did not fails instead.
@@ -625,9 +633,7 @@ def _serve() -> str:
     """
     import manim  # noqa: F401  (the expensive part: about a second)
 
-    from . import manim_patch
-
-    manim_patch.apply_exact_skipping()
+    _patch_manim()
     command = sys.stdin.readline().strip()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
