@@ -15,7 +15,7 @@ from manim.renderer.cairo_renderer import CairoRenderer
 
 from workers.jail.program import frame_pool
 from workers.jail.program.frame_pool import FramePool, pool_of
-from workers.jail.program.runner import RenderSpec, render_scene
+from workers.jail.program.runner import RenderSpec, plan_scene_full, render_scene
 
 SCENE = """
 from manim import *
@@ -33,6 +33,19 @@ class Lend(Scene):
 """
 
 
+def spec_for(out: Path, **fields: object) -> RenderSpec:
+    return RenderSpec(
+        code=SCENE,
+        class_name="Lend",
+        width=S.WIDTH,
+        height=S.HEIGHT,
+        fps=S.FPS,
+        portrait=False,
+        out_dir=str(out),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 def render(
     out: Path, monkeypatch: pytest.MonkeyPatch, **range_: int
 ) -> tuple[int, int, list[FramePool], Path | None]:
@@ -43,17 +56,7 @@ def render(
         CairoRenderer, "get_frame", lambda self: copies.append(1) or get_frame(self)
     )
     before = {id(p) for p in frame_pool._owners.values()}
-    spec = RenderSpec(
-        code=SCENE,
-        class_name="Lend",
-        width=S.WIDTH,
-        height=S.HEIGHT,
-        fps=S.FPS,
-        portrait=False,
-        out_dir=str(out),
-        **range_,  # type: ignore[arg-type]
-    )
-    output = render_scene(spec)
+    output = render_scene(spec_for(out, **range_))
     pools = {id(p): p for p in frame_pool._owners.values() if id(p) not in before}
     return output.frames, len(copies), list(pools.values()), output.video
 
@@ -89,6 +92,15 @@ def test_plays_the_farm_skips_lend_nothing_and_grow_no_pool(
     assert frames == 8  # 0.5 s at 15 fps
     assert copies <= 1
     assert len(pools) == 1 and pools[0].size <= most_lent_at_once()
+
+
+def test_a_pool_is_no_part_of_a_plays_hash(tmp_path: Path) -> None:
+    # The animation cache keys a play by manim's hash of the scene and camera at its start:
+    # a render (frames drawn, lent, a pool made) must hash as the plan (nothing drawn) does
+    planned = plan_scene_full(spec_for(tmp_path / "plan", hash_plays=True)).hashes
+    drawn = render_scene(spec_for(tmp_path / "render", hash_plays=True)).plays
+    assert [p.hash for p in drawn] == [h for h in planned if h is not None]
+    assert len(drawn) == 4  # the play in the skipped section has no movie
 
 
 def test_the_pool_never_hands_out_an_array_an_encoder_holds() -> None:

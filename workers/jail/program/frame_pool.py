@@ -25,6 +25,7 @@ may draw or reset differently, and keeps plain manim's copies.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -44,8 +45,10 @@ __all__ = ["FramePool", "install", "pool_of"]
 # The cameras whose every write to pixel_array goes through set_pixel_array (the background
 # copy) or capture_mobjects (drawing), the two places where a lent array is swapped out.
 POOLED_CAMERAS = (Camera, MovingCamera, ThreeDCamera, MultiCamera)
-_POOL_ATTR = "_farm_frame_pool"
 _installed = False
+# Each camera's pool, kept beside the camera rather than on it: manim's play hash (the
+# animation cache's key) reads the camera's attributes, and a pool is no scene state.
+_pools: weakref.WeakKeyDictionary[Camera, FramePool] = weakref.WeakKeyDictionary()
 # id(array) -> the pool that made it, for the encoder threads (which see only arrays). A
 # pool keeps every array it made, so an id here is never reused by another object.
 _owners: dict[int, FramePool] = {}
@@ -102,10 +105,9 @@ class FramePool:
 
 def pool_of(camera: Camera) -> FramePool | None:
     """The camera's pool while it draws into it; None for other cameras or after a resize."""
-    pool: FramePool | None = getattr(camera, _POOL_ATTR, None)
+    pool = _pools.get(camera)
     if pool is None and type(camera) in POOLED_CAMERAS and hasattr(camera, "pixel_array"):
-        pool = FramePool(camera.pixel_array)
-        setattr(camera, _POOL_ATTR, pool)
+        pool = _pools[camera] = FramePool(camera.pixel_array)
     if pool is not None and camera.pixel_array is not pool.current:
         return None  # set_pixel_array replaced it (a new shape): plain manim's copies from now
     return pool
