@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workers.jail.program.runner import ENCODER_THREADS
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 WIDTH, HEIGHT, FPS = 426, 240, 15
@@ -217,6 +219,9 @@ def plain_manim_render(
             "mp4",
             "--seed",
             str(seed),
+            # The farm's libx264 thread count (runner.ENCODER_THREADS): its bytes depend on it
+            "--encoder-option",
+            f"threads={ENCODER_THREADS}",
             "--renderer",
             renderer,
             "--silent",

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -373,3 +376,28 @@ def test_invalid_range_is_not_a_scene_error(tmp_path: Path) -> None:
         render_scene(
             spec_for(S.MULTI_WAIT, "MultiWait", tmp_path, from_animation=3, upto_animation=3)
         )
+
+
+def test_movies_do_not_depend_on_the_cpus_the_render_may_use(tmp_path: Path) -> None:
+    # libx264 takes its thread count from the CPUs the process may use, and its bytes depend
+    # on it; a movie from the animation cache must be the one any node would have drawn
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to render on one and on more")
+
+    def frames_on(allowed: set[int], name: str) -> list[str]:
+        out = tmp_path / name
+        out.mkdir()
+        spec = out / "spec.json"
+        spec.write_text(json.dumps(S.runner_spec(S.TRANSFORM_CHAIN, "TransformChain", out)))
+        subprocess.run(
+            [sys.executable, "-m", S.RUNNER, "render", str(spec), str(out / "result.json")],
+            cwd=S.REPO,
+            check=True,
+            capture_output=True,
+            timeout=120,
+            preexec_fn=lambda: os.sched_setaffinity(0, allowed),
+        )
+        return S.frame_md5s(out / "video.mp4")
+
+    assert frames_on({min(cpus)}, "one") == frames_on(cpus, "all")

@@ -60,6 +60,12 @@ _ENCODING_FILES = frozenset({"scene_file_writer.py", "video_segment_encoder.py"}
 # Default random seed of every scene, so chunks rendered in different processes agree
 # (plain manim seeds nothing; the farm matches `manim --seed 0`). A job may choose another.
 SCENE_SEED = 0
+# libx264's thread count, fixed. Its output depends on it (the same frames encoded with 1, 2, 3
+# and 8 threads decode to four different sets of frames), and left alone it counts the CPUs of
+# the node, not the pod's limit. Fixed, a job's movies are the same bytes on every node, so a
+# movie from the animation cache is the one this node would have drawn. It is in every cache
+# key through the program's fingerprint (farm.anim_cache.environment).
+ENCODER_THREADS = 2
 # Attributes manim's cairo camera creates when it first draws (not scene state).
 _CAMERA_DRAW_CACHES = ("display_funcs", "background_colored_vmobject_displayer", "rotation_matrix")
 # Sound files a range hands back, under its out_dir.
@@ -309,6 +315,7 @@ def _configure(spec: RenderSpec, out_dir: Path, *, draws: bool) -> None:
     config.save_sections = False
     config.transparent = False
     config.seed = spec.seed
+    config.video_encoder_options = {"threads": str(ENCODER_THREADS)}
     if spec.max_inflight_encoders:  # None or 0: manim's own default
         config.max_inflight_encoders = spec.max_inflight_encoders
     if not draws:
