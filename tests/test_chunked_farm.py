@@ -181,3 +181,29 @@ def test_identical_job_completes_from_cache_for_its_owner_only(
     assert fps3["status"] == "queued"
     rendered = wait_for(client, second_key, other["jobId"])
     assert rendered["status"] == "completed"
+
+
+@pytest.mark.parametrize("count", [5, 6])  # the third inside a part; past a part's last frame
+def test_the_thumbnail_is_the_joined_videos_frame_a_third_of_the_way_in(
+    tmp_path: Path, count: int
+) -> None:
+    from farm.config import load_settings
+    from tests.test_scene_runner import spec_for
+    from workers.jail.program.runner import render_scene
+    from workers.media import stitch
+
+    # Given animations' own movies and their lengths (as the farm's stitch is given them)
+    out = render_scene(
+        spec_for(scenes.TRANSFORM_CHAIN, "TransformChain", tmp_path / "r", hash_plays=True)
+    )
+    plays = out.plays[:count]
+    parts = [tmp_path / "r" / p.file for p in plays]
+    lengths = [p.frames / scenes.FPS for p in plays]
+    settings = load_settings({})
+    # When they are stitched with lengths and fps known (the thumbnail taken from the part
+    # that holds it, while the join runs) and without (taken from the joined video)
+    video, thumb, _ = stitch(settings, parts, tmp_path / "known", durations=lengths, fps=scenes.FPS)
+    joined, thumb_of_joined, _ = stitch(settings, parts, tmp_path / "probed")
+    # Then the videos and the thumbnails are the same
+    assert scenes.frame_md5s(video) == scenes.frame_md5s(joined)
+    assert thumb.read_bytes() == thumb_of_joined.read_bytes()

@@ -22,12 +22,14 @@ def stitch(
     keep_going: Callable[[], bool] = lambda: True,
     sounds: list[tuple[Path, float, float | None]] | None = None,
     durations: list[float] | None = None,
+    fps: int | None = None,
 ) -> tuple[Path, Path, VideoInfo]:
     """``dest/video.mp4`` and ``dest/thumb.jpg`` from the parts, in order, and the video's info;
     with ``sounds`` (a decoded WAV, its time in the scene, its gain to background), one audio
     track laid as manim lays it (jail/program/audio_mix.py) beside the joined video. With
     ``durations`` (each part's length, known from its frames) the parts are not probed first;
-    the joined video is, either way."""
+    the joined video is, either way. With ``fps`` as well, the thumbnail is taken from the part
+    that holds it while the join runs."""
     limits = Limits.for_media(settings, settings.stitch_timeout_seconds)
     max_bytes = settings.max_output_mb * 2**20
     with Jail(settings, limits, "media") as jail:
@@ -39,6 +41,7 @@ def stitch(
         }
         if durations is not None:
             spec["durations"] = durations
+            spec["fps"] = fps
         if sounds:
             spec["sounds"] = [
                 {"file": jail.put(f"sound-{i:04d}.wav", path), "time": at, "gain_to_background": g}

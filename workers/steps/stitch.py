@@ -82,6 +82,7 @@ def stitch(step: Step) -> Outcome:
             step.keep_going,
             sounds=sounds,
             durations=durations,
+            fps=job["fps"],
         )
         if info.frames > settings.max_scene_seconds * job["fps"]:
             return SceneFault(

@@ -145,26 +145,49 @@ def stitch(
     thumb: str,
     sounds: list[dict[str, Any]] | None = None,
     durations: list[float] | None = None,
+    fps: float | None = None,
 ) -> dict[str, Any]:
     """Join the parts (concat demuxer, stream copy), lay the scene's sounds on one track beside
     them (``audio_mix``, as manim's file writer does), then take a thumbnail a third of the way.
-    """
-    if sounds:
-        joined_video = str(Path(video).with_name("video-only.mp4"))
-        length = _join(parts, joined_video, durations)
-        from . import audio_mix
 
-        placed = [
-            audio_mix.SoundAt(Path(s["file"]), float(s["time"]), s.get("gain_to_background"))
-            for s in sounds
-        ]
-        try:
-            audio_mix.with_audio(Path(joined_video), placed, Path(video))
-        except Exception:
-            raise Problem("audio") from None
-    else:
-        length = _join(parts, video, durations)
-    return _thumbnail(video, thumb, length)
+    With every part's length and the fps known, the thumbnail is taken from the part holding
+    that frame while the join runs (the join copies the parts' frames: the same frame).
+    """
+    early = durations is not None and len(durations) == len(parts) > 1 and bool(fps)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        shot = pool.submit(_thumbnail_of_parts, parts, durations, fps, thumb) if early else None
+        if sounds:
+            joined_video = str(Path(video).with_name("video-only.mp4"))
+            length = _join(parts, joined_video, durations)
+            from . import audio_mix
+
+            placed = [
+                audio_mix.SoundAt(Path(s["file"]), float(s["time"]), s.get("gain_to_background"))
+                for s in sounds
+            ]
+            try:
+                audio_mix.with_audio(Path(joined_video), placed, Path(video))
+            except Exception:
+                raise Problem("audio") from None
+        else:
+            length = _join(parts, video, durations)
+        if shot is None:
+            return _thumbnail(video, thumb, length)
+        info = probe_video(video)
+        _check_thumbnail(shot.result(), thumb)
+        return info
+
+
+def _thumbnail_of_parts(
+    parts: list[str], durations: Any, fps: Any, thumb: str
+) -> subprocess.CompletedProcess[bytes]:
+    """The joined video's first frame at or after a third of its length, taken from the part
+    that holds it: past a part's last frame, that is the next part's first."""
+    at, start, index = sum(durations) / 3, 0.0, 0
+    while index < len(parts) - 1 and at > start + durations[index] - 1 / fps + 1e-6:
+        start += durations[index]
+        index += 1
+    return _shoot(parts[index], max(0.0, at - start), thumb)
 
 
 def _join(parts: list[str], video: str, durations: list[float] | None = None) -> float | None:
@@ -223,15 +246,24 @@ def _thumbnail(video: str, thumb: str, length: float | None = None) -> dict[str,
     with ThreadPoolExecutor(max_workers=2) as pool:
         probed = pool.submit(probe_video, video)
         at = (probed.result()["duration"] if length is None else length) / 3
-        shot = pool.submit(_run, [
-            "ffmpeg", "-nostdin", "-v", "error", *_RESTRICT, MP4_DEMUXERS,
-            "-ss", str(at), "-f", "mp4", "-i", video,
-            "-frames:v", "1", "-q:v", "3", "-y", thumb,
-        ]).result()  # fmt: skip
+        shot = pool.submit(_shoot, video, at, thumb).result()
         info = probed.result()
+    _check_thumbnail(shot, thumb)
+    return info
+
+
+def _shoot(video: str, at: float, thumb: str) -> subprocess.CompletedProcess[bytes]:
+    """The first frame at or after ``at`` seconds, as a JPEG."""
+    return _run([
+        "ffmpeg", "-nostdin", "-v", "error", *_RESTRICT, MP4_DEMUXERS,
+        "-ss", str(at), "-f", "mp4", "-i", video,
+        "-frames:v", "1", "-q:v", "3", "-y", thumb,
+    ])  # fmt: skip
+
+
+def _check_thumbnail(shot: subprocess.CompletedProcess[bytes], thumb: str) -> None:
     if shot.returncode != 0 or not Path(thumb).is_file():
         raise Problem("thumbnail")
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     spec["thumb"],
                     spec.get("sounds"),
                     spec.get("durations"),
+                    spec.get("fps"),
                 ),
             }
         code = 0
