@@ -773,6 +773,18 @@ def busy_render_steps(conn: Conn, quality: str) -> int:
     return int(row["n"]) if row else 0
 
 
+def pending_render_steps(conn: Conn, quality: str) -> int:
+    """Plan and chunk steps of this quality's unheld jobs waiting for a worker: each takes a
+    render slot as soon as one claims it."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM steps s JOIN jobs j ON j.id = s.job_id"
+        " WHERE s.status = 'pending' AND s.kind IN ('plan', 'chunk')"
+        " AND j.status IN ('queued', 'running') AND j.held_limit IS NULL AND j.quality = %s",
+        (quality,),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with milliseconds and Z, as Kodisc formats times."""
     if ts is None:

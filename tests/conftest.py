@@ -348,14 +348,10 @@ def wait_until_idle(pool: Any, quality: str = "low", timeout: float = 180) -> No
         with pool.connection() as conn:
             # A step still pending (an earlier test's job its worker never got to) would start
             # beside the test's plan and take a slot from it: wait for those as well.
-            pending = conn.execute(
-                "SELECT count(*) AS n FROM steps s JOIN jobs j ON j.id = s.job_id"
-                " WHERE s.status = 'pending' AND s.kind IN ('plan', 'chunk')"
-                " AND j.status IN ('queued', 'running') AND j.held_limit IS NULL"
-                " AND j.quality = %s",
-                (quality,),
-            ).fetchone()
-            if jobs.busy_render_steps(conn, quality) == 0 and pending["n"] == 0:
+            if (
+                jobs.busy_render_steps(conn, quality) == 0
+                and jobs.pending_render_steps(conn, quality) == 0
+            ):
                 return
         time.sleep(0.5)
     raise AssertionError(f"render steps still running after {timeout} s (left by earlier tests)")
