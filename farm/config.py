@@ -113,6 +113,10 @@ class Settings:
     # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
     # the animation cache on; not for scenes with sounds).
     plan_handoff: bool = True
+    # A plan on a queue with free render slots adds a helper pass per free slot: every pass
+    # runs the scene and draws the animations it claims first (workers/steps/helpers.py), so
+    # no plan precedes the first frames (cairo, with the animation cache on and a budget).
+    plan_helpers: bool = True
     # Reliability.
     max_attempts: int = 2
     lease_seconds: int = 30

@@ -489,6 +489,56 @@ def first_chunk_claim(plan: Claim, chunk: ChunkPlan) -> Claim:
     return Claim(plan.job_id, "chunk", 0, 1, plan.quality, chunk.first, chunk.last)
 
 
+def add_plan_helpers(conn: Conn, plan: Claim, count: int) -> int:
+    """Add ``count`` helper passes beside the plan (plan steps 1..count, farm.play_claims); the
+    dispatcher publishes them. Returns how many were added (none when this attempt lost the
+    plan, or an earlier attempt added them)."""
+    _lock_job(conn, plan.job_id)
+    if conn.execute(f"SELECT 1 FROM steps WHERE {_OWNED}", _owned(plan)).fetchone() is None:
+        return 0
+    rows = conn.execute(
+        "INSERT INTO steps (job_id, kind, idx) SELECT %s, 'plan', i FROM generate_series(1, %s) i"
+        " ON CONFLICT DO NOTHING RETURNING idx",
+        (plan.job_id, count),
+    ).fetchall()
+    return len(rows)
+
+
+def drop_plan_helpers(conn: Conn, job_id: str) -> None:
+    """The plan has ended its own pass: helpers that have not started never will."""
+    _lock_job(conn, job_id)
+    conn.execute(
+        "UPDATE steps SET status = 'done', error = 'not needed', finished_at = now()"
+        " WHERE job_id = %s AND kind = 'plan' AND idx > 0 AND status = 'pending'",
+        (job_id,),
+    )
+
+
+def plan_helper_running(conn: Conn, job_id: str, idx: int) -> bool:
+    """Whether helper pass ``idx`` may still store what it draws (it runs, under a lease)."""
+    row = conn.execute(
+        "SELECT 1 FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = %s"
+        " AND status = 'running' AND lease_until > now()",
+        (job_id, idx),
+    ).fetchone()
+    return row is not None
+
+
+def finish_plan_helper(conn: Conn, claim: Claim) -> bool:
+    """A helper pass has stored what it will; False when this attempt no longer owned it."""
+    return _mark_done(conn, claim)
+
+
+def plan_recorded(conn: Conn, job_id: str) -> bool:
+    """Whether the job's plan step has ended (a helper that starts after it has nothing to do)."""
+    row = conn.execute(
+        "SELECT 1 FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = 0"
+        " AND status IN ('done', 'failed')",
+        (job_id,),
+    ).fetchone()
+    return row is not None
+
+
 def record_plan_without_chunks(conn: Conn, claim: Claim, log_key: str | None = None) -> bool:
     """Store a plan whose every animation is cached already: no chunk, straight to the stitch.
     False when this attempt no longer owns the plan."""
@@ -632,11 +682,24 @@ def fail_step(conn: Conn, claim: Claim, error: str, error_kind: str) -> bool:
     return finish_job(conn, claim.job_id, "failed", error=error, error_kind=error_kind)
 
 
+def is_plan_helper(claim: Claim) -> bool:
+    """A helper pass of a plan (plan steps past 0): it adds movies to the cache, nothing else."""
+    return claim.kind == "plan" and claim.idx > 0
+
+
 def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> str:
     """An infrastructure failure: the step goes back to pending, or the job fails once attempts
-    are spent. Returns ``requeued`` (publish it again), ``failed`` (the job ended) or ``lost``
-    (this attempt no longer owned the step: nothing to do)."""
+    are spent. Returns ``requeued`` (publish it again), ``failed`` (the job ended), ``dropped``
+    (a plan helper: never retried) or ``lost`` (this attempt no longer owned the step: nothing
+    to do)."""
     _lock_job(conn, claim.job_id)
+    if is_plan_helper(claim):  # never again: the plan draws what a lost helper did not store
+        row = conn.execute(
+            "UPDATE steps SET status = 'done', error = %s, lease_until = NULL,"
+            f" finished_at = now() WHERE {_OWNED} RETURNING 1",
+            (error, *_owned(claim)),
+        ).fetchone()
+        return "dropped" if row is not None else "lost"
     if claim.attempt >= max_attempts:
         ended = fail_step(
             conn, claim, f"{error} (gave up after {claim.attempt} attempts)", "platform_error"

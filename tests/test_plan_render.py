@@ -1,4 +1,5 @@
-"""A plan that renders while it plans (``plan_render_seconds``), through the whole farm.
+"""A plan that renders while it plans (``plan_render_seconds``), and the helper passes that draw
+beside it on free render slots, through the whole farm.
 
 The session's worker plans without drawing (conftest), so every other test reaches the chunk
 path; this module swaps it for one at the production default, as ``test_opengl`` swaps in its
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from farm import anim_cache
 from farm.config import Settings
+from farm.play_claims import PlayClaims
 from tests import scenes
 from tests.conftest import ALL_QUEUES, Key, Process, submit, unique, wait_for
 from tests.support import download, wait_until_answers
@@ -54,8 +57,10 @@ def _worker_with(
     **env: str,
 ) -> Iterator[Process]:
     """The session's worker swapped for one with these FARM_* values (and queues), then
-    swapped back."""
+    swapped back. Its plans draw alone unless ``FARM_PLAN_HELPERS`` says otherwise: these
+    tests are of the plan's own pass (as on a node with one render slot)."""
     worker.stop()
+    env = {"FARM_PLAN_HELPERS": "false", **env}
     swapped = Process(
         ["worker", "--queues", queues, "--concurrency", "2"], {**farm_env, **env}, log
     ).start()
@@ -326,3 +331,69 @@ def test_a_worker_killed_while_its_plan_draws_chunk_0_loses_nothing(
     assert steps[("plan", 0)]["attempt"] == 1 and steps[("chunk", 0)]["attempt"] == 2
     # And its video and captions (stored with the plan at the hand-off) are plain manim's
     _same_as_plain(job, code, "SlowSecond", tmp_path)
+
+
+# Eight one-second plays: drawing and encoding each takes many times as long as simulating it,
+# so a helper pass, started just after the plan, soon reaches plays the plan has not.
+SLOW_PLAYS = """
+from manim import *
+
+class SlowPlays(Scene):
+    def construct(self):
+        shapes = VGroup(Square(), Circle(), Triangle()).arrange(RIGHT)
+        self.add(shapes)
+        for i in range(8):
+            self.play(shapes.animate.rotate(PI / 4).shift(0.2 * (-1) ** i * UP), run_time=1)
+"""
+
+
+def test_a_plan_with_a_free_slot_draws_beside_a_helper_pass(
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
+) -> None:
+    # Given a worker with two render slots whose plans may add helper passes (the default)
+    with budget_worker("plan-helpers-worker", str(Settings.plan_render_seconds), **HELPERS):
+        code = SLOW_PLAYS + f"# {unique()}\n"
+        # When a scene of eight slow animations is rendered
+        job = _render(client, make_key(), code, "SlowPlays")
+    steps, plays = _steps(pool, job["jobId"]), _plays(pool, job["jobId"])
+    # Then a helper pass ran beside the plan on the free slot and drew some of the animations,
+    # the plan the others, each exactly once, and no chunk was needed
+    assert steps[("plan", 1)]["status"] == "done"
+    by_helper = [i for i, p in enumerate(plays) if p.get("helper")]
+    by_plan = [i for i, p in enumerate(plays) if p.get("plan")]
+    assert by_helper and by_plan and sorted(by_helper + by_plan) == list(range(8))
+    assert plays[0]["chunk_steps"] == 0
+    # And what the helper drew is no cache hit (nothing was cached), yet went into the cache
+    assert not any(p["cached"] for p in plays) and all(p["object"] for p in plays)
+    # And the video is plain manim's, frame for frame
+    _same_as_plain(job, code, "SlowPlays", tmp_path)
+
+
+HELPERS = {"FARM_PLAN_HELPERS": "true"}
+
+
+def test_a_play_a_helper_claimed_but_never_stored_is_drawn_by_a_chunk(
+    budget_worker: BudgetWorker,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # Given a job whose third animation is claimed by a helper pass that never runs (as if its
+    # worker died before it stored anything), submitted while no worker takes it
+    key = make_key()
+    code = SLOW_PLAYS + f"# {unique()}\n"
+    with budget_worker("plan-helpers-lost-idle-worker", "0", queues="webhooks"):
+        job_id = submit(client, key, code, "SlowPlays")
+        PlayClaims(redis.Redis.from_url(settings.redis_url), job_id).claim(2, passer=7)
+    # When a worker whose plans add helpers plans it
+    with budget_worker("plan-helpers-lost-worker", str(Settings.plan_render_seconds), **HELPERS):
+        job = wait_for(client, key, job_id, timeout=240)
+    # Then the plan waited for that helper, found it was not running, and left the animation
+    # to a chunk: the job completed all the same, with plain manim's video
+    assert job["status"] == "completed", job.get("error")
+    plays = _plays(pool, job_id)
+    assert not plays[2].get("plan") and not plays[2].get("helper")
+    assert plays[0]["chunk_steps"] == 1
+    _same_as_plain(job, code, "SlowPlays", tmp_path)

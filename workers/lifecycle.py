@@ -115,6 +115,9 @@ def run_step(rt: Runtime, kind: str, job_id: str, idx: int, body: Body) -> None:
 
 def settle(rt: Runtime, claim: Claim, outcome: Outcome) -> None:
     """Act on a step's outcome: fail the job, give the step back, or nothing."""
+    if jobs.is_plan_helper(claim) and isinstance(outcome, SceneFault):
+        # A helper's failure is never its job's: the plan meets the same scene and speaks.
+        outcome = PlatformFault(outcome.error, outcome.log_key)
     if claim.kind == "chunk" and not isinstance(outcome, outcomes.Done):
         kind = outcome.kind if isinstance(outcome, SceneFault) else type(outcome).__name__.lower()
         metrics.CHUNKS_FAILED.labels(queue=queue_for("chunk", claim.quality), kind=kind).inc()

@@ -18,7 +18,8 @@ class Publisher:
 
         ``priority`` (Redis: 0 is served first, then 3, 6, 9) lets the fair dispatcher put a
         waiting tenant's step ahead of a flood's already queued ones."""
-        args = [job_id] if kind in ("plan", "stitch") else [job_id, idx]
+        # A job's plan and stitch are step 0; a plan's helper passes are plan steps 1..n.
+        args = [job_id] if kind == "stitch" or (kind == "plan" and idx == 0) else [job_id, idx]
         self.app.send_task(
             TASKS[kind], args=args, queue=queue_for(kind, quality), priority=priority
         )

@@ -9,16 +9,17 @@ from workers import lifecycle
 from workers.celery_app import app
 from workers.lifecycle import FarmTask
 from workers.routing import TASKS
-from workers.steps import webhook
+from workers.steps import helpers, webhook
 from workers.steps.plan import plan
 from workers.steps.render import render
 from workers.steps.stitch import stitch
 
 
 @app.task(base=FarmTask, bind=True, name=TASKS["plan"])
-def plan_job(self: FarmTask, job_id: str) -> None:
-    """Plan a job's chunks (workers/steps/plan.py)."""
-    lifecycle.run_step(self.rt, "plan", job_id, 0, plan)
+def plan_job(self: FarmTask, job_id: str, idx: int = 0) -> None:
+    """Plan a job's chunks (workers/steps/plan.py), or help its plan draw (idx > 0:
+    workers/steps/helpers.py)."""
+    lifecycle.run_step(self.rt, "plan", job_id, idx, plan if idx == 0 else helpers.help_plan)
 
 
 @app.task(base=FarmTask, bind=True, name=TASKS["chunk"])

@@ -5,6 +5,11 @@ as one line of JSON, the worker answers with one line (the program's side is
 The line is scene-controlled bytes like any report: capped, parsed by ``outputs.load_report``
 only, and handed to the step's ``on_plan`` (workers/steps/plan.py), which validates it as a plan
 report. Whatever goes wrong, the program gets an empty answer and finishes as a plain plan.
+
+A plan pass that shares its job with other passes asks, before each animation it reaches,
+whether it draws it: a short line ``{"claim": N}``, answered ``{"draw": true|false}`` by the
+step's ``on_claim`` (at most ``outputs.MAX_ANIMATIONS`` of them; past that, or on anything else
+that is not a plan, the channel closes and the program draws what it reaches).
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ ENV = "JAIL_HANDOFF_FD"
 # What the step does with the plan: the answer for the program (None: finish as a plain plan)
 # and the wall clock the rest of the run gets from now (None: the plan's own goes on).
 OnPlan = Callable[[dict[str, Any]], tuple[dict[str, Any] | None, float | None]]
+# Whether the program draws the play it asks for.
+OnClaim = Callable[[int], bool]
+
+# A claim line, at most: {"claim": N} with N below outputs.MAX_ANIMATIONS.
+_CLAIM_BYTES = 64
 
 
 class Channel:
@@ -36,6 +46,8 @@ class Channel:
         os.set_blocking(self.fd, False)
         self._buffer = bytearray()
         self.on_plan: OnPlan | None = None
+        self.on_claim: OnClaim | None = None
+        self._claims = 0
         self.open = True
         self._theirs_open = True
 
@@ -58,7 +70,18 @@ class Channel:
         except BlockingIOError:
             return None
         self._buffer += data
-        if data and b"\n" not in data and len(self._buffer) <= outputs.REPORT_BYTES:
+        while data and self.on_claim is not None and b"\n" in self._buffer:
+            line, _, rest = bytes(self._buffer).partition(b"\n")
+            play = _claim_of(line)
+            if play is None:
+                break  # not a claim: read as the plan
+            self._buffer = bytearray(rest)
+            self._claims += 1
+            if self._claims > outputs.MAX_ANIMATIONS:
+                self.close()  # more claims than a scene has animations
+                return None
+            self._write({"draw": self.on_claim(play)})
+        if data and b"\n" not in self._buffer and len(self._buffer) <= outputs.REPORT_BYTES:
             return None
         line = bytes(self._buffer).split(b"\n", 1)[0]
         answer, wall = None, None
@@ -73,10 +96,14 @@ class Channel:
         return wall
 
     def _reply(self, answer: dict[str, Any] | None) -> None:
-        line = json.dumps({"draw": None, **(answer or {})}) + "\n"
-        with contextlib.suppress(OSError):  # it is gone: the run's end says how
-            os.write(self._answer, line.encode())
+        self._write({"draw": None, **(answer or {})})
         self.close()
+
+    def _write(self, answer: dict[str, Any]) -> None:
+        if not self.open:
+            return
+        with contextlib.suppress(OSError):  # it is gone: the run's end says how
+            os.write(self._answer, (json.dumps(answer) + "\n").encode())
 
     def close(self) -> None:
         """No (more) hand-off: a program that asks gets an empty answer."""
@@ -85,3 +112,17 @@ class Channel:
             self.open = False
             for fd in (self.fd, self._answer):
                 os.close(fd)
+
+
+def _claim_of(line: bytes) -> int | None:
+    """The play a claim line asks for; None when the line is not a claim."""
+    if len(line) > _CLAIM_BYTES:
+        return None
+    try:
+        said = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(said, dict) or list(said) != ["claim"]:
+        return None
+    play = said["claim"]
+    return play if type(play) is int and 0 <= play < outputs.MAX_ANIMATIONS else None

@@ -232,9 +232,11 @@ class Jail:
         heartbeat_seconds: float = 5.0,
         wall_seconds: float | None = None,
         on_plan: handoff.OnPlan | None = None,
+        on_claim: handoff.OnClaim | None = None,
     ) -> RunResult:
         """Hand the jail its one spec and watch it to the end; the wall clock starts now.
-        ``on_plan``: what to do with a plan the program hands off while it runs (handoff.py)."""
+        ``on_plan``: what to do with a plan the program hands off while it runs; ``on_claim``:
+        whether a plan pass draws the play it reached (handoff.py)."""
         limits = (
             self.limits if wall_seconds is None else self.limits.with_(wall_seconds=wall_seconds)
         )
@@ -253,11 +255,11 @@ class Jail:
                 pass  # it died while waiting: the result says how
         proc = self.proc
         channel = self._handoff
-        if channel is not None and on_plan is None:
+        if channel is not None and on_plan is None and on_claim is None:
             channel.close()  # nobody to answer: a program that asks finishes as a plain plan
             channel = None
         elif channel is not None:
-            channel.on_plan = on_plan
+            channel.on_plan, channel.on_claim = on_plan, on_claim
         log_buffer = watchdog.LogBuffer(limits.log_bytes)
         try:
             stopped = watchdog.watch(

@@ -39,6 +39,7 @@ from workers.steps import (
     asked_urls,
     cache_scope,
     cache_variant,
+    helpers,
     play_cache_key,
     play_movie_name,
     provide_assets,
@@ -70,6 +71,11 @@ def plan(step: Step) -> Outcome:
         jobs.set_renderer(conn, claim.job_id, renderer)
     limits = rt.jails.limits.with_(wall_seconds=settings.plan_timeout_seconds)
     started = time.perf_counter()
+    # Helper passes on the queue's free slots draw beside this one (helpers.py): then every
+    # pass claims the animations it draws, and none hands off.
+    claims = None
+    if _draws_while_planning(settings, renderer) and settings.plan_helpers and helpers.spawn(step):
+        claims = helpers.Claims(step)
 
     fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
     # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
@@ -97,6 +103,9 @@ def plan(step: Step) -> Outcome:
             spec["render_budget_seconds"] = settings.plan_render_seconds
             spec["cached_hashes"] = held
         spec["handoff"] = caching and settings.plan_handoff and hand_off
+        if claims is not None and caching:
+            spec = helpers.claim_spec(spec)
+            claims.new_pass()
 
         def on_plan(report: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
             return _hand_off(handed, job, renderer, report, fetched, started)
@@ -113,6 +122,7 @@ def plan(step: Step) -> Outcome:
                     settings.heartbeat_seconds,
                     wall_seconds=limits.wall_seconds,
                     on_plan=on_plan if spec.get("handoff") else None,
+                    on_claim=claims if spec.get("claim_plays") else None,
                 )
                 asked = asked_urls(step, jail)
                 new = [url for url in asked if url not in fetched]
@@ -131,8 +141,13 @@ def plan(step: Step) -> Outcome:
         )
 
     try:
-        return _plan(step, job, renderer, plan_with, limits, started, fetched, media_dir, handed)
+        return _plan(
+            step, job, renderer, plan_with, limits, started, fetched, media_dir, handed, claims
+        )
     finally:
+        if claims is not None:
+            with step.conn() as conn:
+                jobs.drop_plan_helpers(conn, claim.job_id)
         handed.end()
         rt.jails.start()  # if the hand-off kept it from warming (a no-op otherwise)
         shutil.rmtree(media_dir, ignore_errors=True)
@@ -396,6 +411,7 @@ def _plan(
     fetched: list[str],
     media_dir: Path,
     handed: HandOff,
+    claims: helpers.Claims | None,
 ) -> Outcome:
     rt, claim = step.rt, step.claim
     run = plan_with(renderer)
@@ -415,6 +431,7 @@ def _plan(
     if failed is not None:
         return failed
     assert run.report is not None and log_key is not None
+    helped = _helped(step, claims, run.report, started + limits.wall_seconds)
 
     def has_movie(index: int) -> bool:
         return (media_dir / play_movie_name(index)).is_file()
@@ -426,6 +443,13 @@ def _plan(
         layout = _layout(step, job, renderer, run.report, planned_in, has_movie)
     if isinstance(layout, SceneFault):
         return layout
+    scope = cache_scope(rt.settings, job)
+    for index in helped:  # drawn for this job, by a helper: neither a cache hit nor a miss
+        play = layout.plays[index]
+        if play["cached"]:
+            play.update(cached=False, helper=True, object=anim_cache.object_key(scope, play["key"]))
+            layout.cached -= 1
+            layout.looked_up -= 1
     _observe(step, layout, planned_in)
     report, plays, frames = layout.report, layout.plays, layout.frames
     drawn, drawn_plays, finishing = report["drawn"], layout.drawn_plays, not layout.chunks
@@ -467,16 +491,50 @@ def _plan(
             rt.storage.delete_prefix(key)  # the full key: exactly this object
         return outcomes.Done()
     log.info(
-        "planned %d animations (%d cached, %d drawn while planning) into %d chunks",
+        "planned %d animations (%d cached, %d drawn while planning, %d by helper passes)"
+        " into %d chunks",
         len(frames),
         layout.cached,
-        sum(1 for p in plays if "object" in p),
+        sum(1 for p in plays if p.get("plan")),
+        sum(1 for p in plays if p.get("helper")),
         len(chunks),
     )
     if not chunks:  # every animation cached or drawn: the stitch is this job's last step
         stitch_here(rt, claim.job_id)
     # The chunks are published by the scheduler's dispatcher (fair share across owners).
     return outcomes.Done()
+
+
+def _helped(
+    step: Step, claims: helpers.Claims | None, report: dict[str, Any], deadline: float
+) -> set[int]:
+    """Wait for the helpers holding plays this pass lost, and put the hash of each movie they
+    stored into the report (where this pass, which did not draw it, has none): the layout then
+    finds them in the owner's cache. Returns those plays."""
+    if claims is None or not claims.lost:
+        return set()
+    with step.conn() as conn:
+        jobs.drop_plan_helpers(conn, step.claim.job_id)
+    drew = claims.collect(deadline - time.perf_counter() + time.monotonic())
+    hashes = report.get("hashes")
+    if not isinstance(hashes, list):
+        return set()  # the report is refused by the layout
+    helped = set()
+    for play, play_hash in drew.items():
+        if play < len(hashes) and hashes[play] is None:
+            hashes[play] = play_hash
+            helped.add(play)
+    missing = len(claims.lost) - len(helped)
+    log.info(
+        "helpers drew %d of this job's animations%s",
+        len(helped),
+        f"; {missing} left for chunks" if missing else "",
+    )
+    return helped
+
+
+def _draws_while_planning(settings: Any, renderer: str) -> bool:
+    return settings.anim_cache and renderer == "cairo" and settings.plan_render_seconds > 0
 
 
 def _same_plan(

@@ -149,7 +149,8 @@ def _parts(
 ) -> list[tuple[str, int | None]]:
     """The objects to join, in order, each with its frames: each chunk's video where the
     animations it drew follow one another in the job, else their movies one by one; each
-    cached animation's movie under the plan's key; each movie the plan drew. Fewer, longer
+    cached animation's movie under the plan's key; each movie the plan or a helper pass drew
+    (helpers.py). Fewer, longer
     parts join faster (every part is downloaded, and checked in the media jail).
 
     Without the plays' record (a job planned before it was kept), the chunk videos in order.
@@ -159,7 +160,8 @@ def _parts(
         return videos
 
     def drawn_by_chunk(play: dict[str, Any]) -> bool:
-        return play["frames"] > 0 and not play["cached"] and not play.get("plan")
+        drawn_elsewhere = play["cached"] or play.get("plan") or play.get("helper")
+        return play["frames"] > 0 and not drawn_elsewhere
 
     def chunk_of(index: int) -> dict[str, Any] | None:
         for chunk in chunks:

@@ -6,6 +6,9 @@ chunks out and answers with one line saying which range the runner draws itself,
 with manim imported (runner._plan_and_hand_off). The worker's side is
 ``workers/jail/handoff.py``; it treats the plan line exactly as it treats a report.
 
+A plan pass that shares its job with helper passes (``claim``) asks the worker, on the same
+channel, for each animation it reaches whether it draws it: one line each way per animation.
+
 The two descriptors are named by ``JAIL_HANDOFF_FD`` ("<to worker>,<from worker>"), taken out of
 the environment before any scene code runs (``take``).
 """
@@ -35,6 +38,36 @@ def drop() -> None:
     _fds.clear()
 
 
+def claim(play: int) -> bool:
+    """Whether this pass draws ``play`` (no other pass of the job claimed it first). Without a
+    channel, or an answer, it does: a pass alone draws everything it reaches."""
+    if not _fds:
+        return True
+    to_worker, from_worker = _fds
+    try:
+        os.write(to_worker, (json.dumps({"claim": play}) + "\n").encode())
+        answer = _read_line(from_worker)
+    except OSError:
+        return True
+    try:
+        said = json.loads(answer or b"null")
+    except ValueError:
+        return True
+    return not (isinstance(said, dict) and said.get("draw") is False)
+
+
+def _read_line(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)
+
+
 def ask(plan: dict[str, Any]) -> dict[str, Any] | None:
     """Send the plan, wait for the worker's answer; None without a channel or an answer."""
     if not _fds:
@@ -45,20 +78,13 @@ def ask(plan: dict[str, Any]) -> dict[str, Any] | None:
         while data:
             data = data[os.write(to_worker, data) :]
         os.close(to_worker)
-        chunks = []
-        while True:
-            chunk = os.read(from_worker, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if chunk.endswith(b"\n"):
-                break
+        answer = _read_line(from_worker)
     except OSError:
         return None
     finally:
         _fds.clear()
     try:
-        answer = json.loads(b"".join(chunks) or b"null")
+        said = json.loads(answer or b"null")
     except ValueError:
         return None
-    return answer if isinstance(answer, dict) else None
+    return said if isinstance(said, dict) else None

@@ -117,6 +117,9 @@ class RenderSpec:
     # A plan that leaves animations for chunks offers its plan to the worker before it ends
     # (handoff.py) and draws the range the worker hands back, in this process.
     handoff: bool = False
+    # A plan pass beside others of its job (the plan and its helpers): it draws only the plays
+    # it claims as it reaches them (handoff.claim), and simulates those another pass claimed.
+    claim_plays: bool = False
     # Movies of plays in range that an earlier pass of this process drew (index, path): the
     # range's video joins them in their places instead of drawing them again.
     joined_movies: tuple[tuple[int, str], ...] = ()
@@ -408,6 +411,7 @@ def _farm_manager_class() -> type[Any]:
             self.budget = spec.render_budget_seconds if plan else None
             self.cached = frozenset(spec.cached_hashes)
             self.hash_all = spec.hash_plays
+            self.claiming = spec.claim_plays and plan
             self.joined_movies = spec.joined_movies
             self.drawing_seconds = 0.0
             if spec.renderer == "cairo" and (spec.hash_plays or self.budget is not None):
@@ -415,7 +419,8 @@ def _farm_manager_class() -> type[Any]:
 
         def _start_play(self, scene: Any) -> None:
             """Hash the play starting now; a plan that renders simulates it instead of drawing
-            it when the owner's cache has its movie or the plan's drawing budget is spent.
+            it when the owner's cache has its movie, the plan's drawing budget is spent, or
+            another pass of the job claimed it.
 
             Hashing is costly (every mobject's state): a plan hashes every play only when asked
             (the owner's cache has movies to look up), else only the plays it draws."""
@@ -427,9 +432,21 @@ def _farm_manager_class() -> type[Any]:
                 and self.drawing_seconds >= (self.budget or 0.0)
                 and not scene.is_current_animation_frozen_frame()
             )
-            play_hash = self._hash_play(scene) if self.hash_all or (drawing and not spent) else None
-            if drawing and (spent or play_hash in self.cached):
+            play_hash = self._hash_play(scene) if self.hash_all else None
+            if not drawing:
+                return
+            if (
+                spent
+                or play_hash in self.cached
+                or (
+                    self.claiming
+                    and self._owns(self.num_plays)
+                    and not handoff.claim(self.num_plays)
+                )
+            ):
                 self.renderer.skip_animations = True
+            elif play_hash is None:
+                self._hash_play(scene)  # it draws this play: its movie goes into the cache
 
         def _hash_play(self, scene: Any) -> str | None:
             """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""

@@ -1,0 +1,95 @@
+"""Which of a job's plan passes draws each animation: claims taken as the passes reach them.
+
+A job whose queue has free render slots is planned by its plan step and, beside it, by helper
+passes on the other slots (plan steps 1..n, ``workers/steps/helpers.py``). Every pass runs the
+whole ``construct()``; at each animation it asks here whether it may draw it. The first pass
+to ask wins it; every other pass simulates it. The passes start at once, with no plan before
+the first frame, and balance themselves: a pass that finishes an animation takes the next one
+nobody has reached.
+
+Claims are coordination, not a record: they live in Redis, and losing them costs only work
+done twice. The plan step stays the authority. A helper puts what it drew in the owner's
+animation cache and says so here (``drew``); the plan waits for the helpers whose claims it
+lost, looks their movies up like any cached animation, and cuts what is still missing into
+chunks (a helper that died, or was refused its movies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+# A claim outlives any pass that could use it (plan steps have their own wall clock).
+TTL_SECONDS = 3600
+
+# KEYS[1] the job's claims; ARGV: play index, the asking pass, TTL. The pass that holds the
+# claim (the asker if the play was free): one round trip, atomic.
+_CLAIM = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if not holder then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  return ARGV[2]
+end
+return holder
+"""
+
+
+def _claims(job_id: str) -> str:
+    return f"farm:plays:{job_id}:claims"
+
+
+def _results(job_id: str) -> str:
+    return f"farm:plays:{job_id}:drew"
+
+
+@dataclass
+class Helpers:
+    """What the helpers of a job said so far: the hash of each play one drew and stored, and
+    which helpers have ended (stored all they will)."""
+
+    drew: dict[int, str] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)
+
+
+class PlayClaims:
+    def __init__(self, client: redis.Redis, job_id: str) -> None:
+        self.client, self.job_id = client, job_id
+        self._claim = client.register_script(_CLAIM)
+
+    def claim(self, play: int, passer: int) -> int:
+        """Claim ``play`` for pass ``passer`` (0: the plan step); returns the pass holding it.
+        A pass asking again for a play it holds keeps it (a plan that runs a second pass, or
+        an attempt after its worker died: it draws what it claimed before)."""
+        holder = self._claim(keys=[_claims(self.job_id)], args=[play, passer, TTL_SECONDS])
+        return int(holder)
+
+    def drew(self, play: int, play_hash: str) -> None:
+        """A helper stored its movie of ``play`` in the owner's cache under this hash."""
+        self._said(str(play), play_hash)
+
+    def ended(self, passer: int) -> None:
+        """Helper ``passer`` stored everything it will."""
+        self._said(f"end:{passer}", "1")
+
+    def _said(self, name: str, value: str) -> None:
+        key = _results(self.job_id)
+        with self.client.pipeline() as pipe:
+            pipe.hset(key, name, value)
+            pipe.expire(key, TTL_SECONDS)
+            pipe.execute()
+
+    def helpers(self) -> Helpers:
+        said = Helpers()
+        stored: dict[bytes, bytes] = self.client.hgetall(_results(self.job_id))  # type: ignore[assignment]
+        for name, value in stored.items():
+            text = name.decode()
+            if text.startswith("end:"):
+                said.ended.add(int(text[4:]))
+            else:
+                said.drew[int(text)] = value.decode()
+        return said
+
+    def forget(self) -> None:
+        self.client.delete(_claims(self.job_id), _results(self.job_id))

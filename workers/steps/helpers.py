@@ -1,0 +1,224 @@
+"""Helper passes: a plan with free render slots beside it does not draw alone.
+
+When the plan step starts on a queue with free render slots, it adds one helper pass per free
+slot (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
+the whole ``construct()`` in their own jail and claim each animation as they reach it
+(``farm.play_claims``): a pass draws what it claimed and simulates the rest. So the first frames
+are drawn at once, with no plan pass before them, and the passes balance themselves.
+
+The plan stays the job's only authority. A helper checks what it drew in a media jail (as a
+chunk's video is checked), puts each animation's movie in the owner's animation cache and says
+so; it never records a plan, fails its job, or runs a second attempt. The plan, at the end of
+its pass, waits for the helpers holding claims it lost (``collect``), and treats what they
+stored as cached animations; what a helper did not store (it died, or its movies were refused)
+is cut into chunks as ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from farm import anim_cache, cpus, jobs
+from farm.play_claims import PlayClaims
+from workers import media, registry
+from workers.jail import outputs
+from workers.jail.jail import running_render_jails
+from workers.lifecycle import Step
+from workers.outcomes import Done, Outcome
+from workers.routing import queue_for
+from workers.steps import (
+    asked_urls,
+    cache_scope,
+    cache_variant,
+    play_movie_name,
+    provide_assets,
+    scene_spec,
+    store_plays,
+)
+
+log = logging.getLogger("farm.worker")
+
+# How often the plan looks for what its helpers stored, and asks the database whether a helper
+# it waits for still runs.
+POLL_SECONDS = 0.02
+ALIVE_EVERY_SECONDS = 1.0
+
+# A pass that claims draws every play it wins: no budget (the plan's wall clock still holds).
+UNLIMITED_BUDGET = 10.0**9
+
+
+def free_slots(step: Step) -> int:
+    """Render slots free on the job's queue beside this plan (0: none, or none known)."""
+    try:
+        slots = registry.queue_slots(step.rt.services.redis, queue_for("plan", step.claim.quality))
+    except redis.RedisError:
+        return 0
+    with step.conn() as conn:
+        busy = jobs.busy_render_steps(conn, step.claim.quality)  # this plan included
+    return max(0, slots - busy)
+
+
+def spawn(step: Step) -> int:
+    """Add a helper pass per free slot (at most ``parallelism`` passes in all); returns how
+    many passes help this plan (0: it draws alone, as a plan without helpers does)."""
+    settings = step.rt.settings
+    count = min(free_slots(step), settings.parallelism - 1)
+    if count <= 0:
+        return 0
+    with step.conn() as conn:
+        added = jobs.add_plan_helpers(conn, step.claim, count)
+    if added:
+        log.info("%d helper passes draw beside the plan", added)
+    # A later attempt of the plan finds its helpers added (ended or not): it still claims.
+    return added or count
+
+
+class Claims:
+    """A plan pass's side of the claims: answers its program, and remembers which plays it
+    lost to which helper (the plan waits for those)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.claims = PlayClaims(step.rt.services.redis, step.claim.job_id)
+        self.lost: dict[int, int] = {}  # play -> the helper pass holding it
+
+    def new_pass(self) -> None:
+        self.lost.clear()
+
+    def __call__(self, play: int) -> bool:
+        passer = self.step.claim.idx
+        try:
+            holder = self.claims.claim(play, passer)
+        except redis.RedisError:
+            # Without Redis the plan draws everything and helpers nothing: slower, never wrong.
+            return passer == 0
+        if holder != passer:
+            self.lost[play] = holder
+        return holder == passer
+
+    def held_by(self, helper: int) -> list[int]:
+        return [play for play, holder in self.lost.items() if holder == helper]
+
+    def collect(self, deadline: float) -> dict[int, str]:
+        """Wait until every helper holding a play this pass lost has stored what it drew, or
+        ended, or died; returns {play: hash} of the lost plays a helper stored."""
+        step = self.step
+        waiting = set(self.lost.values())
+        checked = time.monotonic()
+        drew: dict[int, str] = {}
+        while waiting and time.monotonic() < deadline and step.keep_going():
+            try:
+                said = self.claims.helpers()
+            except redis.RedisError:
+                break
+            drew = said.drew
+            waiting -= said.ended
+            waiting -= {h for h in waiting if all(p in drew for p in self.held_by(h))}
+            if waiting and time.monotonic() - checked >= ALIVE_EVERY_SECONDS:
+                checked = time.monotonic()
+                with step.conn() as conn:
+                    waiting = {
+                        h for h in waiting if jobs.plan_helper_running(conn, step.claim.job_id, h)
+                    }
+            if waiting:
+                time.sleep(POLL_SECONDS)
+        return {play: drew[play] for play in self.lost if play in drew}
+
+
+def claim_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A plan spec for a pass that claims: it draws every play it wins, hands nothing off."""
+    return {
+        **spec,
+        "claim_plays": True,
+        "render_budget_seconds": UNLIMITED_BUDGET,
+        "handoff": False,
+    }
+
+
+def help_plan(step: Step) -> Outcome:
+    """A helper pass: draw the plays it claims, check them, store them in the owner's cache."""
+    rt, claim, settings = step.rt, step.claim, step.rt.settings
+    claims = Claims(step)
+    with step.conn() as conn:
+        if jobs.plan_recorded(conn, claim.job_id):
+            jobs.drop_plan_helpers(conn, claim.job_id)
+            return _done(step, claims, "the plan ended before this helper started")
+        job = jobs.get_job(conn, claim.job_id)
+        renderer = job["renderer"] or settings.renderer
+        held = anim_cache.held_hashes(
+            conn, cache_scope(settings, job), cache_variant(job, renderer)
+        )
+    encoders = cpus.inflight_encoders(slots=1 + running_render_jails())
+    spec = claim_spec(scene_spec(job, renderer, max(settings.max_inflight_encoders, encoders)))
+    spec.update(hash_plays=bool(held), cached_hashes=held)
+    out = Path(tempfile.mkdtemp(prefix="farm-helper-"))
+    try:
+        with rt.jails.take() as jail:
+            provide_assets(step, job, [], jail)
+            run = jail.run(
+                "plan",
+                spec,
+                step.keep_going,
+                settings.heartbeat_seconds,
+                wall_seconds=settings.plan_timeout_seconds,
+                on_claim=claims,
+            )
+            if not run.ok or run.report is None:
+                return _done(step, claims, "its pass failed (the plan's says why)")
+            if asked_urls(step, jail):
+                return _done(step, claims, "the scene asked for URLs the plan fetches first")
+            report = outputs.parse_plan_full(
+                run.report, float(settings.max_scene_seconds), job["fps"]
+            )
+            drawn = report["drawn"]
+            if drawn is None or not drawn["plays"]:
+                return _done(step, claims, "it drew nothing")
+            limit = settings.max_output_mb * 2**20
+            copied = jail.copy_out("video.mp4", limit, "video")
+            if copied is None:
+                return _done(step, claims, "its video could not be read")
+            video = Path(shutil.move(copied, out / "video.mp4"))
+            movies: dict[int, Path] = {}
+            for index, _, _ in drawn["plays"]:
+                path = jail.copy_out(play_movie_name(index), limit, "animation movie")
+                if path is not None:
+                    movies[index] = Path(shutil.move(path, out / play_movie_name(index)))
+        # Checked as a chunk's video is: the job's geometry and fps, the frames it drew.
+        media.check_chunk(
+            settings,
+            video,
+            None,
+            width=job["width"],
+            height=job["height"],
+            fps=job["fps"],
+            max_frames=drawn["frames"],
+            keep_going=step.keep_going,
+        )
+        plays: list[dict[str, Any]] = [{} for _ in report["durations"]]
+        stored = store_plays(step, job, movies, drawn["plays"], plays)
+        hashes = {index: play_hash for index, _, play_hash in drawn["plays"]}
+        for index in stored:
+            claims.claims.drew(index, hashes[index])
+        return _done(step, claims, f"stored {len(stored)} animation movies")
+    except (outputs.OutputError, media.MediaError) as exc:
+        return _done(step, claims, f"what it drew was refused: {exc}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _done(step: Step, claims: Claims, why: str) -> Outcome:
+    """A helper ends the same way whatever happened: it says so, and its step is done."""
+    log.info("helper pass %d: %s", step.claim.idx, why)
+    with contextlib.suppress(redis.RedisError):  # the plan asks the database instead
+        claims.claims.ended(step.claim.idx)
+    with step.conn() as conn:
+        jobs.finish_plan_helper(conn, step.claim)  # or another attempt owns it: nothing to do
+    return Done()
