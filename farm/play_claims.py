@@ -90,6 +90,3 @@ class PlayClaims:
             else:
                 said.drew[int(text)] = value.decode()
         return said
-
-    def forget(self) -> None:
-        self.client.delete(_claims(self.job_id), _results(self.job_id))

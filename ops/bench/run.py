@@ -59,7 +59,9 @@ EDITED = "self.play(FadeOut(grid), FadeOut(title), FadeOut(needle), run_time=0.9
 
 
 def _settings() -> Settings:
-    base = load_settings({})
+    # The farm's defaults, but for the FARM_* settings given to the bench itself (to compare
+    # a setting on and off: FARM_PLAN_HELPERS=false make bench).
+    base = load_settings({k: v for k, v in os.environ.items() if k.startswith("FARM_")})
     return base.with_(
         database_url=psycopg.conninfo.make_conninfo(base.database_url, dbname="farm_bench"),
         redis_url="redis://127.0.0.1:6379/9",

@@ -113,7 +113,10 @@ def plan(step: Step) -> Outcome:
         for _ in range(ASSET_ROUNDS + 1):
             # After a hand-off, chunk 0's check, uploads and perhaps the stitch are still to
             # come: the next jail's import (a second of CPU) waits for them, as after any chunk.
-            with rt.jails.take(warm_next=lambda: handed.claim is None) as jail:
+            # A plan with helpers stitches its job as soon as they are done: its next jail's
+            # import waits for that too.
+            warm_next = lambda: handed.claim is None and claims is None  # noqa: E731
+            with rt.jails.take(warm_next=warm_next) as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
@@ -431,6 +434,9 @@ def _plan(
     if failed is not None:
         return failed
     assert run.report is not None and log_key is not None
+    early = None
+    if claims is not None and claims.lost:  # its own movies go up while the helpers finish
+        early = _store_drawn(step, job, run.report, media_dir)
     helped = _helped(step, claims, run.report, started + limits.wall_seconds)
 
     def has_movie(index: int) -> bool:
@@ -443,13 +449,17 @@ def _plan(
         layout = _layout(step, job, renderer, run.report, planned_in, has_movie)
     if isinstance(layout, SceneFault):
         return layout
+    # Drawn for this job (by a helper, or by the plan and stored before the layout looked its
+    # plays up): in the cache now, but neither a hit nor a miss.
     scope = cache_scope(rt.settings, job)
-    for index in helped:  # drawn for this job, by a helper: neither a cache hit nor a miss
+    for index in helped | set(early or {}):
         play = layout.plays[index]
         if play["cached"]:
-            play.update(cached=False, helper=True, object=anim_cache.object_key(scope, play["key"]))
+            play["cached"] = False
             layout.cached -= 1
             layout.looked_up -= 1
+        if index in helped:
+            play.update(helper=True, object=anim_cache.object_key(scope, play["key"]))
     _observe(step, layout, planned_in)
     report, plays, frames = layout.report, layout.plays, layout.frames
     drawn, drawn_plays, finishing = report["drawn"], layout.drawn_plays, not layout.chunks
@@ -457,9 +467,9 @@ def _plan(
     # the tenant gets (one media jail fewer on a short job's path than checking it twice).
     written = _store_media(step, job, report, media_dir, check_drawn=not finishing)
     if drawn is not None and drawn["plays"]:  # what the plan drew: cached and joined by key
-        movies = {i: media_dir / play_movie_name(i) for i, _, _ in drawn["plays"]}
-        movies = {i: path for i, path in movies.items() if path.is_file()}
-        for index, object_key in store_plays(step, job, movies, drawn["plays"], plays).items():
+        if early is None:
+            early = _store_drawn(step, job, run.report, media_dir)
+        for index, object_key in (early or {}).items():
             plays[index]["object"] = object_key
             plays[index]["plan"] = True  # drawn while planning (the bench and logs tell apart)
     # A plan that drew every animation hands the stitch its own movie (manim joined the
@@ -505,6 +515,23 @@ def _plan(
     return outcomes.Done()
 
 
+def _store_drawn(
+    step: Step, job: dict[str, Any], raw: dict[str, Any], media_dir: Path
+) -> dict[int, str] | None:
+    """Put the movies the plan drew in the owner's cache; {play: object key}, or None when the
+    report is unreadable (the layout refuses it)."""
+    try:
+        report = outputs.parse_plan_full(raw, float(step.rt.settings.max_scene_seconds), job["fps"])
+    except outputs.OutputError:
+        return None
+    drawn = report["drawn"]
+    if drawn is None:
+        return {}
+    movies = {i: media_dir / play_movie_name(i) for i, _, _ in drawn["plays"]}
+    movies = {i: path for i, path in movies.items() if path.is_file()}
+    return store_plays(step, job, movies, drawn["plays"], [{} for _ in report["durations"]])
+
+
 def _helped(
     step: Step, claims: helpers.Claims | None, report: dict[str, Any], deadline: float
 ) -> set[int]:
@@ -521,7 +548,7 @@ def _helped(
         return set()  # the report is refused by the layout
     helped = set()
     for play, play_hash in drew.items():
-        if play < len(hashes) and hashes[play] is None:
+        if play < len(hashes) and hashes[play] in (None, play_hash):
             hashes[play] = play_hash
             helped.add(play)
     missing = len(claims.lost) - len(helped)
