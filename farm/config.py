@@ -113,9 +113,11 @@ class Settings:
     # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
     # the animation cache on; not for scenes with sounds).
     plan_handoff: bool = True
-    # A plan on a queue with free render slots adds a helper pass per free slot: every pass
-    # runs the scene and draws the animations it claims first (workers/steps/helpers.py), so
-    # no plan precedes the first frames (cairo, with the animation cache on and a budget).
+    # A plan that has drawn for plan_render_seconds adds a helper pass per render slot free on
+    # its queue: every pass runs the scene and draws the animations it reaches first
+    # (workers/steps/helpers.py), so no plan precedes their frames and the passes balance
+    # themselves; the plan then draws without a budget and hands nothing off (cairo, with
+    # the animation cache on and plan_render_seconds above 0).
     plan_helpers: bool = True
     # Reliability.
     max_attempts: int = 2

@@ -23,16 +23,17 @@ import redis
 # A claim outlives any pass that could use it (plan steps have their own wall clock).
 TTL_SECONDS = 3600
 
-# KEYS[1] the job's claims; ARGV: play index, the asking pass, TTL. The pass that holds the
-# claim (the asker if the play was free): one round trip, atomic.
+# KEYS[1] the job's claims, KEYS[2] what its passes said; ARGV: play index, the asking pass,
+# TTL. Returns the pass that holds the claim (the asker if the play was free) and whether the
+# plan's own pass has ended: one round trip, atomic.
 _CLAIM = """
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if not holder then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return ARGV[2]
+  holder = ARGV[2]
 end
-return holder
+return {holder, redis.call('HEXISTS', KEYS[2], 'plan-ended')}
 """
 
 
@@ -46,11 +47,12 @@ def _results(job_id: str) -> str:
 
 @dataclass
 class Helpers:
-    """What the helpers of a job said so far: the hash of each play one drew and stored, and
-    which helpers have ended (stored all they will)."""
+    """What the passes of a job said so far: the hash of each play a helper drew and stored,
+    which helpers have ended (stored all they will), and whether the plan's pass has ended."""
 
     drew: dict[int, str] = field(default_factory=dict)
     ended: set[int] = field(default_factory=set)
+    plan_ended: bool = False
 
 
 class PlayClaims:
@@ -58,12 +60,18 @@ class PlayClaims:
         self.client, self.job_id = client, job_id
         self._claim = client.register_script(_CLAIM)
 
-    def claim(self, play: int, passer: int) -> int:
-        """Claim ``play`` for pass ``passer`` (0: the plan step); returns the pass holding it.
-        A pass asking again for a play it holds keeps it (a plan that runs a second pass, or
-        an attempt after its worker died: it draws what it claimed before)."""
-        holder = self._claim(keys=[_claims(self.job_id)], args=[play, passer, TTL_SECONDS])
-        return int(holder)
+    def claim(self, play: int, passer: int) -> tuple[int, bool]:
+        """Claim ``play`` for pass ``passer`` (0: the plan step); returns the pass holding it,
+        and whether the plan's own pass has ended. A pass asking again for a play it holds
+        keeps it (a plan that runs a second pass, or an attempt after its worker died: it
+        draws what it claimed before)."""
+        keys = [_claims(self.job_id), _results(self.job_id)]
+        holder, ended = self._claim(keys=keys, args=[play, passer, TTL_SECONDS])
+        return int(holder), bool(ended)
+
+    def plan_ended(self) -> None:
+        """The plan's own pass has ended: a helper that has drawn nothing stops."""
+        self._said("plan-ended", "1")
 
     def drew(self, play: int, play_hash: str) -> None:
         """A helper stored its movie of ``play`` in the owner's cache under this hash."""
@@ -85,7 +93,9 @@ class PlayClaims:
         stored: dict[bytes, bytes] = self.client.hgetall(_results(self.job_id))  # type: ignore[assignment]
         for name, value in stored.items():
             text = name.decode()
-            if text.startswith("end:"):
+            if text == "plan-ended":
+                said.plan_ended = True
+            elif text.startswith("end:"):
                 said.ended.add(int(text[4:]))
             else:
                 said.drew[int(text)] = value.decode()

@@ -80,14 +80,17 @@ def _worker_with(
 def default_worker(
     worker: Process, settings: Settings, farm_env: dict[str, str], artifacts: Path
 ) -> Iterator[Process]:
-    """A worker whose plans render at the production default (``Settings.plan_render_seconds``)."""
+    """A worker whose plans render at the production default (``Settings.plan_render_seconds``),
+    with helper passes (the default too)."""
     default = str(Settings.plan_render_seconds)
     log = artifacts / "plan-render-worker.log"
-    with _worker_with(worker, settings, farm_env, log, FARM_PLAN_RENDER_SECONDS=default) as w:
+    env = {"FARM_PLAN_RENDER_SECONDS": default, **HELPERS}
+    with _worker_with(worker, settings, farm_env, log, **env) as w:
         yield w
 
 
 BudgetWorker = Callable[..., AbstractContextManager[Process]]
+HELPERS = {"FARM_PLAN_HELPERS": "true"}
 
 
 @pytest.fixture()
@@ -149,9 +152,11 @@ def test_a_short_scene_is_finished_by_its_plan(
     code = FOUR + f"# {unique()}\n"
     # When it is rendered
     job = _render(client, key, code, "Four")
-    # Then its plan drew every animation: no chunk step, nothing left for another worker
+    # Then its plan drew every animation: no chunk step, nothing left for another worker, and
+    # no helper pass (the plan drew for less than its budget before the scene ended)
     plays = _plays(pool, job["jobId"])
     assert plays[0]["chunk_steps"] == 0
+    assert ("plan", 1) not in _steps(pool, job["jobId"])
     assert job["progress"]["chunksTotal"] == 0
     assert all(p["object"] and p["plan"] for p in plays if p["frames"])
     # And the stitch joined the plan's own movie alone, not one part per animation
@@ -350,8 +355,9 @@ class SlowPlays(Scene):
 def test_a_plan_with_a_free_slot_draws_beside_a_helper_pass(
     budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
 ) -> None:
-    # Given a worker with two render slots whose plans may add helper passes (the default)
-    with budget_worker("plan-helpers-worker", str(Settings.plan_render_seconds), **HELPERS):
+    # Given a worker with two render slots whose plans add helper passes once they have drawn
+    # for 50 ms (by default, a second: a short scene is drawn by its plan alone)
+    with budget_worker("plan-helpers-worker", "0.05", **HELPERS):
         code = SLOW_PLAYS + f"# {unique()}\n"
         # When a scene of eight slow animations is rendered
         job = _render(client, make_key(), code, "SlowPlays")
@@ -367,9 +373,6 @@ def test_a_plan_with_a_free_slot_draws_beside_a_helper_pass(
     assert not any(p["cached"] for p in plays) and all(p["object"] for p in plays)
     # And the video is plain manim's, frame for frame
     _same_as_plain(job, code, "SlowPlays", tmp_path)
-
-
-HELPERS = {"FARM_PLAN_HELPERS": "true"}
 
 
 def test_a_play_a_helper_claimed_but_never_stored_is_drawn_by_a_chunk(
@@ -388,7 +391,7 @@ def test_a_play_a_helper_claimed_but_never_stored_is_drawn_by_a_chunk(
         job_id = submit(client, key, code, "SlowPlays")
         PlayClaims(redis.Redis.from_url(settings.redis_url), job_id).claim(2, passer=7)
     # When a worker whose plans add helpers plans it
-    with budget_worker("plan-helpers-lost-worker", str(Settings.plan_render_seconds), **HELPERS):
+    with budget_worker("plan-helpers-lost-worker", "0.05", **HELPERS):
         job = wait_for(client, key, job_id, timeout=240)
     # Then the plan waited for that helper, found it was not running, and left the animation
     # to a chunk: the job completed all the same, with plain manim's video

@@ -289,3 +289,43 @@ def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
     with pool.connection() as conn:
         job = jobs.get_job(conn, job_id)
     assert job["status"] == "running" and job["error"] is None
+
+
+def test_a_helper_pass_whose_worker_died_is_dropped_never_retried_nor_fatal(
+    pool: Any, make_key: Any
+) -> None:
+    """A plan's helper pass (plan step 1) only adds movies to the cache: when its lease runs out
+    the reaper drops it; the job goes on, and the plan, still running, owns it."""
+    from farm import jobs
+
+    key = make_key()
+    with pool.connection() as conn:
+        request = jobs.JobRequest(code=uncached(QUICK), class_name="Quick", quality="low")
+        job_id = jobs.submit_job(conn, key.id, request, manim_version="test").job_id
+        plan = jobs.claim_step(conn, job_id, "plan", 0, lease_seconds=30)
+        assert plan is not None
+        # Given a plan that added one helper pass, and a worker that took the helper
+        assert jobs.add_plan_helpers(conn, plan, 1) == 1
+        assert jobs.add_plan_helpers(conn, plan, 1) == 0  # once per job
+        helper = jobs.claim_step(conn, job_id, "plan", 1, lease_seconds=30)
+        assert helper is not None and jobs.is_plan_helper(helper)
+        assert jobs.plan_helper_running(conn, job_id, 1)
+        # When that worker dies and the helper's lease runs out (max_attempts=1: a plan step
+        # would fail its job now)
+        conn.execute(
+            "UPDATE steps SET lease_until = now() - interval '1 second' WHERE job_id = %s"
+            " AND kind = 'plan' AND idx = 1",
+            (job_id,),
+        )
+        reaped = jobs.reap(conn, max_attempts=1, requeue_after_seconds=30)
+        # Then it is not published again, the job still runs, and the plan waits for it no more
+        assert reaped.requeue == [] and reaped.ended == []
+        assert jobs.get_job(conn, job_id)["status"] == "running"
+        assert not jobs.plan_helper_running(conn, job_id, 1)
+        status = conn.execute(
+            "SELECT status FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = 1", (job_id,)
+        ).fetchone()
+        assert status["status"] == "done"
+        # And the helper's late report changes nothing
+        assert not jobs.finish_plan_helper(conn, helper)
+        assert jobs.heartbeat(conn, plan, 30)

@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 from farm import db, keys  # noqa: E402
 from farm.config import Settings, load_settings  # noqa: E402
-from farm.planner import plan_chunks  # noqa: E402
 from farm.storage import S3Storage  # noqa: E402
 
 SCENE = ROOT / "ops" / "bench" / "scene.py"
@@ -212,34 +211,40 @@ class Farm:
     def _steps(self, job_id: str) -> dict[str, Any]:
         with self.pool.connection() as conn:
             steps = conn.execute(
-                "SELECT kind, idx, attempt, started_at, finished_at, first_animation,"
-                " last_animation FROM steps WHERE job_id = %s",
+                "SELECT kind, idx, attempt, published_at, started_at, finished_at FROM steps"
+                " WHERE job_id = %s",
                 (job_id,),
             ).fetchall()
             row = conn.execute("SELECT plays FROM jobs WHERE id = %s", (job_id,)).fetchone()
         plays = (row["plays"] if row else None) or []
-        plan = [s for s in steps if s["kind"] == "plan" and s["finished_at"]]
-        chunks = [s for s in steps if s["kind"] == "chunk" and s["finished_at"]]
-        stitch = [s for s in steps if s["kind"] == "stitch" and s["finished_at"]]
+        done = [s for s in steps if s["finished_at"] and s["started_at"]]
+        plan = [s for s in done if s["kind"] == "plan" and s["idx"] == 0]
+        helpers = [s for s in done if s["kind"] == "plan" and s["idx"] > 0]
+        chunks = [s for s in done if s["kind"] == "chunk"]
+        stitch = [s for s in done if s["kind"] == "stitch"]
 
         def seconds(s: dict[str, Any]) -> float:
             return float((s["finished_at"] - s["started_at"]).total_seconds())
 
         return {
             "plan": seconds(plan[0]) if plan else 0.0,
-            "chunks": sorted(seconds(c) for c in chunks),
-            "chunk_ranges": [
-                [c["first_animation"], c["last_animation"], seconds(c)]
-                for c in sorted(chunks, key=lambda c: c["idx"])
+            # Each helper pass: its seconds and the animations it drew (one helper: all of
+            # them; the plays record does not say which helper drew which).
+            "helpers": [
+                (seconds(h), [i for i, p in enumerate(plays) if p.get("helper")]) for h in helpers
+            ][:1],
+            # From a helper's publication (the plan asked for it) to its start.
+            "helper_gaps": [
+                float((h["started_at"] - h["published_at"]).total_seconds())
+                for h in helpers
+                if h["published_at"]
             ],
+            "chunks": sorted(seconds(c) for c in chunks),
             "stitch": seconds(stitch[0]) if stitch else 0.0,
-            # Drawn by the plan before it knew the whole scene: joined by key, or (after a
-            # hand-off) into chunk 0's video.
+            # Drawn by the plan's own pass: joined by key, or (after a hand-off) into chunk 0's
+            # video.
             "drawn_by_plan": [i for i, p in enumerate(plays) if p.get("plan") or p.get("early")],
-            # Whether the plan's own process drew chunk 0 (claimed as the plan was recorded).
-            "handoff": any(
-                c["idx"] == 0 and plan and c["started_at"] == plan[0]["finished_at"] for c in chunks
-            ),
+            "drawn_by_helpers": [i for i, p in enumerate(plays) if p.get("helper")],
         }
 
     def close(self) -> float:
@@ -323,36 +328,37 @@ def project(
     durations: list[float],
     fps: int,
     *,
-    drawn_by_plan: set[int],
-    plan: float,
-    stitch: float,
+    nodes: int,
     start_up: float,
+    helpers_after: float,
+    helper_gap: float,
+    stitch: float,
     render_per_frame: float,
     skip_per_frame: float,
-    nodes: int,
-) -> tuple[float, int]:
-    """Projected wall seconds on ``nodes`` one-core nodes, and the chunk count: planning (which
-    draws ``drawn_by_plan`` within its budget), then the longest chunk of the rest (start-up +
-    simulating its prefix + rendering its frames), then stitch."""
-    left = [0.0 if i in drawn_by_plan else d for i, d in enumerate(durations)]
-    if not any(left):
-        return plan + stitch, 0
-    chunks = plan_chunks(
-        left,
-        fps,
-        parallelism=nodes,
-        min_chunk_seconds=0.0,
-        skip_weight=skip_per_frame / render_per_frame,
-    )
+) -> tuple[float, list[int]]:
+    """Projected wall seconds on ``nodes`` one-core nodes, and the animations each pass draws:
+    the plan and, once it has drawn ``helpers_after`` seconds, a helper pass per other node,
+    each starting ``helper_gap`` seconds after the plan asked for it (its queue hop); every
+    pass (``start_up`` seconds of its own first) reaches the animations in order and draws
+    those nobody reached first, simulating the others (workers/steps/helpers.py); then the
+    stitch."""
     frames = [round(d * fps) for d in durations]
-    own = [round(d * fps) for d in left]
-    longest = max(
-        start_up
-        + skip_per_frame * sum(frames[: c.first])
-        + render_per_frame * sum(own[c.first : c.last])
-        for c in chunks
-    )
-    return plan + longest + stitch, len(chunks)
+    clock = [start_up] + [float("inf")] * (nodes - 1)  # when each pass reaches the next play
+    drew = [0] * nodes
+    drawn_by_plan = 0.0
+    for index, n in enumerate(frames):
+        if nodes > 1 and clock[1] == float("inf") and drawn_by_plan >= helpers_after:
+            # The helpers start now and simulate every play before this one first.
+            behind = start_up + helper_gap + skip_per_frame * sum(frames[:index])
+            clock[1:] = [clock[0] + behind] * (nodes - 1)
+        first = min(range(nodes), key=lambda k: clock[k])
+        for k in range(nodes):
+            clock[k] += (render_per_frame if k == first else skip_per_frame) * n
+        drew[first] += 1
+        if first == 0:
+            drawn_by_plan += render_per_frame * n
+    finished = [c for c in clock if c != float("inf")]
+    return max(finished) + stitch, drew
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -429,10 +435,12 @@ def main() -> int:
         f"({farm_cpu / plain_cpu:.2f}x)"
     )
     steps = sorted(rounds, key=lambda r: r["farm_nodes"]["wall"])[len(rounds) // 2]["farm_nodes"]
+    helper = steps["helpers"][0] if steps["helpers"] else (0.0, [])
     print(
-        f"farm overheads (median one-core-nodes round): plan {steps['plan']:.2f} s, chunks "
-        + ", ".join(f"{c:.2f}" for c in steps["chunks"])
-        + f" s, stitch {steps['stitch']:.2f} s"
+        f"farm passes (median one-core-nodes round): plan {steps['plan']:.2f} s, helper pass "
+        f"{helper[0]:.2f} s, chunks "
+        + (", ".join(f"{c:.2f}" for c in steps["chunks"]) or "none")
+        + f", stitch {steps['stitch']:.2f} s"
     )
 
     # Projection: per-frame costs from this run's measurements.
@@ -440,43 +448,36 @@ def main() -> int:
     frames = sum(round(d * 30) for d in durations)
     render_per_frame = m("plain_one_core") / frames  # one core, whole scene, start-up included
     skip_per_frame = dry_seconds / frames  # simulating a frame, drawing nothing
-    drawn_by_plan = set(steps["drawn_by_plan"])
+    drawn_by_plan, drawn_by_helpers = steps["drawn_by_plan"], steps["drawn_by_helpers"]
     print(
-        f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations within its "
-        f"{settings.plan_render_seconds:g} s budget; chunks drew the rest"
+        f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations, helper passes "
+        f"{len(drawn_by_helpers)}, chunks the rest"
     )
-    # A chunk's fixed cost: what its measured time leaves after simulating and rendering.
-    offsets = []
-    for first, last, seconds in steps["chunk_ranges"]:
-        first, last = first or 0, last if last is not None else len(durations)
-        prefix = sum(round(d * 30) for d in durations[:first])
-        own = sum(
-            round(d * 30)
-            for i, d in enumerate(durations[first:last], first)
-            if i not in drawn_by_plan
-        )
-        offsets.append(seconds - skip_per_frame * prefix - render_per_frame * own)
-    start_up = max(0.0, statistics.mean(offsets)) if offsets else 0.0
+    # A pass's fixed cost: what its measured time leaves after simulating and drawing (the
+    # plan's includes its wait for the helpers, so the helpers' own is taken where there is one).
+    fixed = []
+    for seconds, drew in [(steps["plan"], drawn_by_plan), *steps["helpers"]]:
+        own = sum(round(durations[i] * 30) for i in drew)
+        fixed.append(seconds - render_per_frame * own - skip_per_frame * (frames - own))
+    start_up = max(0.0, min(fixed[1:] or fixed))
     projections = {}
     for nodes in (1, 2, 4, 8, 16):
-        seconds, n_chunks = project(
+        seconds, drew = project(
             durations,
             30,
-            drawn_by_plan=drawn_by_plan,
-            plan=steps["plan"],
-            stitch=steps["stitch"],
+            nodes=nodes,
             start_up=start_up,
+            helpers_after=settings.plan_render_seconds if settings.plan_helpers else float("inf"),
+            helper_gap=min(steps["helper_gaps"] or [0.0]),
+            stitch=steps["stitch"],
             render_per_frame=render_per_frame,
             skip_per_frame=skip_per_frame,
-            nodes=nodes,
         )
-        projections[nodes] = {"seconds": seconds, "chunks": n_chunks}
+        projections[nodes] = {"seconds": seconds, "animations_per_pass": drew}
     print(
-        "projected wall time on N one-core nodes (plan + longest chunk with its prefix + "
-        "stitch): "
-        + ", ".join(
-            f"{n}: {p['seconds']:.2f} s ({p['chunks']} chunks)" for n, p in projections.items()
-        )
+        "projected wall time on N one-core nodes (the plan and N-1 helper passes claiming the "
+        "animations as they reach them, then the stitch): "
+        + ", ".join(f"{n}: {p['seconds']:.2f} s" for n, p in projections.items())
     )
     results = {
         "cores": CORES,
@@ -485,8 +486,9 @@ def main() -> int:
         "medians": {name: m(name) for name in rounds[0]},
         "projection": projections,
         "per_frame": {"render": render_per_frame, "skip": skip_per_frame},
-        "drawn_by_plan": sorted(drawn_by_plan),
-        "chunk_start_up": start_up,
+        "drawn_by_plan": drawn_by_plan,
+        "drawn_by_helpers": drawn_by_helpers,
+        "pass_start_up": start_up,
     }
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"written {out_dir / 'latest.json'}")

@@ -7,9 +7,10 @@ only, and handed to the step's ``on_plan`` (workers/steps/plan.py), which valida
 report. Whatever goes wrong, the program gets an empty answer and finishes as a plain plan.
 
 A plan pass that shares its job with other passes asks, before each animation it reaches,
-whether it draws it: a short line ``{"claim": N}``, answered ``{"draw": true|false}`` by the
-step's ``on_claim`` (at most ``outputs.MAX_ANIMATIONS`` of them; past that, or on anything else
-that is not a plan, the channel closes and the program draws what it reaches).
+whether it draws it: a short line ``{"claim": N}``, answered ``{"draw": true|false, "stop":
+true|false}`` by the step's ``on_claim`` (at most ``outputs.MAX_ANIMATIONS`` of them; past
+that, or on anything else that is not a plan, the channel closes and the program draws what it
+reaches).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ ENV = "JAIL_HANDOFF_FD"
 # What the step does with the plan: the answer for the program (None: finish as a plain plan)
 # and the wall clock the rest of the run gets from now (None: the plan's own goes on).
 OnPlan = Callable[[dict[str, Any]], tuple[dict[str, Any] | None, float | None]]
-# Whether the program draws the play it asks for.
-OnClaim = Callable[[int], bool]
+# What the program does with the play it asks for: "draw" it, "skip" it (another pass draws
+# it), or "stop" (its pass is no longer needed).
+OnClaim = Callable[[int], str]
 
 # A claim line, at most: {"claim": N} with N below outputs.MAX_ANIMATIONS.
 _CLAIM_BYTES = 64
@@ -80,7 +82,8 @@ class Channel:
             if self._claims > outputs.MAX_ANIMATIONS:
                 self.close()  # more claims than a scene has animations
                 return None
-            self._write({"draw": self.on_claim(play)})
+            said = self.on_claim(play)
+            self._write({"draw": said == "draw", "stop": said == "stop"})
         if data and b"\n" not in self._buffer and len(self._buffer) <= outputs.REPORT_BYTES:
             return None
         line = bytes(self._buffer).split(b"\n", 1)[0]

@@ -68,41 +68,68 @@ def free_slots(step: Step) -> int:
 
 def spawn(step: Step) -> int:
     """Add a helper pass per free slot (at most ``parallelism`` passes in all); returns how
-    many passes help this plan (0: it draws alone, as a plan without helpers does)."""
-    settings = step.rt.settings
-    count = min(free_slots(step), settings.parallelism - 1)
+    many were added."""
+    count = min(free_slots(step), step.rt.settings.parallelism - 1)
     if count <= 0:
         return 0
     with step.conn() as conn:
         added = jobs.add_plan_helpers(conn, step.claim, count)
     if added:
         log.info("%d helper passes draw beside the plan", added)
-    # A later attempt of the plan finds its helpers added (ended or not): it still claims.
-    return added or count
+    return added
 
 
 class Claims:
-    """A plan pass's side of the claims: answers its program, and remembers which plays it
-    lost to which helper (the plan waits for those)."""
+    """A pass's side of the claims: answers its program (``draw``, ``skip``, or ``stop``, for a
+    helper with nothing left to do), and remembers which plays it lost to which helper (the
+    plan waits for those).
 
-    def __init__(self, step: Step) -> None:
+    The plan adds its helpers once it has drawn for ``spawn_after`` seconds (None: never): a
+    short scene, or an edit with little to draw, is done by the plan alone, with no pass
+    beside it to share its CPUs, wait for, or join.
+    """
+
+    def __init__(self, step: Step, spawn_after: float | None = None) -> None:
         self.step = step
         self.claims = PlayClaims(step.rt.services.redis, step.claim.job_id)
         self.lost: dict[int, int] = {}  # play -> the helper pass holding it
+        self.won = 0
+        self.stopped = False  # a helper the plan's pass ended before it drew anything
+        self._spawn_after = spawn_after
+        self._drawing_since: float | None = None
 
     def new_pass(self) -> None:
         self.lost.clear()
 
-    def __call__(self, play: int) -> bool:
+    def __call__(self, play: int) -> str:
         passer = self.step.claim.idx
         try:
-            holder = self.claims.claim(play, passer)
+            holder, plan_ended = self.claims.claim(play, passer)
         except redis.RedisError:
             # Without Redis the plan draws everything and helpers nothing: slower, never wrong.
-            return passer == 0
+            return "draw" if passer == 0 else "stop"
+        if passer > 0 and plan_ended and not self.won:
+            self.stopped = True  # the plan has every play: nothing of this helper's is awaited
+            return "stop"
         if holder != passer:
             self.lost[play] = holder
-        return holder == passer
+            return "skip"
+        self.won += 1
+        if self._spawn_after is not None:
+            self._spawn_when_due()
+        return "draw"
+
+    def _spawn_when_due(self) -> None:
+        now = time.monotonic()
+        if self._drawing_since is None:
+            self._drawing_since = now
+        if now - self._drawing_since >= (self._spawn_after or 0.0) and spawn(self.step):
+            self._spawn_after = None
+
+    def end_pass(self) -> None:
+        """The plan's pass has ended: helpers that have drawn nothing stop."""
+        with contextlib.suppress(redis.RedisError):
+            self.claims.plan_ended()
 
     def held_by(self, helper: int) -> list[int]:
         return [play for play, holder in self.lost.items() if holder == helper]
@@ -147,6 +174,9 @@ def help_plan(step: Step) -> Outcome:
     """A helper pass: draw the plays it claims, store their movies in the owner's cache."""
     rt, claim, settings = step.rt, step.claim, step.rt.settings
     claims = Claims(step)
+    with contextlib.suppress(redis.RedisError):
+        if claims.claims.helpers().plan_ended:
+            return _done(step, claims, "the plan's pass ended before this helper started")
     with step.conn() as conn:
         if jobs.plan_recorded(conn, claim.job_id):
             jobs.drop_plan_helpers(conn, claim.job_id)
@@ -171,6 +201,8 @@ def help_plan(step: Step) -> Outcome:
                 wall_seconds=settings.plan_timeout_seconds,
                 on_claim=claims,
             )
+            if claims.stopped:
+                return _done(step, claims, "the plan's pass ended before it drew anything")
             if not run.ok or run.report is None:
                 return _done(step, claims, "its pass failed (the plan's says why)")
             if asked_urls(step, jail):

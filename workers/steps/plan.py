@@ -71,11 +71,11 @@ def plan(step: Step) -> Outcome:
         jobs.set_renderer(conn, claim.job_id, renderer)
     limits = rt.jails.limits.with_(wall_seconds=settings.plan_timeout_seconds)
     started = time.perf_counter()
-    # Helper passes on the queue's free slots draw beside this one (helpers.py): then every
+    # Helper passes on the queue's free slots may draw beside this one (helpers.py): every
     # pass claims the animations it draws, and none hands off.
     claims = None
-    if _draws_while_planning(settings, renderer) and settings.plan_helpers and helpers.spawn(step):
-        claims = helpers.Claims(step)
+    if _draws_while_planning(settings, renderer) and settings.plan_helpers:
+        claims = helpers.Claims(step, spawn_after=settings.plan_render_seconds)
 
     fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
     # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
@@ -114,8 +114,10 @@ def plan(step: Step) -> Outcome:
             # After a hand-off, chunk 0's check, uploads and perhaps the stitch are still to
             # come: the next jail's import (a second of CPU) waits for them, as after any chunk.
             # A plan with helpers stitches its job as soon as they are done: its next jail's
-            # import waits for that too.
-            warm_next = lambda: handed.claim is None and claims is None  # noqa: E731
+            # import (a second of CPU) waits for that too, unless the node has a CPU to spare.
+            def warm_next() -> bool:
+                return handed.claim is None and (claims is None or _cpu_to_spare())
+
             with rt.jails.take(warm_next=warm_next) as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
@@ -538,7 +540,10 @@ def _helped(
     """Wait for the helpers holding plays this pass lost, and put the hash of each movie they
     stored into the report (where this pass, which did not draw it, has none): the layout then
     finds them in the owner's cache. Returns those plays."""
-    if claims is None or not claims.lost:
+    if claims is None:
+        return set()
+    claims.end_pass()
+    if not claims.lost:
         return set()
     with step.conn() as conn:
         jobs.drop_plan_helpers(conn, step.claim.job_id)
@@ -558,6 +563,11 @@ def _helped(
         f"; {missing} left for chunks" if missing else "",
     )
     return helped
+
+
+def _cpu_to_spare() -> bool:
+    """Whether this node has a CPU besides those its render jails and a stitch use."""
+    return cpus.usable_cpus() >= running_render_jails() + 2
 
 
 def _draws_while_planning(settings: Any, renderer: str) -> bool:

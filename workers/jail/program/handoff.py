@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 ENV = "JAIL_HANDOFF_FD"
+# The exit status of a pass its worker stopped (``claim``).
+STOPPED = 4
 _fds: list[int] = []
 
 
@@ -53,6 +56,10 @@ def claim(play: int) -> bool:
         said = json.loads(answer or b"null")
     except ValueError:
         return True
+    if isinstance(said, dict) and said.get("stop") is True:
+        # A helper pass the plan no longer needs (it drew nothing): end it here, mid-scene.
+        sys.stdout.flush()
+        os._exit(STOPPED)
     return not (isinstance(said, dict) and said.get("draw") is False)
 
 
