@@ -1,7 +1,8 @@
 """Which of a job's plan passes draws each animation: claims taken as the passes reach them.
 
 A job whose queue has free render slots is planned by its plan step and, beside it, by helper
-passes on the other slots (plan steps 1..n, ``workers/steps/helpers.py``). Every pass runs the
+passes on the other slots (plan steps 1..n, ``workers/steps/helpers.py``), which the plan adds
+as it starts drawing. Every pass runs the
 whole ``construct()``; at each animation it asks here whether it may draw it. The first pass
 to ask wins it; every other pass simulates it. The passes start at once, with no plan before
 the first frame, and balance themselves: a pass that finishes an animation takes the next one
@@ -53,6 +54,8 @@ class Helpers:
     drew: dict[int, str] = field(default_factory=dict)
     ended: set[int] = field(default_factory=set)
     plan_ended: bool = False
+    plan_drawing: float | None = None  # since when the plan draws (the Redis server's clock)
+    plan_where: str = ""  # the plan's host and CPUs
 
 
 class PlayClaims:
@@ -68,6 +71,22 @@ class PlayClaims:
         keys = [_claims(self.job_id), _results(self.job_id)]
         holder, ended = self._claim(keys=keys, args=[play, passer, TTL_SECONDS])
         return int(holder), bool(ended)
+
+    def plan_drawing(self, where: str) -> None:
+        """The plan's pass drew its first animation, on ``where`` (its host and CPUs): the
+        time, by the Redis server's clock, that helpers sharing those CPUs count from."""
+        seconds, micros = self.client.time()
+        key = _results(self.job_id)
+        with self.client.pipeline() as pipe:
+            pipe.hsetnx(key, "plan-drawing", f"{seconds + micros / 1e6:.6f}")
+            pipe.hset(key, "plan-where", where)
+            pipe.expire(key, TTL_SECONDS)
+            pipe.execute()
+
+    def now(self) -> float:
+        """The Redis server's clock (the one ``plan_drawing`` is read against)."""
+        seconds, micros = self.client.time()
+        return seconds + micros / 1e6
 
     def plan_ended(self) -> None:
         """The plan's own pass has ended: a helper that has drawn nothing stops."""
@@ -95,6 +114,10 @@ class PlayClaims:
             text = name.decode()
             if text == "plan-ended":
                 said.plan_ended = True
+            elif text == "plan-drawing":
+                said.plan_drawing = float(value)
+            elif text == "plan-where":
+                said.plan_where = value.decode()
             elif text.startswith("end:"):
                 said.ended.add(int(text[4:]))
             else:

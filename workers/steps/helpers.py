@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +52,9 @@ log = logging.getLogger("farm.worker")
 # it waits for still runs.
 POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
+
+# How often a helper on its plan's CPUs looks whether the plan has drawn for its budget.
+WAIT_SECONDS = 0.05
 
 # A pass that claims draws every play it wins: no budget (the plan's wall clock still holds).
 UNLIMITED_BUDGET = 10.0**9
@@ -84,19 +89,17 @@ class Claims:
     helper with nothing left to do), and remembers which plays it lost to which helper (the
     plan waits for those).
 
-    The plan adds its helpers once it has drawn for ``spawn_after`` seconds (None: never): a
-    short scene, or an edit with little to draw, is done by the plan alone, with no pass
-    beside it to share its CPUs, wait for, or join.
+    The plan adds its helpers as it draws its first animation (``spawns``), and says where it
+    runs: a helper on the same CPUs waits until the plan has drawn for its budget (``start``).
     """
 
-    def __init__(self, step: Step, spawn_after: float | None = None) -> None:
+    def __init__(self, step: Step, spawns: bool = False) -> None:
         self.step = step
         self.claims = PlayClaims(step.rt.services.redis, step.claim.job_id)
         self.lost: dict[int, int] = {}  # play -> the helper pass holding it
         self.won = 0
         self.stopped = False  # a helper the plan's pass ended before it drew anything
-        self._spawn_after = spawn_after
-        self._drawing_since: float | None = None
+        self._spawns = spawns
 
     def new_pass(self) -> None:
         self.lost.clear()
@@ -115,16 +118,19 @@ class Claims:
             self.lost[play] = holder
             return "skip"
         self.won += 1
-        if self._spawn_after is not None:
-            self._spawn_when_due()
+        if self._spawns:
+            self._spawn()
         return "draw"
 
-    def _spawn_when_due(self) -> None:
-        now = time.monotonic()
-        if self._drawing_since is None:
-            self._drawing_since = now
-        if now - self._drawing_since >= (self._spawn_after or 0.0) and spawn(self.step):
-            self._spawn_after = None
+    def _spawn(self) -> None:
+        """Say where the plan draws (once), and add helpers for the slots free now (until
+        some were added: slots may free up as the plan goes on)."""
+        try:
+            if self.won == 1:
+                self.claims.plan_drawing(_where())
+            self._spawns = not spawn(self.step)
+        except redis.RedisError:
+            self._spawns = False  # nowhere to claim: no helpers
 
     def end_pass(self) -> None:
         """The plan's pass has ended: helpers that have drawn nothing stop."""
@@ -175,7 +181,7 @@ def help_plan(step: Step) -> Outcome:
     rt, claim, settings = step.rt, step.claim, step.rt.settings
     claims = Claims(step)
     with contextlib.suppress(redis.RedisError):
-        if claims.claims.helpers().plan_ended:
+        if not _start(step, claims):
             return _done(step, claims, "the plan's pass ended before this helper started")
     with step.conn() as conn:
         if jobs.plan_recorded(conn, claim.job_id):
@@ -232,6 +238,44 @@ def help_plan(step: Step) -> Outcome:
         return _done(step, claims, f"what it drew was refused: {exc}")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _where() -> str:
+    """This process's host and CPUs."""
+    return f"{socket.gethostname()}/{','.join(map(str, sorted(os.sched_getaffinity(0))))}"
+
+
+def _shares_cpus(where: str) -> bool:
+    """Whether a pass at ``where`` runs on CPUs this process may use too."""
+    host, _, cpus = where.partition("/")
+    mine = os.sched_getaffinity(0)
+    return host == socket.gethostname() and any(int(c) in mine for c in cpus.split(",") if c)
+
+
+def _start(step: Step, claims: Claims) -> bool:
+    """Whether this helper starts its pass. On the plan's own CPUs it first waits until the plan
+    has drawn for its budget (``plan_render_seconds``): there a helper takes CPU from the plan,
+    which only a scene longer than that repays (a short scene, an edit with little to draw,
+    is done by the plan alone). Elsewhere it starts at once. Never once the plan's pass has
+    ended."""
+    budget = step.rt.settings.plan_render_seconds
+    deadline = time.monotonic() + step.rt.settings.plan_timeout_seconds
+    checked = time.monotonic()
+    while time.monotonic() < deadline and step.keep_going():
+        said = claims.claims.helpers()
+        if said.plan_ended:
+            return False
+        if time.monotonic() - checked >= ALIVE_EVERY_SECONDS:  # its worker may have died
+            checked = time.monotonic()
+            with step.conn() as conn:
+                if jobs.plan_recorded(conn, step.claim.job_id):
+                    return False
+        if said.plan_drawing is not None and (
+            not _shares_cpus(said.plan_where) or claims.claims.now() >= said.plan_drawing + budget
+        ):
+            return True
+        time.sleep(WAIT_SECONDS)
+    return False
 
 
 def _done(step: Step, claims: Claims, why: str) -> Outcome:

@@ -75,7 +75,7 @@ def plan(step: Step) -> Outcome:
     # pass claims the animations it draws, and none hands off.
     claims = None
     if _draws_while_planning(settings, renderer) and settings.plan_helpers:
-        claims = helpers.Claims(step, spawn_after=settings.plan_render_seconds)
+        claims = helpers.Claims(step, spawns=True)
 
     fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
     # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
