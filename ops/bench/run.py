@@ -337,7 +337,7 @@ def project(
     skip_per_frame: float,
 ) -> tuple[float, list[int]]:
     """Projected wall seconds on ``nodes`` one-core nodes, and the animations each pass draws:
-    the plan and, once it has drawn ``helpers_after`` seconds, a helper pass per other node,
+    the plan and, once it has drawn for ``helpers_after`` seconds, a helper pass per other node,
     each starting ``helper_gap`` seconds after the plan asked for it (its queue hop); every
     pass (``start_up`` seconds of its own first) reaches the animations in order and draws
     those nobody reached first, simulating the others (workers/steps/helpers.py); then the
@@ -467,7 +467,8 @@ def main() -> int:
             30,
             nodes=nodes,
             start_up=start_up,
-            helpers_after=settings.plan_render_seconds if settings.plan_helpers else float("inf"),
+            # On nodes of their own, helpers start as the plan draws its first animation.
+            helpers_after=0.0 if settings.plan_helpers else float("inf"),
             helper_gap=min(steps["helper_gaps"] or [0.0]),
             stitch=steps["stitch"],
             render_per_frame=render_per_frame,
