@@ -402,3 +402,23 @@ def test_a_play_a_helper_claimed_but_never_stored_is_drawn_by_a_chunk(
     assert not plays[2].get("plan") and not plays[2].get("helper")
     assert plays[0]["chunk_steps"] == 1
     _same_as_plain(job, code, "SlowPlays", tmp_path)
+
+
+def test_a_scene_with_sounds_drawn_beside_a_helper_keeps_plain_manims_track(
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
+) -> None:
+    # Given a scene that adds a sound before each of its animations, and plans with helpers
+    from tests.test_fidelity import audio_md5s
+
+    code = (Path(__file__).parent / "corpus" / "c20_sound_every_chunk.py").read_text()
+    code += f"# {unique()}\n"
+    with budget_worker("plan-helpers-sound-worker", "0.05", **HELPERS):
+        job = _render(client, make_key(), code, "SoundEveryChunk")
+    # Then the video and its one audio track (the plan's sounds, laid at the stitch) are plain
+    # manim's, whichever pass drew each animation
+    video = download(job["result"]["video"], tmp_path / "farm.mp4")
+    plain, _ = scenes.plain_manim_render(
+        code, "SoundEveryChunk", tmp_path / "plain", size=(854, 480), fps=15
+    )
+    assert scenes.frame_md5s(video) == scenes.frame_md5s(plain)
+    assert audio_md5s(video) == audio_md5s(plain) and audio_md5s(plain)

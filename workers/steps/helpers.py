@@ -53,8 +53,10 @@ log = logging.getLogger("farm.worker")
 POLL_SECONDS = 0.02
 ALIVE_EVERY_SECONDS = 1.0
 
-# How often a helper on its plan's CPUs looks whether the plan has drawn for its budget.
+# How often a helper on its plan's CPUs looks whether the plan has drawn for its budget, and a
+# helper that has drawn nothing whether the plan's pass has ended (then it stops).
 WAIT_SECONDS = 0.05
+STOP_CHECK_SECONDS = 0.25
 
 # A pass that claims draws every play it wins: no budget (the plan's wall clock still holds).
 UNLIMITED_BUDGET = 10.0**9
@@ -89,17 +91,21 @@ class Claims:
     helper with nothing left to do), and remembers which plays it lost to which helper (the
     plan waits for those).
 
-    The plan adds its helpers as it draws its first animation (``spawns``), and says where it
-    runs: a helper on the same CPUs waits until the plan has drawn for its budget (``start``).
+    The plan adds its helpers as it draws its first animation, or, when the owner's cache
+    held the animations before it (an edit), once it has drawn for ``budget`` seconds: an edit
+    with little to draw is done by the plan alone. It says where it runs: a helper on the same
+    CPUs waits until the plan has drawn for its budget (``_start``).
     """
 
-    def __init__(self, step: Step, spawns: bool = False) -> None:
+    def __init__(self, step: Step, budget: float | None = None) -> None:
         self.step = step
         self.claims = PlayClaims(step.rt.services.redis, step.claim.job_id)
         self.lost: dict[int, int] = {}  # play -> the helper pass holding it
         self.won = 0
         self.stopped = False  # a helper the plan's pass ended before it drew anything
-        self._spawns = spawns
+        self._budget = budget  # None: adds no helpers (a helper, or a plan without)
+        self._drawing_since = 0.0
+        self._after_cache = False
 
     def new_pass(self) -> None:
         self.lost.clear()
@@ -118,19 +124,32 @@ class Claims:
             self.lost[play] = holder
             return "skip"
         self.won += 1
-        if self._spawns:
-            self._spawn()
+        if self._budget is not None:
+            self._spawn(play)
         return "draw"
 
-    def _spawn(self) -> None:
-        """Say where the plan draws (once), and add helpers for the slots free now (until
-        some were added: slots may free up as the plan goes on)."""
+    def _spawn(self, play: int) -> None:
+        """Say where the plan draws (once), and add helpers for the slots free now, when due
+        (until some were added: slots may free up as the plan goes on)."""
+        now = time.monotonic()
+        if self.won == 1:
+            self._drawing_since, self._after_cache = now, play > 0
+        if self._after_cache and now - self._drawing_since < (self._budget or 0.0):
+            return
         try:
             if self.won == 1:
                 self.claims.plan_drawing(_where())
-            self._spawns = not spawn(self.step)
+            if spawn(self.step):
+                self._budget = None
         except redis.RedisError:
-            self._spawns = False  # nowhere to claim: no helpers
+            self._budget = None  # nowhere to claim: no helpers
+
+    def no_longer_needed(self) -> bool:
+        """A helper that has drawn nothing, whose plan's pass has ended (it stops now)."""
+        if not self.won and not self.stopped:
+            with contextlib.suppress(redis.RedisError):
+                self.stopped = self.claims.helpers().plan_ended
+        return self.stopped
 
     def end_pass(self) -> None:
         """The plan's pass has ended: helpers that have drawn nothing stop."""
@@ -202,8 +221,8 @@ def help_plan(step: Step) -> Outcome:
             run = jail.run(
                 "plan",
                 spec,
-                step.keep_going,
-                settings.heartbeat_seconds,
+                lambda: step.keep_going() and not claims.no_longer_needed(),
+                STOP_CHECK_SECONDS,  # how often keep_going is asked
                 wall_seconds=settings.plan_timeout_seconds,
                 on_claim=claims,
             )

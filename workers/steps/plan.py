@@ -1,6 +1,8 @@
-"""Plan: run the scene to learn its animations, drawing those the owner's cache lacks until its
-drawing budget is spent (``plan_render_seconds``); the rest fan out as chunks. A short scene, or
-an edit of a cached one, is finished here: the stitch runs in this worker.
+"""Plan: run the scene to learn its animations, drawing those the owner's cache lacks. With
+helper passes (``helpers.py``, the default) it draws every animation it reaches first and waits
+for the helpers' movies; without, it draws until its budget is spent (``plan_render_seconds``)
+and the rest fan out as chunks. A job whose every animation is cached or drawn by its passes is
+stitched here, in this worker.
 
 A plan that leaves chunks hands off before its program ends (``workers/jail/handoff.py``): the
 plan is recorded and the other chunks go out while the same process, manim imported and the
@@ -75,7 +77,7 @@ def plan(step: Step) -> Outcome:
     # pass claims the animations it draws, and none hands off.
     claims = None
     if _draws_while_planning(settings, renderer) and settings.plan_helpers:
-        claims = helpers.Claims(step, spawns=True)
+        claims = helpers.Claims(step, budget=settings.plan_render_seconds)
 
     fetched: list[str] = []  # the URLs the scene asked for, fetched for the next pass
     # The plan's sounds and captions, copied out of its jail (the whole scene's: chunks render
