@@ -1,10 +1,13 @@
 """Helper passes: a plan with free render slots beside it does not draw alone.
 
-When the plan step starts on a queue with free render slots, it adds one helper pass per free
-slot (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
+As the plan step draws its first animation, it adds one helper pass per render slot free on its
+queue (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
 the whole ``construct()`` in their own jail and claim each animation as they reach it
-(``farm.play_claims``): a pass draws what it claimed and simulates the rest. So the first frames
-are drawn at once, with no plan pass before them, and the passes balance themselves.
+(``farm.play_claims``): a pass draws what it claimed and simulates the rest. So no plan pass
+comes before the first frames, and the passes balance themselves. Where a helper would take CPU
+from its plan (the same host and CPUs) it starts only once the plan has drawn for its budget;
+after an edit's cached animations the plan adds helpers only then too (``Claims``): a short
+scene, or an edit with little to draw, is done by the plan alone.
 
 The plan stays the job's only authority. A helper puts the movie of each animation it drew in
 the owner's animation cache and says so (the stitch checks them in its media jail with the whole
@@ -62,12 +65,16 @@ STOP_CHECK_SECONDS = 0.25
 UNLIMITED_BUDGET = 10.0**9
 
 
-def free_slots(step: Step) -> int:
-    """Render slots free on the job's queue beside this plan (0: none, or none known)."""
+def free_slots(step: Step) -> int | None:
+    """Render slots free on the job's queue besides this plan's (None: unknown, Redis away or
+    no worker announced yet). Workers announce their slots (``workers/registry.py``); the
+    plan and chunk steps running on the queue's quality hold some."""
     try:
         slots = registry.queue_slots(step.rt.services.redis, queue_for("plan", step.claim.quality))
     except redis.RedisError:
-        return 0
+        return None
+    if slots == 0:
+        return None
     with step.conn() as conn:
         busy = jobs.busy_render_steps(conn, step.claim.quality)  # this plan included
     return max(0, slots - busy)
@@ -76,7 +83,7 @@ def free_slots(step: Step) -> int:
 def spawn(step: Step) -> int:
     """Add a helper pass per free slot (at most ``parallelism`` passes in all); returns how
     many were added."""
-    count = min(free_slots(step), step.rt.settings.parallelism - 1)
+    count = min(free_slots(step) or 0, step.rt.settings.parallelism - 1)
     if count <= 0:
         return 0
     with step.conn() as conn:

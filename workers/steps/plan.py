@@ -23,20 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from farm import anim_cache, assets, cpus, jobs, metrics, objects
 from farm.captions import Cue
 from farm.jobs import Claim
 from farm.logs import log_context
 from farm.planner import ChunkPlan, plan_chunks, skip_weight
-from workers import lifecycle, media, outcomes, registry
+from workers import lifecycle, media, outcomes
 from workers.jail import outputs
 from workers.jail.jail import Jail, RunResult, running_render_jails
 from workers.jail.limits import Limits
 from workers.lifecycle import Heartbeat, Step
 from workers.outcomes import Outcome, SceneFault
-from workers.routing import queue_for
 from workers.steps import (
     asked_urls,
     cache_scope,
@@ -652,16 +649,10 @@ def _free_slots(step: Step) -> int:
     """How many chunks to cut: the render slots free on the job's queue, this plan's own
     included (it frees as the plan ends), at most ``parallelism``. Unknown (Redis away, no
     worker announced yet): ``parallelism``."""
-    settings, quality = step.rt.settings, step.claim.quality
-    try:
-        slots = registry.queue_slots(step.rt.services.redis, queue_for("plan", quality))
-    except redis.RedisError:
-        slots = 0
-    if slots == 0:
-        return settings.parallelism
-    with step.conn() as conn:
-        busy = jobs.busy_render_steps(conn, quality) - 1  # this plan's slot is about to free
-    return max(1, min(settings.parallelism, slots - max(0, busy)))
+    free = helpers.free_slots(step)
+    if free is None:
+        return step.rt.settings.parallelism
+    return max(1, min(step.rt.settings.parallelism, free + 1))
 
 
 def _store_media(
