@@ -25,6 +25,7 @@ from typing import Any
 
 from farm import anim_cache, assets, cpus, jobs, metrics, objects
 from farm.captions import Cue
+from farm.config import Settings
 from farm.jobs import Claim
 from farm.logs import log_context
 from farm.planner import ChunkPlan, plan_chunks, skip_weight
@@ -569,7 +570,7 @@ def _cpu_to_spare() -> bool:
     return cpus.usable_cpus() >= running_render_jails() + 2
 
 
-def _draws_while_planning(settings: Any, renderer: str) -> bool:
+def _draws_while_planning(settings: Settings, renderer: str) -> bool:
     return settings.anim_cache and renderer == "cairo" and settings.plan_render_seconds > 0
 
 
