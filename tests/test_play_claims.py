@@ -124,3 +124,14 @@ def _read_all(fd: int) -> None:
     with contextlib.suppress(OSError):
         while os.read(fd, 65536):
             pass
+
+
+def test_a_helper_shares_its_plans_cpus_only_on_its_host_and_cpus() -> None:
+    # (a helper that does waits for the plan's budget before it starts: helpers._start)
+    from workers.steps import helpers
+
+    here = helpers._where()
+    host = here.partition("/")[0]
+    assert helpers._shares_cpus(here)
+    assert not helpers._shares_cpus(f"{host}-elsewhere/{here.partition('/')[2]}")
+    assert not helpers._shares_cpus(f"{host}/{max(os.sched_getaffinity(0)) + 1}")

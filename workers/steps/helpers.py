@@ -273,9 +273,9 @@ def _where() -> str:
 
 def _shares_cpus(where: str) -> bool:
     """Whether a pass at ``where`` runs on CPUs this process may use too."""
-    host, _, cpus = where.partition("/")
+    host, _, listed = where.partition("/")
     mine = os.sched_getaffinity(0)
-    return host == socket.gethostname() and any(int(c) in mine for c in cpus.split(",") if c)
+    return host == socket.gethostname() and any(int(c) in mine for c in listed.split(",") if c)
 
 
 def _start(step: Step, claims: Claims) -> bool:
