@@ -113,11 +113,13 @@ class Settings:
     # while the same process (manim imported, the scene compiled) draws chunk 0 (cairo, with
     # the animation cache on; not for scenes with sounds).
     plan_handoff: bool = True
-    # A plan that has drawn for plan_render_seconds adds a helper pass per render slot free on
-    # its queue: every pass runs the scene and draws the animations it reaches first
+    # As it draws its first animation, a plan adds a helper pass per render slot free on its
+    # queue: every pass runs the scene and draws the animations it reaches first
     # (workers/steps/helpers.py), so no plan precedes their frames and the passes balance
-    # themselves; the plan then draws without a budget and hands nothing off (cairo, with
-    # the animation cache on and plan_render_seconds above 0).
+    # themselves; the plan then draws without a budget and hands nothing off. A helper on
+    # the plan's own CPUs (and any helper after an edit's cached animations) waits until the
+    # plan has drawn for plan_render_seconds. Cairo, with the animation cache on and
+    # plan_render_seconds above 0.
     plan_helpers: bool = True
     # Reliability.
     max_attempts: int = 2
