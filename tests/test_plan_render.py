@@ -422,3 +422,36 @@ def test_a_scene_with_sounds_drawn_beside_a_helper_keeps_plain_manims_track(
     )
     assert scenes.frame_md5s(video) == scenes.frame_md5s(plain)
     assert audio_md5s(video) == audio_md5s(plain) and audio_md5s(plain)
+
+
+def test_a_worker_killed_while_its_plan_and_helper_draw_loses_nothing(
+    budget_worker: BudgetWorker,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # Given a plan and its helper drawing a scene of eight animations on one worker, the
+    # helper holding an animation it claimed
+    claims = redis.Redis.from_url(settings.redis_url)
+    with budget_worker("plan-helpers-kill-worker", "0.05", **HELPERS) as w:
+        key = make_key()
+        code = SLOW_PLAYS + f"# {unique()}\n"
+        job_id = submit(client, key, code, "SlowPlays")
+        deadline = time.monotonic() + 60
+        while b"1" not in claims.hvals(f"farm:plays:{job_id}:claims"):
+            assert time.monotonic() < deadline, "the helper never claimed an animation"
+            time.sleep(0.02)
+        # When the worker (the plan's jail and the helper's with it) is SIGKILLed
+        w.kill(signal.SIGKILL)
+        w.start()
+        # Then the plan's lease runs out, its next attempt draws again what it had claimed,
+        # what the dead helper held goes to a chunk, and the job completes once, with plain
+        # manim's video
+        job = wait_for(client, key, job_id, timeout=180)
+    assert job["status"] == "completed", job.get("error")
+    steps = _steps(pool, job_id)
+    assert steps[("plan", 0)]["attempt"] == 2 and steps[("plan", 1)]["attempt"] == 1
+    assert _plays(pool, job_id)[0]["chunk_steps"] >= 1  # what the dead helper held
+    _same_as_plain(job, code, "SlowPlays", tmp_path)
