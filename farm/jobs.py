@@ -694,12 +694,7 @@ def release_step(conn: Conn, claim: Claim, error: str, max_attempts: int) -> str
     to do)."""
     _lock_job(conn, claim.job_id)
     if is_plan_helper(claim):  # never again: the plan draws what a lost helper did not store
-        row = conn.execute(
-            "UPDATE steps SET status = 'done', error = %s, lease_until = NULL,"
-            f" finished_at = now() WHERE {_OWNED} RETURNING 1",
-            (error, *_owned(claim)),
-        ).fetchone()
-        return "dropped" if row is not None else "lost"
+        return "dropped" if _mark_done(conn, claim, error=error) else "lost"
     if claim.attempt >= max_attempts:
         ended = fail_step(
             conn, claim, f"{error} (gave up after {claim.attempt} attempts)", "platform_error"

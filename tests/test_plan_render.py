@@ -455,3 +455,22 @@ def test_a_worker_killed_while_its_plan_and_helper_draw_loses_nothing(
     assert steps[("plan", 0)]["attempt"] == 2 and steps[("plan", 1)]["attempt"] == 1
     assert _plays(pool, job_id)[0]["chunk_steps"] >= 1  # what the dead helper held
     _same_as_plain(job, code, "SlowPlays", tmp_path)
+
+
+def test_an_edit_with_much_left_to_draw_gets_helpers_once_the_plan_drew_for_its_budget(
+    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
+) -> None:
+    # Given a scene its owner rendered once, then edited from its second animation on (the
+    # first shifts by the same vector), and plans whose budget is 50 ms
+    key = make_key()
+    marker = f"# {unique()}\n"
+    edited = SLOW_PLAYS.replace("* UP)", "* UP + 0.1 * i * RIGHT)")
+    assert edited != SLOW_PLAYS
+    with budget_worker("plan-helpers-edit-worker", "0.05", **HELPERS):
+        _render(client, key, SLOW_PLAYS + marker, "SlowPlays")
+        job = _render(client, key, edited + marker, "SlowPlays")
+    # Then the plan drew the first animation the cache lacked, added its helper once it had
+    # drawn for its budget, and the helper drew some of the rest
+    plays = _plays(pool, job["jobId"])
+    assert plays[0]["cached"] and any(p.get("helper") for p in plays)
+    _same_as_plain(job, edited + marker, "SlowPlays", tmp_path)

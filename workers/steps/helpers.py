@@ -139,13 +139,12 @@ class Claims:
         """Say where the plan draws (once), and add helpers for the slots free now, when due
         (until some were added: slots may free up as the plan goes on)."""
         now = time.monotonic()
-        if self.won == 1:
-            self._drawing_since, self._after_cache = now, play > 0
-        if self._after_cache and now - self._drawing_since < (self._budget or 0.0):
-            return
         try:
-            if self.won == 1:
+            if self.won == 1:  # helpers count from here, whenever they are added
+                self._drawing_since, self._after_cache = now, play > 0
                 self.claims.plan_drawing(_where())
+            if self._after_cache and now - self._drawing_since < (self._budget or 0.0):
+                return
             if spawn(self.step):
                 self._budget = None
         except redis.RedisError:

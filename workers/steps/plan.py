@@ -543,10 +543,10 @@ def _helped(
     if claims is None:
         return set()
     claims.end_pass()
+    with step.conn() as conn:  # those not started never will
+        jobs.drop_plan_helpers(conn, step.claim.job_id)
     if not claims.lost:
         return set()
-    with step.conn() as conn:
-        jobs.drop_plan_helpers(conn, step.claim.job_id)
     drew = claims.collect(deadline - time.perf_counter() + time.monotonic())
     hashes = report.get("hashes")
     if not isinstance(hashes, list):

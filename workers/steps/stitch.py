@@ -150,8 +150,8 @@ def _parts(
     """The objects to join, in order, each with its frames: each chunk's video where the
     animations it drew follow one another in the job, else their movies one by one; each
     cached animation's movie under the plan's key; each movie the plan or a helper pass drew
-    (helpers.py). Fewer, longer
-    parts join faster (every part is downloaded, and checked in the media jail).
+    (helpers.py). Fewer, longer parts join faster (every part is downloaded, and checked in
+    the media jail).
 
     Without the plays' record (a job planned before it was kept), the chunk videos in order.
     """
