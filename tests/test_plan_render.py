@@ -458,7 +458,12 @@ def test_a_worker_killed_while_its_plan_and_helper_draw_loses_nothing(
 
 
 def test_an_edit_with_much_left_to_draw_gets_helpers_once_the_plan_drew_for_its_budget(
-    budget_worker: BudgetWorker, client: Any, make_key: Any, pool: Any, tmp_path: Path
+    budget_worker: BudgetWorker,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     # Given a scene its owner rendered once, then edited from its second animation on (the
     # first shifts by the same vector), and plans whose budget is 50 ms
@@ -470,7 +475,11 @@ def test_an_edit_with_much_left_to_draw_gets_helpers_once_the_plan_drew_for_its_
         _render(client, key, SLOW_PLAYS + marker, "SlowPlays")
         job = _render(client, key, edited + marker, "SlowPlays")
     # Then the plan drew the first animation the cache lacked, added its helper once it had
-    # drawn for its budget, and the helper drew some of the rest
+    # drawn for its budget, and said when it began to draw (what a helper on its CPUs counts
+    # its wait from: without it, the helper waits for the plan's end and draws nothing)
     plays = _plays(pool, job["jobId"])
-    assert plays[0]["cached"] and any(p.get("helper") for p in plays)
+    assert plays[0]["cached"] and not plays[1]["cached"]
+    assert ("plan", 1) in _steps(pool, job["jobId"])
+    said = PlayClaims(redis.Redis.from_url(settings.redis_url), job["jobId"]).helpers()
+    assert said.plan_drawing is not None
     _same_as_plain(job, edited + marker, "SlowPlays", tmp_path)
