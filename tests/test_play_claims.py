@@ -73,17 +73,20 @@ def _channel() -> tuple[handoff.Channel, Program, list[Any]]:
 
 def test_each_claim_line_is_answered_and_the_channel_stays_open() -> None:
     channel, program, asked = _channel()
+    shares = iter([2, 1, 1])  # another pass started on the node after the first answer
+    channel.encoders = lambda: next(shares)
     # Given a pass that asks for two plays in one write, then a third
     program.ask(b'{"claim": 0}\n{"claim": 1}\n')
     channel.readable()
     program.ask(b'{"claim": 2}\n')
     channel.readable()
-    # Then each was answered, in order, and the channel is open for the next
+    # Then each was answered, in order, with the pass's share of encoders at the time, and the
+    # channel is open for the next
     assert asked == [0, 1, 2]
     assert program.answers() == (
-        b'{"draw": true, "stop": false}\n'
-        b'{"draw": false, "stop": false}\n'
-        b'{"draw": false, "stop": true}\n'
+        b'{"draw": true, "stop": false, "encoders": 2}\n'
+        b'{"draw": false, "stop": false, "encoders": 1}\n'
+        b'{"draw": false, "stop": true, "encoders": 1}\n'
     )
     assert channel.open
 

@@ -677,6 +677,31 @@ def test_gpu_jails_bind_every_gpu_device_and_can_run_without_a_procfs(
     assert "--dev-bind-try" not in media_jail
 
 
+def test_a_claiming_pass_encodes_as_many_movies_at_once_as_its_worker_answers(
+    pool: JailPool,
+) -> None:
+    # The passes of a job on one node share its CPUs: each claim's answer says how many movies
+    # the pass may encode at once from then on (workers/jail/handoff.py). Here the answer is
+    # the settings' floor, 200 wherever this runs; the pass started with 1.
+    settings = SETTINGS.with_(max_inflight_encoders=200)
+    writer = "self.renderer.file_writer.settings.max_inflight_encoders"
+    spec = _spec(
+        f"print('before', {writer})\n"
+        "self.play(FadeIn(Circle()), run_time=0.2)\n"
+        f"print('after', {writer})",
+        max_inflight_encoders=1,
+        claim_plays=True,
+        render_budget_seconds=10.0**9,
+        range_media=False,
+    )
+    claimed: list[int] = []
+    with Jail(settings, pool.limits, warm=True) as jail:
+        run = jail.run("plan", spec, on_claim=lambda play: claimed.append(play) or "draw")
+    assert run.ok, run.log
+    assert claimed == [0, 1]
+    assert "before 1" in run.log and "after 200" in run.log
+
+
 def test_a_jail_without_procfs_still_renders(pool: JailPool) -> None:
     settings = SETTINGS.with_(jail_proc="none")
     with Jail(settings, pool.limits, warm=True) as jail:

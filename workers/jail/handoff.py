@@ -8,9 +8,10 @@ report. Whatever goes wrong, the program gets an empty answer and finishes as a 
 
 A plan pass that shares its job with other passes asks, before each animation it reaches,
 whether it draws it: a short line ``{"claim": N}``, answered ``{"draw": true|false, "stop":
-true|false}`` by the step's ``on_claim`` (at most ``outputs.MAX_ANIMATIONS`` of them; past
-that, or on anything else that is not a plan, the channel closes and the program draws what it
-reaches).
+true|false, "encoders": E}`` by the step's ``on_claim`` (at most ``outputs.MAX_ANIMATIONS`` of
+them; past that, or on anything else that is not a plan, the channel closes and the program draws
+what it reaches). ``E``, from ``encoders``, is how many movies the pass may encode at once from
+then on: its share of the node's CPUs, which changes as other passes start or end there.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Channel:
         self._buffer = bytearray()
         self.on_plan: OnPlan | None = None
         self.on_claim: OnClaim | None = None
+        # How many movies a claiming pass may encode at once now (None: the answer says not).
+        self.encoders: Callable[[], int] | None = None
         self._claims = 0
         self.open = True
         self._theirs_open = True
@@ -83,7 +86,10 @@ class Channel:
                 self.close()  # more claims than a scene has animations
                 return None
             said = self.on_claim(play)
-            self._write({"draw": said == "draw", "stop": said == "stop"})
+            told: dict[str, Any] = {"draw": said == "draw", "stop": said == "stop"}
+            if self.encoders is not None:
+                told["encoders"] = self.encoders()
+            self._write(told)
         if data and b"\n" not in self._buffer and len(self._buffer) <= outputs.REPORT_BYTES:
             return None
         line = bytes(self._buffer).split(b"\n", 1)[0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm import cpus
 from farm.assets import MISSES_FILE
 from farm.config import Settings
 from workers.jail import bwrap, cgroup, handoff, outputs, watchdog
@@ -260,6 +261,7 @@ class Jail:
             channel = None
         elif channel is not None:
             channel.on_plan, channel.on_claim = on_plan, on_claim
+            channel.encoders = lambda: render_encoders(self.settings)
         log_buffer = watchdog.LogBuffer(limits.log_bytes)
         try:
             stopped = watchdog.watch(
@@ -365,6 +367,14 @@ def _signal_of(returncode: int, report: dict[str, Any] | None) -> int | None:
     if returncode > 128 and report is None:
         return returncode - 128
     return None
+
+
+def render_encoders(settings: Settings, *, starting: bool = False) -> int:
+    """How many movies a render jail may encode at once: the node's CPUs shared by the render
+    jails running on it (with ``starting``, one about to run besides), at least
+    ``max_inflight_encoders``."""
+    share = cpus.inflight_encoders(slots=max(1, running_render_jails() + starting))
+    return max(settings.max_inflight_encoders, share)
 
 
 def running_render_jails(root: Path | None = None) -> int:

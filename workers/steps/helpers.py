@@ -31,11 +31,11 @@ from typing import Any
 
 import redis
 
-from farm import anim_cache, cpus, jobs
+from farm import anim_cache, jobs
 from farm.play_claims import PlayClaims
 from workers import registry
 from workers.jail import outputs
-from workers.jail.jail import running_render_jails
+from workers.jail.jail import render_encoders
 from workers.lifecycle import Step
 from workers.outcomes import Done, Outcome
 from workers.routing import queue_for
@@ -217,8 +217,7 @@ def help_plan(step: Step) -> Outcome:
         held = anim_cache.held_hashes(
             conn, cache_scope(settings, job), cache_variant(job, renderer)
         )
-    encoders = cpus.inflight_encoders(slots=1 + running_render_jails())
-    spec = claim_spec(scene_spec(job, renderer, max(settings.max_inflight_encoders, encoders)))
+    spec = claim_spec(scene_spec(job, renderer, render_encoders(settings, starting=True)))
     spec.update(hash_plays=bool(held), cached_hashes=held)
     out = Path(tempfile.mkdtemp(prefix="farm-helper-"))
     try:

@@ -31,7 +31,7 @@ from farm.logs import log_context
 from farm.planner import ChunkPlan, plan_chunks, skip_weight
 from workers import lifecycle, media, outcomes
 from workers.jail import outputs
-from workers.jail.jail import Jail, RunResult, running_render_jails
+from workers.jail.jail import Jail, RunResult, render_encoders, running_render_jails
 from workers.jail.limits import Limits
 from workers.lifecycle import Heartbeat, Step
 from workers.outcomes import Outcome, SceneFault
@@ -86,9 +86,9 @@ def plan(step: Step) -> Outcome:
     def plan_with(renderer: str, hand_off: bool = True) -> RunResult:
         new: list[str] = []
         # A plan is on its job's critical path and often alone on its node: it may use the
-        # encoders of the CPUs no other render jail there is running (farm/cpus.py).
-        encoders = cpus.inflight_encoders(slots=1 + running_render_jails())
-        spec = scene_spec(job, renderer, max(settings.max_inflight_encoders, encoders))
+        # encoders of the CPUs no other render jail there is running (farm/cpus.py); a pass
+        # that claims is told its share again as other passes start (handoff.py).
+        spec = scene_spec(job, renderer, render_encoders(settings, starting=True))
         caching = settings.anim_cache and renderer == "cairo"
         held: list[str] = []
         if caching:

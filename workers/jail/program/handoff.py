@@ -8,6 +8,8 @@ with manim imported (runner._plan_and_hand_off). The worker's side is
 
 A plan pass that shares its job with helper passes (``claim``) asks the worker, on the same
 channel, for each animation it reaches whether it draws it: one line each way per animation.
+The answer also says how many movies the pass may encode at once from then on (``encoders``):
+the worker sees the other passes that start on the pass's node, the jail does not.
 
 The two descriptors are named by ``JAIL_HANDOFF_FD`` ("<to worker>,<from worker>"), taken out of
 the environment before any scene code runs (``take``).
@@ -23,7 +25,11 @@ from typing import Any
 ENV = "JAIL_HANDOFF_FD"
 # The exit status of a pass its worker stopped (``claim``).
 STOPPED = 4
+# An answer's encoders above this are refused (no node has more CPUs).
+MAX_ENCODERS = 256
 _fds: list[int] = []
+# The encoders the last claim's answer allowed (None: no answer said).
+encoders: int | None = None
 
 
 def take() -> None:
@@ -43,7 +49,9 @@ def drop() -> None:
 
 def claim(play: int) -> bool:
     """Whether this pass draws ``play`` (no other pass of the job claimed it first). Without a
-    channel, or an answer, it does: a pass alone draws everything it reaches."""
+    channel, or an answer, it does: a pass alone draws everything it reaches. Keeps the
+    answer's ``encoders`` in ``encoders``."""
+    global encoders
     if not _fds:
         return True
     to_worker, from_worker = _fds
@@ -56,6 +64,10 @@ def claim(play: int) -> bool:
         said = json.loads(answer or b"null")
     except ValueError:
         return True
+    if isinstance(said, dict):
+        allowed = said.get("encoders")
+        if type(allowed) is int and 1 <= allowed <= MAX_ENCODERS:
+            encoders = allowed
     if isinstance(said, dict) and said.get("stop") is True:
         # A helper pass the plan no longer needs (it drew nothing): end it here, mid-scene.
         sys.stdout.flush()

@@ -439,14 +439,27 @@ def _farm_manager_class() -> type[Any]:
                 spent
                 or play_hash in self.cached
                 or (
-                    self.claiming
-                    and self._owns(self.num_plays)
-                    and not handoff.claim(self.num_plays)
+                    self.claiming and self._owns(self.num_plays) and not self._claim(self.num_plays)
                 )
             ):
                 self.renderer.skip_animations = True
             elif play_hash is None:
                 self._hash_play(scene)  # it draws this play: its movie goes into the cache
+
+        def _claim(self, index: int) -> bool:
+            """Whether this pass draws play ``index``; encodes as many movies at once as the
+            worker's answer allows from now on.
+
+            Why: the passes of a job on one node share its CPUs. A pass that keeps more
+            movies encoding than its share draws ahead of its encoders, claims more than it
+            can finish, and ends last; at one encoder each, the passes end together."""
+            draws = handoff.claim(index)
+            writer = self.file_writer
+            if handoff.encoders is not None and (
+                writer.settings.max_inflight_encoders != handoff.encoders
+            ):
+                writer.settings = replace(writer.settings, max_inflight_encoders=handoff.encoders)
+            return draws
 
         def _hash_play(self, scene: Any) -> str | None:
             """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""
