@@ -677,6 +677,32 @@ def test_gpu_jails_bind_every_gpu_device_and_can_run_without_a_procfs(
     assert "--dev-bind-try" not in media_jail
 
 
+def test_a_deferred_warm_up_starts_when_it_may_and_a_step_that_comes_first_calls_it_off() -> None:
+    # A helper beside its plan warms its next jail once the plan's step (the stitch) is over.
+    pool = JailPool(SETTINGS)
+    try:
+        may = threading.Event()
+        pool.start_when(may.is_set, within=60)
+        time.sleep(0.5)
+        assert not pool.waiting
+        may.set()
+        deadline = time.monotonic() + 10
+        while not pool.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.waiting
+    finally:
+        pool.close()
+    pool = JailPool(SETTINGS)
+    try:
+        pool.start_when(lambda: False, within=0.3)
+        with pool.take(warm_next=lambda: False):
+            pass
+        time.sleep(0.8)  # past its deadline: it was called off, not merely late
+        assert not pool.waiting
+    finally:
+        pool.close()
+
+
 def test_a_claiming_pass_encodes_as_many_movies_at_once_as_its_worker_answers(
     pool: JailPool,
 ) -> None:

@@ -198,12 +198,16 @@ class Farm:
             json={"code": code, "className": cls, "quality": quality},
         )
         job_id = response.get_json()["jobId"]
-        while True:
-            job = self.client.get(f"/api/v2/render/{job_id}", headers=self.headers).get_json()
-            if job["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.02)
+        # The job's row, which the API reads, is watched every 20 ms: an API poll costs 1.5 ms
+        # of CPU, and 50 a second took 0.6 s of CPU from the farm's 2 cores in an 8 s job.
+        with self.pool.connection() as conn:
+            while True:
+                row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+                if row is not None and row["status"] in ("completed", "failed"):
+                    break
+                time.sleep(0.02)
         wall = time.perf_counter() - started
+        job = self.client.get(f"/api/v2/render/{job_id}", headers=self.headers).get_json()
         if job["status"] != "completed":
             raise SystemExit(f"farm job failed: {job['error']}")
         return {"wall": wall, **self._steps(job_id)}

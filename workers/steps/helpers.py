@@ -61,6 +61,10 @@ ALIVE_EVERY_SECONDS = 1.0
 WAIT_SECONDS = 0.05
 STOP_CHECK_SECONDS = 0.25
 
+# A helper beside its plan warms its next jail once the plan's step (and the stitch in it) is
+# over, or this long after its own step at the latest.
+WARM_LATER_SECONDS = 30.0
+
 # A pass that claims draws every play it wins: no budget (the plan's wall clock still holds).
 UNLIMITED_BUDGET = 10.0**9
 
@@ -184,7 +188,7 @@ class Claims:
                 checked = time.monotonic()
                 with step.conn() as conn:
                     waiting = {
-                        h for h in waiting if jobs.plan_helper_running(conn, step.claim.job_id, h)
+                        h for h in waiting if jobs.plan_pass_running(conn, step.claim.job_id, h)
                     }
             if waiting:
                 time.sleep(POLL_SECONDS)
@@ -205,9 +209,12 @@ def help_plan(step: Step) -> Outcome:
     """A helper pass: draw the plays it claims, store their movies in the owner's cache."""
     rt, claim, settings = step.rt, step.claim, step.rt.settings
     claims = Claims(step)
+    beside_plan = False  # on the plan's CPUs (Redis away: taken not to be)
     with contextlib.suppress(redis.RedisError):
-        if not _start(step, claims):
+        where = _start(step, claims)
+        if where is None:
             return _done(step, claims, "the plan's pass ended before this helper started")
+        beside_plan = _shares_cpus(where)
     with step.conn() as conn:
         if jobs.plan_recorded(conn, claim.job_id):
             jobs.drop_plan_helpers(conn, claim.job_id)
@@ -221,7 +228,9 @@ def help_plan(step: Step) -> Outcome:
     spec.update(hash_plays=bool(held), cached_hashes=held)
     out = Path(tempfile.mkdtemp(prefix="farm-helper-"))
     try:
-        with rt.jails.take() as jail:
+        # Beside its plan, the helper's next jail (a second of CPU importing manim) waits for
+        # the plan's step, which stitches the job on these CPUs.
+        with rt.jails.take(warm_next=lambda: not beside_plan) as jail:
             provide_assets(step, job, [], jail)
             run = jail.run(
                 "plan",
@@ -262,6 +271,13 @@ def help_plan(step: Step) -> Outcome:
         return _done(step, claims, f"what it drew was refused: {exc}")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        if beside_plan:
+            rt.jails.start_when(lambda: not _plan_running(step), within=WARM_LATER_SECONDS)
+
+
+def _plan_running(step: Step) -> bool:
+    with step.conn() as conn:
+        return jobs.plan_pass_running(conn, step.claim.job_id, 0)
 
 
 def _where() -> str:
@@ -276,30 +292,30 @@ def _shares_cpus(where: str) -> bool:
     return host == socket.gethostname() and any(int(c) in mine for c in listed.split(",") if c)
 
 
-def _start(step: Step, claims: Claims) -> bool:
-    """Whether this helper starts its pass. On the plan's own CPUs it first waits until the plan
-    has drawn for its budget (``plan_render_seconds``): there a helper takes CPU from the plan,
-    which only a scene longer than that repays (a short scene, an edit with little to draw,
-    is done by the plan alone). Elsewhere it starts at once. Never once the plan's pass has
-    ended."""
+def _start(step: Step, claims: Claims) -> str | None:
+    """Where the plan draws (``_where``), once this helper may start its pass; None: it does
+    not start. On the plan's own CPUs it first waits until the plan has drawn for its budget
+    (``plan_render_seconds``): there a helper takes CPU from the plan, which only a scene
+    longer than that repays (a short scene, an edit with little to draw, is done by the plan
+    alone). Elsewhere it starts at once. Never once the plan's pass has ended."""
     budget = step.rt.settings.plan_render_seconds
     deadline = time.monotonic() + step.rt.settings.plan_timeout_seconds
     checked = time.monotonic()
     while time.monotonic() < deadline and step.keep_going():
         said = claims.claims.helpers()
         if said.plan_ended:
-            return False
+            return None
         if time.monotonic() - checked >= ALIVE_EVERY_SECONDS:  # its worker may have died
             checked = time.monotonic()
             with step.conn() as conn:
                 if jobs.plan_recorded(conn, step.claim.job_id):
-                    return False
+                    return None
         if said.plan_drawing is not None and (
             not _shares_cpus(said.plan_where) or claims.claims.now() >= said.plan_drawing + budget
         ):
-            return True
+            return said.plan_where
         time.sleep(WAIT_SECONDS)
-    return False
+    return None
 
 
 def _done(step: Step, claims: Claims, why: str) -> Outcome:

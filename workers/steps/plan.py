@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm import anim_cache, assets, cpus, jobs, metrics, objects
+from farm import anim_cache, assets, jobs, metrics, objects
 from farm.captions import Cue
 from farm.config import Settings
 from farm.jobs import Claim
@@ -31,7 +31,7 @@ from farm.logs import log_context
 from farm.planner import ChunkPlan, plan_chunks, skip_weight
 from workers import lifecycle, media, outcomes
 from workers.jail import outputs
-from workers.jail.jail import Jail, RunResult, render_encoders, running_render_jails
+from workers.jail.jail import Jail, RunResult, render_encoders
 from workers.jail.limits import Limits
 from workers.lifecycle import Heartbeat, Step
 from workers.outcomes import Outcome, SceneFault
@@ -111,14 +111,11 @@ def plan(step: Step) -> Outcome:
             return _hand_off(handed, job, renderer, report, fetched, started)
 
         for _ in range(ASSET_ROUNDS + 1):
-            # After a hand-off, chunk 0's check, uploads and perhaps the stitch are still to
-            # come: the next jail's import (a second of CPU) waits for them, as after any chunk.
-            # A plan with helpers stitches its job as soon as they are done: its next jail's
-            # import (a second of CPU) waits for that too, unless the node has a CPU to spare.
-            def warm_next() -> bool:
-                return handed.claim is None and (claims is None or _cpu_to_spare())
-
-            with rt.jails.take(warm_next=warm_next) as jail:
+            # The next jail's import (a second of CPU) waits for the end of this step: for
+            # chunk 0's check and uploads after a hand-off, or for the stitch of a job the plan
+            # finishes, which runs on the node's CPUs (side by side with the thumbnail). No
+            # other step can come to this worker process before then anyway.
+            with rt.jails.take(warm_next=lambda: False) as jail:
                 provide_assets(step, job, fetched, jail)
                 run = jail.run(
                     "plan",
@@ -154,7 +151,7 @@ def plan(step: Step) -> Outcome:
             with step.conn() as conn:
                 jobs.drop_plan_helpers(conn, claim.job_id)
         handed.end()
-        rt.jails.start()  # if the hand-off kept it from warming (a no-op otherwise)
+        rt.jails.start()  # the next jail, now that this step's work is done
         shutil.rmtree(media_dir, ignore_errors=True)
 
 
@@ -563,11 +560,6 @@ def _helped(
         f"; {missing} left for chunks" if missing else "",
     )
     return helped
-
-
-def _cpu_to_spare() -> bool:
-    """Whether this node has a CPU besides those its render jails and a stitch use."""
-    return cpus.usable_cpus() >= running_render_jails() + 2
 
 
 def _draws_while_planning(settings: Settings, renderer: str) -> bool:
