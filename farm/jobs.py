@@ -515,8 +515,8 @@ def drop_plan_helpers(conn: Conn, job_id: str) -> None:
 
 
 def plan_pass_running(conn: Conn, job_id: str, idx: int) -> bool:
-    """Whether pass ``idx`` of the job's plan runs, under a lease (0: the plan's own step; a
-    helper pass may then still store what it draws)."""
+    """Whether helper pass ``idx`` of the job's plan runs, under a lease (it may still store
+    what it draws)."""
     row = conn.execute(
         "SELECT 1 FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = %s"
         " AND status = 'running' AND lease_until > now()",

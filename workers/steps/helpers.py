@@ -61,8 +61,8 @@ ALIVE_EVERY_SECONDS = 1.0
 WAIT_SECONDS = 0.05
 STOP_CHECK_SECONDS = 0.25
 
-# A helper beside its plan warms its next jail once the plan's step (and the stitch in it) is
-# over, or this long after its own step at the latest.
+# A helper beside its plan warms its next jail once the plan's pass has ended, or this long
+# after its own step at the latest (the plan's worker died: nobody says so).
 WARM_LATER_SECONDS = 30.0
 
 # A pass that claims draws every play it wins: no budget (the plan's wall clock still holds).
@@ -229,7 +229,7 @@ def help_plan(step: Step) -> Outcome:
     out = Path(tempfile.mkdtemp(prefix="farm-helper-"))
     try:
         # Beside its plan, the helper's next jail (a second of CPU importing manim) waits for
-        # the plan's step, which stitches the job on these CPUs.
+        # the plan's pass to end: until then it would take CPU from the job's last animations.
         with rt.jails.take(warm_next=lambda: not beside_plan) as jail:
             provide_assets(step, job, [], jail)
             run = jail.run(
@@ -272,12 +272,9 @@ def help_plan(step: Step) -> Outcome:
     finally:
         shutil.rmtree(out, ignore_errors=True)
         if beside_plan:
-            rt.jails.start_when(lambda: not _plan_running(step), within=WARM_LATER_SECONDS)
-
-
-def _plan_running(step: Step) -> bool:
-    with step.conn() as conn:
-        return jobs.plan_pass_running(conn, step.claim.job_id, 0)
+            rt.jails.start_when(
+                lambda: claims.claims.helpers().plan_ended, within=WARM_LATER_SECONDS
+            )
 
 
 def _where() -> str:
