@@ -328,39 +328,67 @@ def dry_plan(code: str) -> tuple[list[float], float]:
         return durations, time.perf_counter() - started
 
 
+def draw_costs(code: str) -> list[float]:
+    """Each animation's seconds to draw and encode on one core: the farm's runner renders the
+    scene in this process, pinned to CPU 0, with one encoder (so each animation's encoding
+    ends within its own play)."""
+    from manim.scene.scene import Scene
+
+    from workers.jail.program.runner import RenderSpec, render_scene
+
+    costs: list[float] = []
+    play = Scene.play
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        play(self, *args, **kwargs)
+        costs.append(time.perf_counter() - started)
+
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    Scene.play = timed  # type: ignore[method-assign]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = RenderSpec(
+                code, CLASS, 1920, 1080, 30, portrait=False, out_dir=tmp, max_inflight_encoders=1
+            )
+            render_scene(spec)
+    finally:
+        Scene.play = play  # type: ignore[method-assign]
+        os.sched_setaffinity(0, affinity)
+    return costs
+
+
 def project(
-    durations: list[float],
-    fps: int,
+    draw: list[float],
+    skip: list[float],
     *,
     nodes: int,
     start_up: float,
     helpers_after: float,
     helper_gap: float,
     stitch: float,
-    render_per_frame: float,
-    skip_per_frame: float,
 ) -> tuple[float, list[int]]:
-    """Projected wall seconds on ``nodes`` one-core nodes, and the animations each pass draws:
-    the plan and, once it has drawn for ``helpers_after`` seconds, a helper pass per other node,
-    each starting ``helper_gap`` seconds after the plan asked for it (its queue hop); every
-    pass (``start_up`` seconds of its own first) reaches the animations in order and draws
-    those nobody reached first, simulating the others (workers/steps/helpers.py); then the
-    stitch."""
-    frames = [round(d * fps) for d in durations]
+    """Projected wall seconds on ``nodes`` one-core nodes, and the animations each pass draws,
+    from each animation's seconds to draw (``draw``) and to simulate (``skip``): the plan and,
+    once it has drawn for ``helpers_after`` seconds, a helper pass per other node, each
+    starting ``helper_gap`` seconds after the plan asked for it (its queue hop); every pass
+    (``start_up`` seconds of its own first) reaches the animations in order and draws those
+    nobody reached first, simulating the others (workers/steps/helpers.py); then the stitch."""
     clock = [start_up] + [float("inf")] * (nodes - 1)  # when each pass reaches the next play
     drew = [0] * nodes
     drawn_by_plan = 0.0
-    for index, n in enumerate(frames):
+    for index in range(len(draw)):
         if nodes > 1 and clock[1] == float("inf") and drawn_by_plan >= helpers_after:
             # The helpers start now and simulate every play before this one first.
-            behind = start_up + helper_gap + skip_per_frame * sum(frames[:index])
+            behind = start_up + helper_gap + sum(skip[:index])
             clock[1:] = [clock[0] + behind] * (nodes - 1)
         first = min(range(nodes), key=lambda k: clock[k])
         for k in range(nodes):
-            clock[k] += (render_per_frame if k == first else skip_per_frame) * n
+            clock[k] += draw[index] if k == first else skip[index]
         drew[first] += 1
         if first == 0:
-            drawn_by_plan += render_per_frame * n
+            drawn_by_plan += draw[index]
     finished = [c for c in clock if c != float("inf")]
     return max(finished) + stitch, drew
 
@@ -447,11 +475,12 @@ def main() -> int:
         + f", stitch {steps['stitch']:.2f} s"
     )
 
-    # Projection: per-frame costs from this run's measurements.
+    # Projection: each animation's costs, measured in this run.
     durations, dry_seconds = dry_plan(SCENE.read_text())
     frames = sum(round(d * 30) for d in durations)
-    render_per_frame = m("plain_one_core") / frames  # one core, whole scene, start-up included
     skip_per_frame = dry_seconds / frames  # simulating a frame, drawing nothing
+    skip = [skip_per_frame * round(d * 30) for d in durations]
+    draw = draw_costs(SCENE.read_text())
     drawn_by_plan, drawn_by_helpers = steps["drawn_by_plan"], steps["drawn_by_helpers"]
     print(
         f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations, helper passes "
@@ -461,22 +490,23 @@ def main() -> int:
     # plan's includes its wait for the helpers, so the helpers' own is taken where there is one).
     fixed = []
     for seconds, drew in [(steps["plan"], drawn_by_plan), *steps["helpers"]]:
-        own = sum(round(durations[i] * 30) for i in drew)
-        fixed.append(seconds - render_per_frame * own - skip_per_frame * (frames - own))
+        fixed.append(
+            seconds
+            - sum(draw[i] for i in drew)
+            - sum(skip[i] for i in range(len(draw)) if i not in drew)
+        )
     start_up = max(0.0, min(fixed[1:] or fixed))
     projections = {}
     for nodes in (1, 2, 4, 8, 16):
         seconds, drew = project(
-            durations,
-            30,
+            draw,
+            skip,
             nodes=nodes,
             start_up=start_up,
             # On nodes of their own, helpers start as the plan draws its first animation.
             helpers_after=0.0 if settings.plan_helpers else float("inf"),
             helper_gap=min(steps["helper_gaps"] or [0.0]),
             stitch=steps["stitch"],
-            render_per_frame=render_per_frame,
-            skip_per_frame=skip_per_frame,
         )
         projections[nodes] = {"seconds": seconds, "animations_per_pass": drew}
     print(
@@ -490,7 +520,8 @@ def main() -> int:
         "rounds": rounds,
         "medians": {name: m(name) for name in rounds[0]},
         "projection": projections,
-        "per_frame": {"render": render_per_frame, "skip": skip_per_frame},
+        "per_animation": {"draw": draw, "skip": skip},
+        "pass_fixed_seconds": fixed,
         "drawn_by_plan": drawn_by_plan,
         "drawn_by_helpers": drawn_by_helpers,
         "pass_start_up": start_up,
