@@ -514,9 +514,8 @@ def drop_plan_helpers(conn: Conn, job_id: str) -> None:
     )
 
 
-def plan_pass_running(conn: Conn, job_id: str, idx: int) -> bool:
-    """Whether helper pass ``idx`` of the job's plan runs, under a lease (it may still store
-    what it draws)."""
+def plan_helper_running(conn: Conn, job_id: str, idx: int) -> bool:
+    """Whether helper pass ``idx`` may still store what it draws (it runs, under a lease)."""
     row = conn.execute(
         "SELECT 1 FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = %s"
         " AND status = 'running' AND lease_until > now()",

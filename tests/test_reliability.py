@@ -309,7 +309,7 @@ def test_a_helper_pass_whose_worker_died_is_dropped_never_retried_nor_fatal(
         assert jobs.add_plan_helpers(conn, plan, 1) == 0  # once per job
         helper = jobs.claim_step(conn, job_id, "plan", 1, lease_seconds=30)
         assert helper is not None and jobs.is_plan_helper(helper)
-        assert jobs.plan_pass_running(conn, job_id, 1)
+        assert jobs.plan_helper_running(conn, job_id, 1)
         # When that worker dies and the helper's lease runs out (max_attempts=1: a plan step
         # would fail its job now)
         conn.execute(
@@ -321,7 +321,7 @@ def test_a_helper_pass_whose_worker_died_is_dropped_never_retried_nor_fatal(
         # Then it is not published again, the job still runs, and the plan waits for it no more
         assert reaped.requeue == [] and reaped.ended == []
         assert jobs.get_job(conn, job_id)["status"] == "running"
-        assert not jobs.plan_pass_running(conn, job_id, 1)
+        assert not jobs.plan_helper_running(conn, job_id, 1)
         status = conn.execute(
             "SELECT status FROM steps WHERE job_id = %s AND kind = 'plan' AND idx = 1", (job_id,)
         ).fetchone()

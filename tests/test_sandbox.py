@@ -678,7 +678,7 @@ def test_gpu_jails_bind_every_gpu_device_and_can_run_without_a_procfs(
 
 
 def test_a_deferred_warm_up_starts_when_it_may_and_a_step_that_comes_first_calls_it_off() -> None:
-    # A helper beside its plan warms its next jail once the plan's step (the stitch) is over.
+    # A helper beside its plan warms its next jail once the plan's pass has ended.
     pool = JailPool(SETTINGS)
     try:
         may = threading.Event()

@@ -47,9 +47,10 @@ class JailPool:
 
     def start_when(self, ready: Callable[[], bool], within: float) -> None:
         """Warm the next jail once ``ready()`` (asked from a thread) says so, or ``within``
-        seconds from now. Why: a worker whose step leaves work on its node to another (the
-        stitch of a job it helped) leaves it the CPU that importing manim takes. A step that
-        arrives first takes a jail of its own (``take`` calls the warm-up off)."""
+        seconds from now. Why: a worker whose step ends while its job still runs on the same
+        CPUs (a helper beside its plan's last animations) leaves them the CPU that importing
+        manim takes. A step that arrives first takes a jail of its own (``take`` calls the
+        warm-up off)."""
         self._call_off()
         if not self.warm:
             return
@@ -61,7 +62,7 @@ class JailPool:
                 try:
                     if ready():
                         break
-                except Exception:  # the database away: the deadline holds
+                except Exception:  # whoever answers is away: the deadline holds
                     pass
                 off.wait(WAIT_SECONDS)
             with self._lock:

@@ -188,7 +188,7 @@ class Claims:
                 checked = time.monotonic()
                 with step.conn() as conn:
                     waiting = {
-                        h for h in waiting if jobs.plan_pass_running(conn, step.claim.job_id, h)
+                        h for h in waiting if jobs.plan_helper_running(conn, step.claim.job_id, h)
                     }
             if waiting:
                 time.sleep(POLL_SECONDS)

@@ -136,6 +136,7 @@ def plan(step: Step) -> Outcome:
                     _copy_out(jail, run.report, media_dir, settings.max_output_mb * 2**20)
             if final:
                 return run
+            rt.jails.start()  # the next pass's jail imports manim while the URLs are fetched
             log.info("the scene asked for %d URLs; fetching them and planning again", len(new))
             fetched.extend(new)
         raise assets.AssetRefused(
