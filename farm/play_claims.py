@@ -75,10 +75,10 @@ class PlayClaims:
     def plan_drawing(self, where: str) -> None:
         """The plan's pass drew its first animation, on ``where`` (its host and CPUs): the
         time, by the Redis server's clock, that helpers sharing those CPUs count from."""
-        seconds, micros = self.client.time()
         key = _results(self.job_id)
+        drawing = self.now()
         with self.client.pipeline() as pipe:
-            pipe.hsetnx(key, "plan-drawing", f"{seconds + micros / 1e6:.6f}")
+            pipe.hsetnx(key, "plan-drawing", f"{drawing:.6f}")
             pipe.hset(key, "plan-where", where)
             pipe.expire(key, TTL_SECONDS)
             pipe.execute()

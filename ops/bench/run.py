@@ -481,6 +481,8 @@ def main() -> int:
     skip_per_frame = dry_seconds / frames  # simulating a frame, drawing nothing
     skip = [skip_per_frame * round(d * 30) for d in durations]
     draw = draw_costs(SCENE.read_text())
+    if len(draw) != len(durations):
+        raise SystemExit(f"timed {len(draw)} animations of the {len(durations)} planned")
     drawn_by_plan, drawn_by_helpers = steps["drawn_by_plan"], steps["drawn_by_helpers"]
     print(
         f"the plan drew {len(drawn_by_plan)} of {len(durations)} animations, helper passes "
