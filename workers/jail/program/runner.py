@@ -462,11 +462,12 @@ def _farm_manager_class() -> type[Any]:
             return draws
 
         def _hash_play(self, scene: Any) -> str | None:
-            """manim's own partial-movie hash of the play starting now (cairo, as manim does)."""
+            """manim's own partial-movie hash of the play starting now (cairo, as manim does),
+            computed by play_hash.py (the same digest, faster)."""
             index = self.num_plays
             if scene_skips(self.renderer) or not self._owns(index):
                 return None
-            from manim.utils.hashing import get_hash_from_play_call
+            from . import play_hash
 
             camera = self.camera
             # Why: the camera keeps caches it builds on its first draw; a plan (nothing drawn)
@@ -475,7 +476,7 @@ def _farm_manager_class() -> type[Any]:
                 k: camera.__dict__.pop(k) for k in _CAMERA_DRAW_CACHES if k in vars(camera)
             }
             try:
-                self.play_hashes[index] = get_hash_from_play_call(
+                self.play_hashes[index] = play_hash.get_hash_from_play_call(
                     scene,
                     camera,
                     scene.animations,
