@@ -41,7 +41,8 @@ _MISSING = object()
 
 
 class _Memo:
-    """manim's ``_Memoizer`` state, one play's worth: the signs of the objects seen."""
+    """manim's ``_Memoizer`` state, one play's worth: the signs of the objects seen. (Its
+    warning past 170,000 objects is not repeated: the runner turns manim's off.)"""
 
     def __init__(self) -> None:
         self.seen: set[tuple[str, int]] = set()
