@@ -83,6 +83,11 @@ class PlayClaims:
             pipe.expire(key, TTL_SECONDS)
             pipe.execute()
 
+    def plan_starts(self, where: str) -> None:
+        """The plan's pass starts on ``where`` (its host and CPUs), before it draws: helpers
+        on other CPUs may start their own at once."""
+        self._said("plan-where", where)
+
     def now(self) -> float:
         """The Redis server's clock (the one ``plan_drawing`` is read against)."""
         seconds, micros = self.client.time()

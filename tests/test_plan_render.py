@@ -483,3 +483,38 @@ def test_an_edit_with_much_left_to_draw_gets_helpers_once_the_plan_drew_for_its_
     said = PlayClaims(redis.Redis.from_url(settings.redis_url), job["jobId"]).helpers()
     assert said.plan_drawing is not None
     _same_as_plain(job, edited + marker, "SlowPlays", tmp_path)
+
+
+SLOW_SET_UP = """
+import time
+from manim import *
+
+class SlowSetUp(Scene):
+    def construct(self):
+        time.sleep(1.5)  # a long set-up: fonts, data, LaTeX, before the first animation
+        square = Square()
+        self.play(Create(square), run_time=1)
+        self.play(square.animate.shift(RIGHT), run_time=1)
+"""
+
+
+def test_a_new_scenes_plan_adds_its_helpers_as_its_pass_starts(
+    budget_worker: BudgetWorker,
+    client: Any,
+    make_key: Any,
+    pool: Any,
+    settings: Settings,
+) -> None:
+    # Given a worker with two render slots whose plans add helper passes, and a scene its owner
+    # never rendered that sets up for 1.5 s before its first animation
+    with budget_worker("plan-helpers-early-worker", "0.05", **HELPERS):
+        # When it is rendered
+        job = _render(client, make_key(), SLOW_SET_UP + f"# {unique()}\n", "SlowSetUp")
+    # Then the plan said where it runs and added its helper as its pass started: the helper
+    # step began while the plan was still setting up, long before the plan drew (a helper on
+    # other CPUs runs its own set-up then; one on the plan's CPUs, as here, waits for the
+    # plan's budget of drawing)
+    said = PlayClaims(redis.Redis.from_url(settings.redis_url), job["jobId"]).helpers()
+    assert said.plan_where and said.plan_drawing is not None
+    helper = _steps(pool, job["jobId"])[("plan", 1)]
+    assert helper["started_at"].timestamp() < said.plan_drawing - 0.75

@@ -1,7 +1,7 @@
 """Helper passes: a plan with free render slots beside it does not draw alone.
 
-As the plan step draws its first animation, it adds one helper pass per render slot free on its
-queue (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
+As the plan step starts its pass (an edit's: as it draws), it adds one helper pass per render
+slot free on its queue (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
 the whole ``construct()`` in their own jail and claim each animation as they reach it
 (``farm.play_claims``): a pass draws what it claimed and simulates the rest. So no plan pass
 comes before the first frames, and the passes balance themselves. Where a helper would take CPU
@@ -102,14 +102,16 @@ class Claims:
     helper with nothing left to do), and remembers which plays it lost to which helper (the
     plan waits for those).
 
-    The plan adds its helpers as it draws its first animation, or, when the owner's cache
-    held the animations before it (an edit), once it has drawn for ``budget`` seconds: an edit
+    The plan adds its helpers as its pass starts (``begin``), or, when the owner's cache holds
+    movies of its variant (an edit), as it draws its first animation, or when the
+    animations before that were cached, once it has drawn for ``budget`` seconds: an edit
     with little to draw is done by the plan alone. It says where it runs: a helper on the same
     CPUs waits until the plan has drawn for its budget (``_start``).
     """
 
     def __init__(self, step: Step, budget: float | None = None) -> None:
         self.step = step
+        self.is_plan = budget is not None
         self.claims = PlayClaims(step.rt.services.redis, step.claim.job_id)
         self.lost: dict[int, int] = {}  # play -> the helper pass holding it
         self.won = 0
@@ -135,19 +137,36 @@ class Claims:
             self.lost[play] = holder
             return "skip"
         self.won += 1
-        if self._budget is not None:
-            self._spawn(play)
+        if self.is_plan:
+            self._drawing(play)
         return "draw"
 
-    def _spawn(self, play: int) -> None:
-        """Say where the plan draws (once), and add helpers for the slots free now, when due
-        (until some were added: slots may free up as the plan goes on)."""
+    def begin(self, fresh: bool) -> None:
+        """The plan's pass starts. For a scene its owner's cache holds nothing of, it adds
+        its helpers now: a helper on other CPUs runs the scene's set-up beside the plan's
+        instead of after it, and is there when the first animation is (a helper on the
+        plan's CPUs still waits for the plan's budget, ``_start``). An edit's plan adds them
+        as it draws, below."""
+        if not (fresh and self.is_plan and self._budget is not None):
+            return
+        try:
+            self.claims.plan_starts(_where())
+            if spawn(self.step):
+                self._budget = None
+        except redis.RedisError:
+            self._budget = None  # nowhere to claim: no helpers
+
+    def _drawing(self, play: int) -> None:
+        """Say where and since when the plan draws (once), and add helpers for the slots free
+        now, when due (until some were added: slots may free up as the plan goes on)."""
         now = time.monotonic()
         try:
-            if self.won == 1:  # helpers count from here, whenever they are added
+            if self.won == 1:  # helpers on its CPUs count from here, whenever they are added
                 self._drawing_since, self._after_cache = now, play > 0
                 self.claims.plan_drawing(_where())
-            if self._after_cache and now - self._drawing_since < (self._budget or 0.0):
+            if self._budget is None:
+                return
+            if self._after_cache and now - self._drawing_since < self._budget:
                 return
             if spawn(self.step):
                 self._budget = None
@@ -307,10 +326,12 @@ def _start(step: Step, claims: Claims) -> str | None:
             with step.conn() as conn:
                 if jobs.plan_recorded(conn, step.claim.job_id):
                     return None
-        if said.plan_drawing is not None and (
-            not _shares_cpus(said.plan_where) or claims.claims.now() >= said.plan_drawing + budget
+        where = said.plan_where
+        if where and (
+            not _shares_cpus(where)
+            or (said.plan_drawing is not None and claims.claims.now() >= said.plan_drawing + budget)
         ):
-            return said.plan_where
+            return where
         time.sleep(WAIT_SECONDS)
     return None
 

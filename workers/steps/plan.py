@@ -106,6 +106,7 @@ def plan(step: Step) -> Outcome:
         if claims is not None and caching:
             spec = helpers.claim_spec(spec)
             claims.new_pass()
+            claims.begin(fresh=not held)
 
         def on_plan(report: dict[str, Any]) -> tuple[dict[str, Any] | None, float | None]:
             return _hand_off(handed, job, renderer, report, fetched, started)
