@@ -365,32 +365,23 @@ def project(
     *,
     nodes: int,
     start_up: float,
-    helpers_after: float,
     helper_gap: float,
     stitch: float,
 ) -> tuple[float, list[int]]:
     """Projected wall seconds on ``nodes`` one-core nodes, and the animations each pass draws,
-    from each animation's seconds to draw (``draw``) and to simulate (``skip``): the plan and,
-    once it has drawn for ``helpers_after`` seconds, a helper pass per other node, each
-    starting ``helper_gap`` seconds after the plan asked for it (its queue hop); every pass
-    (``start_up`` seconds of its own first) reaches the animations in order and draws those
-    nobody reached first, simulating the others (workers/steps/helpers.py); then the stitch."""
-    clock = [start_up] + [float("inf")] * (nodes - 1)  # when each pass reaches the next play
+    from each animation's seconds to draw (``draw``) and to simulate (``skip``): the plan and
+    a helper pass per other node, which the plan of a new scene asks for as its pass starts
+    and which starts ``helper_gap`` seconds later (its queue hop); every pass (``start_up``
+    seconds of its own first) reaches the animations in order and draws those nobody reached
+    first, simulating the others (workers/steps/helpers.py); then the stitch."""
+    clock = [start_up] + [helper_gap + start_up] * (nodes - 1)  # when each reaches its next
     drew = [0] * nodes
-    drawn_by_plan = 0.0
     for index in range(len(draw)):
-        if nodes > 1 and clock[1] == float("inf") and drawn_by_plan >= helpers_after:
-            # The helpers start now and simulate every play before this one first.
-            behind = start_up + helper_gap + sum(skip[:index])
-            clock[1:] = [clock[0] + behind] * (nodes - 1)
         first = min(range(nodes), key=lambda k: clock[k])
         for k in range(nodes):
             clock[k] += draw[index] if k == first else skip[index]
         drew[first] += 1
-        if first == 0:
-            drawn_by_plan += draw[index]
-    finished = [c for c in clock if c != float("inf")]
-    return max(finished) + stitch, drew
+    return max(clock) + stitch, drew
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -505,8 +496,6 @@ def main() -> int:
             skip,
             nodes=nodes,
             start_up=start_up,
-            # On nodes of their own, helpers start as the plan draws its first animation.
-            helpers_after=0.0 if settings.plan_helpers else float("inf"),
             helper_gap=min(steps["helper_gaps"] or [0.0]),
             stitch=steps["stitch"],
         )
