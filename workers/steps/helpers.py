@@ -1,13 +1,13 @@
 """Helper passes: a plan with free render slots beside it does not draw alone.
 
 As the plan step starts its pass (an edit's: as it draws), it adds one helper pass per render
-slot free on its queue (plan steps 1..n, published by the dispatcher at once). The plan and its helpers each run
-the whole ``construct()`` in their own jail and claim each animation as they reach it
-(``farm.play_claims``): a pass draws what it claimed and simulates the rest. So no plan pass
-comes before the first frames, and the passes balance themselves. Where a helper would take CPU
-from its plan (the same host and CPUs) it starts only once the plan has drawn for its budget;
-after an edit's cached animations the plan adds helpers only then too (``Claims``): a short
-scene, or an edit with little to draw, is done by the plan alone.
+slot free on its queue (plan steps 1..n, published by the dispatcher at once). The plan and its
+helpers each run the whole ``construct()`` in their own jail and claim each animation as they
+reach it (``farm.play_claims``): a pass draws what it claimed and simulates the rest. So no
+plan pass comes before the first frames, and the passes balance themselves. Where a helper
+would take CPU from its plan (the same host and CPUs) it starts only once the plan has drawn
+for its budget; after an edit's cached animations the plan adds helpers only then too
+(``Claims``): a short scene, or an edit with little to draw, is done by the plan alone.
 
 The plan stays the job's only authority. A helper puts the movie of each animation it drew in
 the owner's animation cache and says so (the stitch checks them in its media jail with the whole
