@@ -1,12 +1,12 @@
-"""manim's partial-movie hash of a play, computed as manim 0.22.0 computes it, in a third of
-the time.
+"""manim's partial-movie hash of a play, computed as manim 0.22.0 computes it, in about 60 %
+of the time.
 
 Why: the animation cache keys each movie by manim's own play hash, so every pass hashes the
 plays it draws, and a plan whose owner's cache holds movies hashes every play. manim's
 ``get_hash_from_play_call`` walks the scene's objects in Python, five function calls per value
 (``_Memoizer``'s check, its lambdas, ``hash``, the ``Hashable`` ABC), and hashes every points
-array with a fresh ``json.dumps`` of its dtype: on the benchmark scene at 1080p it took 1.1 to
-1.3 s for 15 plays on one core, as long as drawing two of them.
+array with a fresh ``json.dumps`` of its dtype: on the benchmark scene at 1080p it took 0.8 to
+1.3 s for 15 plays on one core, as long as drawing one or two of them (docs/benchmark.md).
 
 This module walks the same objects in the same order, marks them in the same memo (the same
 ``("h", hash)`` / ``("i", id)`` signs, so the same repeats become ``"AP"``), and leaves the
