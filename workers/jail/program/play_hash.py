@@ -38,6 +38,8 @@ _PLAIN = frozenset({int, float, bool, str})
 _JSON_KEYS = (str, int, float, bool)
 _FUNCTIONS = frozenset({FunctionType, MethodType})
 _MISSING = object()
+# Whether instances of a class are Hashable (the ABC's answer), kept across plays.
+_HASHABLE: dict[type, bool] = {}
 
 
 class _Memo:
@@ -49,7 +51,6 @@ class _Memo:
         # Why: as manim does, keep every marked object alive until the hash is done, so that
         # no address (the "i" sign) is reused by another object within it.
         self.keep_alive: dict[int, Any] = {}
-        self.hashable: dict[type, bool] = {}
 
     def check(self, obj: Any) -> Any:
         """``_Memoizer.check_already_processed``: the object, or the placeholder if seen."""
@@ -65,11 +66,11 @@ class _Memo:
             return obj
         # Why a cache per type: isinstance(obj, Hashable) walks the ABC's checks every time,
         # and depends on the class alone (an object that lies about its class asks again).
-        hashable = self.hashable.get(kind)
+        hashable = _HASHABLE.get(kind)
         if hashable is None or obj.__class__ is not kind:
             hashable = isinstance(obj, Hashable)
             if obj.__class__ is kind:
-                self.hashable[kind] = hashable
+                _HASHABLE[kind] = hashable
         try:
             sign = ("h", hash(obj)) if hashable else ("i", id(obj))
         except TypeError:  # manim's fallback: hashable in name only (a list inside, say)
