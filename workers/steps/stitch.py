@@ -75,6 +75,7 @@ def stitch(step: Step) -> Outcome:
         for key in log_keys:
             with suppress(FileNotFoundError):
                 logs.append(rt.storage.get_bytes(key).decode("utf-8", "replace"))
+        fetched_at = time.perf_counter()
         video, thumb, info = media.stitch(
             settings,
             parts,
@@ -84,6 +85,7 @@ def stitch(step: Step) -> Outcome:
             durations=durations,
             fps=job["fps"],
         )
+        checked_at = time.perf_counter()
         if info.frames > settings.max_scene_seconds * job["fps"]:
             return SceneFault(
                 f"the video is {info.frames / job['fps']:.1f} s long; the limit is "
@@ -127,7 +129,17 @@ def stitch(step: Step) -> Outcome:
         )
         if ended:
             jobs.set_log_key(conn, claim.job_id, log_key)
-    metrics.STITCH_SECONDS.labels(quality=claim.quality).observe(time.perf_counter() - started)
+    ended_at = time.perf_counter()
+    metrics.STITCH_SECONDS.labels(quality=claim.quality).observe(ended_at - started)
+    log.info(
+        "stitched %d parts in %.2f s (fetched in %.2f s, joined and checked in %.2f s, stored "
+        "in %.2f s)",
+        len(parts),
+        ended_at - started,
+        fetched_at - started,
+        checked_at - fetched_at,
+        ended_at - checked_at,
+    )
     if not ended:
         # Another attempt owns the stitch, or the job ended meanwhile: leave no trace.
         for key in written:

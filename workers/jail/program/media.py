@@ -1,12 +1,16 @@
-"""The media jail's program: every ffmpeg/ffprobe run and subtitle parse on scene-made bytes.
+"""The media jail's program: every read of scene-made media, and every subtitle parse.
 
 Runs inside a jail like the render's (no network, no host files, its own limits and wall
 clock), as ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``, and
-imports nothing of the project. ffmpeg is held to the formats the farm produces: the mov/mp4
+imports nothing of the project. FFmpeg is held to the formats the farm produces: the mov/mp4
 demuxer named explicitly (``-f mp4``, never guessed from the content, so a playlist or a
 manifest posing as a chunk is not followed), the ``file`` protocol only, and a demuxer
-whitelist. Its report holds numbers and problem codes only, never text read from the media
-(the worker shows tenants fixed messages, not ffmpeg's).
+whitelist. Probes and thumbnails read the files through FFmpeg's own libraries in this process
+(PyAV, as manim's file writer does): an ffmpeg or ffprobe process costs 0.06 to 0.12 s just to
+start on a small node, three of them per stitch. The join is the one ffmpeg command
+(ffmpeg-python builds it): its concat demuxer and stream copy. Its report holds numbers and
+problem codes only, never text read from the media (the worker shows tenants fixed messages,
+not FFmpeg's).
 
 Inputs are at the names the worker chose (``in/...``); outputs go to ``out/video.mp4``,
 ``out/thumb.jpg``.
@@ -23,20 +27,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import av
+import av.logging
+import ffmpeg
+
 from .ready import signal_started
 
 MP4_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2"
-# Every ffmpeg/ffprobe run: the file protocol only, no demuxer outside the mp4 family (ffmpeg
-# also gets -nostdin; stdin is /dev/null in the jail anyway).
-_RESTRICT = ["-protocol_whitelist", "file", "-format_whitelist"]
+# Every file FFmpeg opens here: the file protocol only, no demuxer outside the mp4 family.
+_RESTRICT = {"protocol_whitelist": "file", "format_whitelist": MP4_DEMUXERS}
 _TIMEOUT = 600  # the jail's wall clock is the real bound; this only keeps a run from hanging
 
 VIDEO_CODECS = ("h264",)
-# ffprobe processes at once when a stitch checks its parts (each mostly waits on exec and I/O).
-PROBES_AT_ONCE = 4
 AUDIO_CODECS = ("aac", "mp3", "opus")
 MAX_CUES = 100_000
 MAX_CUE_TEXT = 4096
+THUMBNAIL_QUALITY = 90  # JPEG quality (Pillow's scale)
+# FFmpeg's errors reach Python's logging (``probe_video`` captures them); nothing below.
+av.logging.set_level(av.logging.ERROR)
 _TIME = re.compile(r"(\d{1,3}):(\d{2}):(\d{2})[,.](\d{3})")
 
 
@@ -48,65 +56,63 @@ class Problem(Exception):
         self.code = code
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(args, capture_output=True, timeout=_TIMEOUT, check=False)
+def _open(path: str) -> Any:
+    """A scene-made file, opened by the mp4 demuxer alone over the file protocol alone."""
+    return av.open(path, format="mp4", options=dict(_RESTRICT))
 
 
 def probe_video(path: str) -> dict[str, Any]:
-    """Geometry, codec and exact frame count of a plain mp4, or Problem."""
-    proc = _run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            *_RESTRICT,
-            MP4_DEMUXERS,
-            "-f",
-            "mp4",
-            "-count_packets",
-            "-show_entries",
-            "stream=codec_type,codec_name,width,height,r_frame_rate,nb_read_packets,duration"
-            ":format=duration",
-            "-of",
-            "json",
-            path,
-        ]
-    )
-    if proc.returncode != 0:
-        raise Problem("not_mp4")
-    # -count_packets read every packet: a truncated or corrupt file said so on stderr.
-    if proc.stderr.strip():
-        raise Problem("corrupt")
+    """Geometry, codec and exact frame count of a plain mp4 (every packet read, as
+    ``ffprobe -count_packets`` reads them), or Problem."""
     try:
-        info = json.loads(proc.stdout)
-        streams = info["streams"]
-        videos = [s for s in streams if s.get("codec_type") == "video"]
-        others = [s for s in streams if s.get("codec_type") != "video"]
+        container = _open(path)
+    except (av.FFmpegError, OSError):
+        raise Problem("not_mp4") from None
+    with container:
+        streams = list(container.streams)
+        videos = [s for s in streams if s.type == "video"]
+        others = [s for s in streams if s.type != "video"]
         if len(videos) != 1 or len(others) > 1:
             raise Problem("streams")
-        if others and (
-            others[0].get("codec_type") != "audio"
-            or others[0].get("codec_name") not in AUDIO_CODECS
-        ):
+        if others and (others[0].type != "audio" or _codec(others[0]) not in AUDIO_CODECS):
             raise Problem("streams")
         video = videos[0]
-        if video.get("codec_name") not in VIDEO_CODECS:
+        if _codec(video) not in VIDEO_CODECS:
             raise Problem("codec")
-        num, den = (int(x) for x in str(video["r_frame_rate"]).split("/"))
-        duration = float(video.get("duration") or info["format"]["duration"])
+        # A truncated or corrupt file makes the demuxer or the h264 parser log errors (what
+        # ffprobe prints on stderr) where it does not raise.
+        with av.logging.Capture() as logs:
+            try:
+                frames = sum(1 for packet in container.demux(video) if packet.dts is not None)
+            except av.FFmpegError:
+                raise Problem("corrupt") from None
+        if any(level <= av.logging.ERROR for level, _, _ in logs):
+            raise Problem("corrupt")
+        rate = video.base_rate or video.average_rate
+        if video.duration is not None:
+            duration = float(video.duration * video.time_base)
+        else:
+            duration = (container.duration or 0) / av.time_base
+        if not rate or not video.width or not video.height:
+            raise Problem("not_mp4")
         result = {
-            "width": int(video["width"]),
-            "height": int(video["height"]),
-            "fps_num": num,
-            "fps_den": den,
-            "frames": int(video["nb_read_packets"]),
+            "width": int(video.width),
+            "height": int(video.height),
+            "fps_num": rate.numerator,
+            "fps_den": rate.denominator,
+            "frames": frames,
             "duration": duration,
         }
-    except (KeyError, ValueError, TypeError, ZeroDivisionError):
-        raise Problem("not_mp4") from None
     if not math.isfinite(duration) or duration < 0:
         raise Problem("not_mp4")
     return result
+
+
+def _codec(stream: Any) -> str | None:
+    try:
+        return str(stream.codec_context.name)
+    except (AttributeError, av.FFmpegError):
+        return None
 
 
 def parse_srt(path: str) -> list[list[Any]]:
@@ -174,20 +180,18 @@ def stitch(
         if shot is None:
             return _thumbnail(video, thumb, length)
         info = probe_video(video)
-        _check_thumbnail(shot.result(), thumb)
+        shot.result()  # its Problem, if any
         return info
 
 
-def _thumbnail_of_parts(
-    parts: list[str], durations: Any, fps: Any, thumb: str
-) -> subprocess.CompletedProcess[bytes]:
+def _thumbnail_of_parts(parts: list[str], durations: Any, fps: Any, thumb: str) -> None:
     """The joined video's first frame at or after a third of its length, taken from the part
     that holds it: past a part's last frame, that is the next part's first."""
     at, start, index = sum(durations) / 3, 0.0, 0
     while index < len(parts) - 1 and at > start + durations[index] - 1 / fps + 1e-6:
         start += durations[index]
         index += 1
-    return _shoot(parts[index], max(0.0, at - start), thumb)
+    _shoot(parts[index], max(0.0, at - start), thumb)
 
 
 def _join(parts: list[str], video: str, durations: list[float] | None = None) -> float | None:
@@ -196,15 +200,14 @@ def _join(parts: list[str], video: str, durations: list[float] | None = None) ->
 
     Each entry carries its exact stream duration: without it the demuxer offsets the next part
     by the container duration, which mp4 rounds to milliseconds, and times drift. The worker
-    knows each part's frames (``durations``); else each part is probed, side by side. Either
+    knows each part's frames (``durations``); else each part is probed first. Either
     way only the mp4 demuxer reads a part, and the joined video is probed after.
     """
     if len(parts) == 1:
         Path(video).write_bytes(Path(parts[0]).read_bytes())
         return None if not durations or len(durations) != 1 else float(durations[0])
     if durations is None or len(durations) != len(parts):
-        with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as probes:
-            durations = list(probes.map(lambda p: probe_video(p)["duration"], parts))
+        durations = [probe_video(p)["duration"] for p in parts]
     listing = Path(video).with_name("parts.ffconcat")
     listing.write_text(
         "ffconcat version 1.0\n"
@@ -213,57 +216,46 @@ def _join(parts: list[str], video: str, durations: list[float] | None = None) ->
             for p, d in zip(parts, durations, strict=True)
         )
     )
-    joined = _run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            *_RESTRICT,
-            "concat," + MP4_DEMUXERS,
-            "-f",
-            "concat",
-            "-safe",
-            "0",
-            "-i",
-            str(listing),
-            "-c",
-            "copy",
-            "-movflags",
-            "+faststart",
-            "-y",
-            video,
-        ]
+    source = ffmpeg.input(
+        str(listing),
+        f="concat",
+        safe=0,
+        protocol_whitelist="file",
+        format_whitelist="concat," + MP4_DEMUXERS,
     )
+    command = (
+        source.output(video, c="copy", movflags="+faststart")
+        .global_args("-nostdin", "-v", "error")
+        .overwrite_output()
+        .compile()
+    )
+    joined = subprocess.run(command, capture_output=True, timeout=_TIMEOUT, check=False)
     if joined.returncode != 0:
         raise Problem("concat")
     return float(sum(durations))
 
 
 def _thumbnail(video: str, thumb: str, length: float | None = None) -> dict[str, Any]:
-    """The video's probe, and a frame a third of the way in as the thumbnail. With the length
-    of the joined parts known, both run at once (the probe still checks the joined video)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        probed = pool.submit(probe_video, video)
-        at = (probed.result()["duration"] if length is None else length) / 3
-        shot = pool.submit(_shoot, video, at, thumb).result()
-        info = probed.result()
-    _check_thumbnail(shot, thumb)
+    """The video's probe, and a frame a third of the way in as the thumbnail."""
+    info = probe_video(video)
+    _shoot(video, (info["duration"] if length is None else length) / 3, thumb)
     return info
 
 
-def _shoot(video: str, at: float, thumb: str) -> subprocess.CompletedProcess[bytes]:
-    """The first frame at or after ``at`` seconds, as a JPEG."""
-    return _run([
-        "ffmpeg", "-nostdin", "-v", "error", *_RESTRICT, MP4_DEMUXERS,
-        "-ss", str(at), "-f", "mp4", "-i", video,
-        "-frames:v", "1", "-q:v", "3", "-y", thumb,
-    ])  # fmt: skip
-
-
-def _check_thumbnail(shot: subprocess.CompletedProcess[bytes], thumb: str) -> None:
-    if shot.returncode != 0 or not Path(thumb).is_file():
-        raise Problem("thumbnail")
+def _shoot(video: str, at: float, thumb: str) -> None:
+    """The first frame at or after ``at`` seconds, as a JPEG; Problem("thumbnail") if none."""
+    try:
+        with _open(video) as container:
+            stream = container.streams.video[0]
+            # From the keyframe at or before it (each part starts with one).
+            container.seek(int(at / stream.time_base), stream=stream)
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time >= at - 1e-6:
+                    frame.to_image().save(thumb, "JPEG", quality=THUMBNAIL_QUALITY)
+                    return
+    except (av.FFmpegError, OSError, ValueError, IndexError):
+        pass
+    raise Problem("thumbnail")
 
 
 def main(argv: list[str] | None = None) -> int:
