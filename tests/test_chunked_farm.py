@@ -207,3 +207,36 @@ def test_the_thumbnail_is_the_joined_videos_frame_a_third_of_the_way_in(
     # Then the videos and the thumbnails are the same
     assert scenes.frame_md5s(video) == scenes.frame_md5s(joined)
     assert thumb.read_bytes() == thumb_of_joined.read_bytes()
+
+
+def test_the_stitch_in_a_warm_media_jail_is_the_stitch_in_a_cold_one(tmp_path: Path) -> None:
+    from farm.config import load_settings
+    from tests.test_scene_runner import spec_for
+    from workers import media
+    from workers.jail.pool import JailPool
+    from workers.jail.program.runner import render_scene
+
+    out = render_scene(
+        spec_for(scenes.TRANSFORM_CHAIN, "TransformChain", tmp_path / "r", hash_plays=True)
+    )
+    parts = [tmp_path / "r" / p.file for p in out.plays]
+    lengths = [p.frames / scenes.FPS for p in out.plays]
+    settings = load_settings({})
+    # Given a worker's pool of media jails with one started (its program waiting for a command)
+    jails = JailPool(settings, media.stitch_limits(settings), "media")
+    try:
+        jails.start()
+        assert jails.waiting
+        # When a stitch takes it, and another stitch runs in a fresh jail
+        warm = media.stitch(
+            settings, parts, tmp_path / "warm", durations=lengths, fps=scenes.FPS, jails=jails
+        )
+        cold = media.stitch(settings, parts, tmp_path / "cold", durations=lengths, fps=scenes.FPS)
+        # Then both made the same video and thumbnail, and the stitch warmed no next jail (the
+        # stitch step does, once its job is recorded)
+        assert warm[2] == cold[2] and warm[2].frames == sum(p.frames for p in out.plays)
+        assert scenes.frame_md5s(warm[0]) == scenes.frame_md5s(cold[0])
+        assert warm[1].read_bytes() == cold[1].read_bytes()
+        assert not jails.waiting
+    finally:
+        jails.close()

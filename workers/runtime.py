@@ -1,5 +1,5 @@
 """What a worker process holds: the farm's services (``farm.services.build_services``) and its
-jail pool. Built once per process, after Celery forks its pool children (connections don't
+jail pools. Built once per process, after Celery forks its pool children (connections don't
 survive a fork).
 """
 
@@ -12,6 +12,7 @@ from farm.db import Pool
 from farm.services import Publisher as FarmPublisher
 from farm.services import Services, build_services
 from farm.storage import Storage
+from workers import media
 from workers.celery_app import app, configure
 from workers.jail.jail import sweep_stale
 from workers.jail.pool import JailPool
@@ -21,7 +22,8 @@ from workers.publish import Publisher
 @dataclass
 class Runtime:
     services: Services
-    jails: JailPool
+    jails: JailPool  # render jails (plans, helpers, chunks)
+    media_jails: JailPool  # the stitch's (workers/media/stitch.py)
 
     @property
     def settings(self) -> Settings:
@@ -60,8 +62,10 @@ def get_runtime() -> Runtime:
         _runtime = Runtime(
             services=build_services(settings, Publisher(app), pool_size=4),
             jails=JailPool(settings),
+            media_jails=JailPool(settings, media.stitch_limits(settings), "media"),
         )
         _runtime.jails.start()
+        _runtime.media_jails.start()
     return _runtime
 
 

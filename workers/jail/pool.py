@@ -1,4 +1,5 @@
-"""The warm pool: hands out single-use render jails, keeping the next one started while idle."""
+"""The warm pool: hands out single-use jails of one program, keeping the next one started while
+idle (a render jail has imported manim, a media jail FFmpeg's libraries, before its step)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ WAIT_SECONDS = 0.1
 
 
 class JailPool:
-    """One per worker process: at most one jail waits (a worker process renders one at a time)."""
+    """One per worker process and program: at most one jail waits (a worker process runs one
+    step at a time)."""
 
-    def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
+    def __init__(
+        self, settings: Settings, limits: Limits | None = None, program: str = "runner"
+    ) -> None:
         self.settings = settings
         self.limits = limits or Limits.from_settings(settings)
+        self.program = program
         self.warm = settings.warm_sandbox
         self._next: Jail | None = None
         # The next jail is started under this lock: by the worker, or by a deferred warm-up.
@@ -43,7 +48,7 @@ class JailPool:
         if self.warm and (self._next is None or not self._next.ready()):
             if self._next is not None:
                 self._next.close()
-            self._next = Jail(self.settings, self.limits, warm=True)
+            self._next = Jail(self.settings, self.limits, self.program, warm=True)
 
     def start_when(self, ready: Callable[[], bool], within: float) -> None:
         """Warm the next jail once ``ready()`` (asked from a thread) says so, or ``within``
@@ -78,7 +83,7 @@ class JailPool:
 
     @contextmanager
     def take(self, warm_next: Callable[[], bool] = lambda: True) -> Iterator[Jail]:
-        """The jail for one plan or chunk; closed (and its files removed) when the block ends.
+        """The jail for one step; closed (and its files removed) when the block ends.
         ``warm_next`` (asked then): whether to warm the next one now; if not, the caller calls
         ``start`` or ``start_when`` once its step's work is done."""
         self._call_off()
@@ -87,7 +92,7 @@ class JailPool:
         if jail is None or not jail.ready():  # none waiting, or it died while it waited
             if jail is not None:
                 jail.close()
-            jail = Jail(self.settings, self.limits, warm=True)
+            jail = Jail(self.settings, self.limits, self.program, warm=True)
         try:
             yield jail
         finally:

@@ -14,7 +14,7 @@ from workers.media.check import (
     parse_captions,
     probe,
 )
-from workers.media.stitch import stitch
+from workers.media.stitch import stitch, stitch_limits
 
 __all__ = [
     "MediaError",
@@ -24,4 +24,5 @@ __all__ = [
     "parse_captions",
     "probe",
     "stitch",
+    "stitch_limits",
 ]

@@ -10,9 +10,14 @@ from typing import Any
 from farm.config import Settings
 from workers.jail.jail import Jail
 from workers.jail.limits import Limits
+from workers.jail.pool import JailPool
 from workers.media.check import MediaError, VideoInfo, _info, run_media
 
 THUMB_BYTES = 10 * 2**20
+
+
+def stitch_limits(settings: Settings) -> Limits:
+    return Limits.for_media(settings, settings.stitch_timeout_seconds)
 
 
 def stitch(
@@ -23,16 +28,26 @@ def stitch(
     sounds: list[tuple[Path, float, float | None]] | None = None,
     durations: list[float] | None = None,
     fps: int | None = None,
+    jails: JailPool | None = None,
 ) -> tuple[Path, Path, VideoInfo]:
     """``dest/video.mp4`` and ``dest/thumb.jpg`` from the parts, in order, and the video's info;
     with ``sounds`` (a decoded WAV, its time in the scene, its gain to background), one audio
     track laid as manim lays it (jail/program/audio_mix.py) beside the joined video. With
     ``durations`` (each part's length, known from its frames) the parts are not probed first;
     the joined video is, either way. With ``fps`` as well, the thumbnail is taken from the part
-    that holds it while the join runs."""
-    limits = Limits.for_media(settings, settings.stitch_timeout_seconds)
+    that holds it while the join runs.
+
+    ``jails``: the worker's pool of media jails (``workers/runtime.py``). Its jail has started
+    its program (FFmpeg's libraries imported) while the job rendered: a fifth of a second less
+    on the job's last step. It warms no next one here (that would take CPU from this job's
+    uploads); the stitch step warms it once the job is recorded."""
     max_bytes = settings.max_output_mb * 2**20
-    with Jail(settings, limits, "media") as jail:
+    opened = (
+        jails.take(warm_next=lambda: False)
+        if jails is not None
+        else Jail(settings, stitch_limits(settings), "media")
+    )
+    with opened as jail:
         names = [jail.put(f"{i:04d}.mp4", part) for i, part in enumerate(parts)]
         spec: dict[str, Any] = {
             "parts": names,

@@ -30,6 +30,15 @@ def _load_cues(raw: bytes, max_ms: int) -> list[Cue]:
 
 
 def stitch(step: Step) -> Outcome:
+    try:
+        return _stitch(step)
+    finally:
+        # The next stitch's media jail warms once this job is recorded (or has failed): not
+        # during the join, the uploads or the record, which the job's end waits for.
+        step.rt.media_jails.start()
+
+
+def _stitch(step: Step) -> Outcome:
     rt, claim = step.rt, step.claim
     settings = rt.settings
     started = time.perf_counter()
@@ -84,6 +93,7 @@ def stitch(step: Step) -> Outcome:
             sounds=sounds,
             durations=durations,
             fps=job["fps"],
+            jails=rt.media_jails,
         )
         checked_at = time.perf_counter()
         if info.frames > settings.max_scene_seconds * job["fps"]:

@@ -1,16 +1,16 @@
 """The media jail's program: every read of scene-made media, and every subtitle parse.
 
 Runs inside a jail like the render's (no network, no host files, its own limits and wall
-clock), as ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``, and
-imports nothing of the project. FFmpeg is held to the formats the farm produces: the mov/mp4
-demuxer named explicitly (``-f mp4``, never guessed from the content, so a playlist or a
-manifest posing as a chunk is not followed), the ``file`` protocol only, and a demuxer
-whitelist. Probes and thumbnails read the files through FFmpeg's own libraries in this process
-(PyAV, as manim's file writer does): an ffmpeg or ffprobe process costs 0.06 to 0.12 s just to
-start on a small node, three of them per stitch. The join is the one ffmpeg command
-(ffmpeg-python builds it): its concat demuxer and stream copy. Its report holds numbers and
-problem codes only, never text read from the media (the worker shows tenants fixed messages,
-not FFmpeg's).
+clock), as ``python -m workers.jail.program.media probe|stitch|cues SPEC.json RESULT.json``
+(or ``serve``: warm, the command comes on stdin), and imports nothing of the project. FFmpeg
+is held to the formats the farm produces: the mov/mp4 demuxer named explicitly (``-f mp4``,
+never guessed from the content, so a playlist or a manifest posing as a chunk is not
+followed), the ``file`` protocol only, and a demuxer whitelist. Probes and thumbnails read the
+files through FFmpeg's own libraries in this process (PyAV, as manim's file writer does): an
+ffmpeg or ffprobe process costs 0.06 to 0.12 s just to start on a small node, and a stitch ran
+three. The join is the one ffmpeg command (ffmpeg-python builds it): its concat demuxer and
+stream copy. Its report holds numbers and problem codes only, never text read from the media
+(the worker shows tenants fixed messages, not FFmpeg's).
 
 Inputs are at the names the worker chose (``in/...``); outputs go to ``out/video.mp4``,
 ``out/thumb.jpg``.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -258,10 +259,23 @@ def _shoot(video: str, at: float, thumb: str) -> None:
     raise Problem("thumbnail")
 
 
+def _serve() -> str:
+    """Warm (FFmpeg's libraries imported above), wait for the one command this process runs:
+    the worker puts the inputs and the spec in place, then writes it on stdin."""
+    command = sys.stdin.readline().strip()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m workers.jail.program.media probe|stitch SPEC.json RESULT.json``."""
+    """CLI: ``python -m workers.jail.program.media probe|stitch|cues|serve SPEC.json
+    RESULT.json``."""
     signal_started()
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 3 and args[0] == "serve":
+        args[0] = _serve()
     if len(args) != 3 or args[0] not in ("probe", "stitch", "cues"):
         print("usage: media probe|stitch|cues SPEC.json RESULT.json", file=sys.stderr)
         return 1
