@@ -728,6 +728,38 @@ def test_a_claiming_pass_encodes_as_many_movies_at_once_as_its_worker_answers(
     assert "before 1" in run.log and "after 200" in run.log
 
 
+def test_a_helper_pass_leaves_static_waits_to_its_plan(pool: JailPool) -> None:
+    # A static wait is one frame drawn and repeated: the plan draws it for little, where a
+    # helper's movie of it costs the job a movie to store, wait for and join (helpers.py).
+    code = (
+        "self.play(FadeIn(Circle()), run_time=0.2)\n"
+        "self.wait(0.2)\n"
+        "square = Square()\n"
+        "square.add_updater(lambda m, dt: m.rotate(dt))\n"
+        "self.add(square)\n"
+        "self.wait(0.2)"  # not static: an updater moves the square every frame
+    )
+
+    def claimed(leaves: bool) -> list[int]:
+        spec = _spec(
+            code,
+            claim_plays=True,
+            render_budget_seconds=10.0**9,
+            range_media=False,
+            leave_static_waits=leaves,
+        )
+        claims: list[int] = []
+        with Jail(SETTINGS, pool.limits, warm=True) as jail:
+            run = jail.run("plan", spec, on_claim=lambda play: claims.append(play) or "draw")
+        assert run.ok, run.log
+        return claims
+
+    # A plan claims every play it reaches (the scene ends with a Create); a helper asks for
+    # every one but the static wait
+    assert claimed(leaves=False) == [0, 1, 2, 3]
+    assert claimed(leaves=True) == [0, 2, 3]
+
+
 def test_a_jail_without_procfs_still_renders(pool: JailPool) -> None:
     settings = SETTINGS.with_(jail_proc="none")
     with Jail(settings, pool.limits, warm=True) as jail:

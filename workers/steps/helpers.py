@@ -7,7 +7,10 @@ reach it (``farm.play_claims``): a pass draws what it claimed and simulates the 
 plan pass comes before the first frames, and the passes balance themselves. Where a helper
 would take CPU from its plan (the same host and CPUs) it starts only once the plan has drawn
 for its budget; after an edit's cached animations the plan adds helpers only then too
-(``Claims``): a short scene, or an edit with little to draw, is done by the plan alone.
+(``Claims``): a short scene, or an edit with little to draw, is done by the plan alone. A
+helper leaves static waits (a scene's closing ``self.wait()``) unclaimed, to the plan: drawing
+one costs the plan a frame and the encoder's repeats, a helper's movie of it costs the job a
+movie to store, wait for and join.
 
 The plan stays the job's only authority. A helper puts the movie of each animation it drew in
 the owner's animation cache and says so (the stitch checks them in its media jail with the whole
@@ -244,7 +247,7 @@ def help_plan(step: Step) -> Outcome:
             conn, cache_scope(settings, job), cache_variant(job, renderer)
         )
     spec = claim_spec(scene_spec(job, renderer, render_encoders(settings, starting=True)))
-    spec.update(hash_plays=bool(held), cached_hashes=held)
+    spec.update(hash_plays=bool(held), cached_hashes=held, leave_static_waits=True)
     out = Path(tempfile.mkdtemp(prefix="farm-helper-"))
     try:
         # Beside its plan, the helper's next jail (a second of CPU importing manim) waits for

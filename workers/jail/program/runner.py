@@ -120,6 +120,10 @@ class RenderSpec:
     # A plan pass beside others of its job (the plan and its helpers): it draws only the plays
     # it claims as it reaches them (handoff.claim), and simulates those another pass claimed.
     claim_plays: bool = False
+    # A helper pass: it does not claim a static wait (one frame drawn, then repeated), and
+    # simulates it. Its plan draws it for one frame and the encoder's repeats; a helper's
+    # movie of it would cost the job a movie to store, wait for and join.
+    leave_static_waits: bool = False
     # Movies of plays in range that an earlier pass of this process drew (index, path): the
     # range's video joins them in their places instead of drawing them again.
     joined_movies: tuple[tuple[int, str], ...] = ()
@@ -412,6 +416,7 @@ def _farm_manager_class() -> type[Any]:
             self.cached = frozenset(spec.cached_hashes)
             self.hash_all = spec.hash_plays
             self.claiming = spec.claim_plays and plan
+            self.leaves_static_waits = spec.leave_static_waits
             self.joined_movies = spec.joined_movies
             self.drawing_seconds = 0.0
             if spec.renderer == "cairo" and (spec.hash_plays or self.budget is not None):
@@ -438,13 +443,18 @@ def _farm_manager_class() -> type[Any]:
             if (
                 spent
                 or play_hash in self.cached
-                or (
-                    self.claiming and self._owns(self.num_plays) and not self._claim(self.num_plays)
-                )
+                or (self.claiming and self._owns(self.num_plays) and not self._draws(scene))
             ):
                 self.renderer.skip_animations = True
             elif play_hash is None:
                 self._hash_play(scene)  # it draws this play: its movie goes into the cache
+
+        def _draws(self, scene: Any) -> bool:
+            """Whether this claiming pass draws the play starting now (nobody claimed it
+            before, and it is not a static wait this pass leaves to its plan)."""
+            if self.leaves_static_waits and scene.is_current_animation_frozen_frame():
+                return False  # unclaimed: the plan claims it as it reaches it
+            return self._claim(self.num_plays)
 
         def _claim(self, index: int) -> bool:
             """Whether this pass draws play ``index``; encodes as many movies at once as the
