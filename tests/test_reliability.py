@@ -251,7 +251,7 @@ def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
     from farm import jobs
     from farm.services import build_services
     from tests.support import RecordingPublisher
-    from workers import lifecycle, outcomes
+    from workers import lifecycle, media, outcomes
     from workers.jail.pool import JailPool
     from workers.runtime import Runtime
 
@@ -262,7 +262,11 @@ def test_a_long_step_keeps_its_lease_and_a_platform_fault_releases_it(
         # Sent already, as far as the session's dispatcher knows: this test is its worker.
         conn.execute("UPDATE steps SET published_at = now() WHERE job_id = %s", (job_id,))
     publisher = RecordingPublisher()
-    rt = Runtime(build_services(settings, publisher, pool_size=2), JailPool(settings))
+    rt = Runtime(
+        build_services(settings, publisher, pool_size=2),
+        JailPool(settings),
+        JailPool(settings, media.stitch_limits(settings), "media"),
+    )
     reaped: list[Any] = []
     ran: list[bool] = []
 
