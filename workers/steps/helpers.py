@@ -150,7 +150,7 @@ class Claims:
         instead of after it, and is there when the first animation is (a helper on the
         plan's CPUs still waits for the plan's budget, ``_start``). An edit's plan adds them
         as it draws, below."""
-        if not (fresh and self.is_plan and self._budget is not None):
+        if not fresh or self._budget is None:  # a helper, or helpers added already
             return
         try:
             self.claims.plan_starts(_where())
